@@ -1,0 +1,1 @@
+"""The contracts between stages: configs, Parquet schemas, the shard sample layout."""

@@ -1,0 +1,157 @@
+"""The dataset-build configuration: one validated, frozen pydantic model per stage.
+
+`BuildConfig` is what a user writes in YAML, what `durian build-dataset` reads and
+what the Prefect flow `build-dataset` takes as its parameter. Every field has a
+default and a description, unknown fields are rejected, and errors name the field
+(`clips.length: Input should be greater than or equal to 1`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from data_specs.video import DecodeConfig
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+
+
+class Spec(BaseModel):
+    """Base for every config section: immutable, and unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class InputsConfig(Spec):
+    """Where the videos come from."""
+
+    source: str = Field(
+        description=(
+            "A folder of videos, a Parquet or CSV manifest with a `path` column "
+            "(optional `start_s`, `end_s`, `video_id`), or an fsspec URL or glob "
+            "(file://, s3://, gs://, ...)."
+        )
+    )
+    extensions: tuple[str, ...] = Field(
+        VIDEO_EXTENSIONS, description="File name endings taken as videos when listing a folder or URL."
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _source_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a folder, a manifest or a URL")
+        return value
+
+
+class ClipConfig(Spec):
+    """How decoded frames are cut into clips (one clip becomes one shard sample)."""
+
+    length: int = Field(16, ge=1, le=1024, description="Frames per clip, after fps resampling.")
+    stride: int = Field(16, ge=1, le=100_000, description="Frames between the starts of consecutive clips.")
+    max_clips_per_video: int | None = Field(
+        None, ge=1, description="Keep at most this many clips per video (None: all)."
+    )
+
+
+class ShardConfig(Spec):
+    """How samples are packed into WebDataset tar shards."""
+
+    samples_per_shard: int = Field(64, ge=1, le=1_000_000, description="Close a shard after this many samples.")
+    max_shard_bytes: int = Field(
+        1 << 30, ge=1 << 16, description="Close a shard once it holds at least this many bytes."
+    )
+
+
+class ExecutionConfig(Spec):
+    """How the work is spread over Ray and retried by Prefect. Does not change the outputs."""
+
+    ray_address: str | None = Field(
+        None,
+        description=(
+            "Ray cluster to run on: None starts a local Ray; 'auto' joins the cluster this "
+            "machine belongs to; or HOST:PORT of a head node."
+        ),
+    )
+    videos_per_unit: int = Field(
+        16, ge=1, le=100_000, description="Average number of videos per unit of work (one Ray task)."
+    )
+    cpus_per_unit: float = Field(1.0, gt=0, description="CPUs Ray reserves for each unit of work.")
+    retries: int = Field(2, ge=0, le=10, description="Prefect retries of a unit whose worker failed.")
+    on_error: Literal["record", "raise"] = Field(
+        "record",
+        description="'record': a bad video becomes a failure row and the run goes on; 'raise': stop at the first.",
+    )
+
+
+class StageSpec(Spec):
+    """A per-clip processing stage, named by import path, e.g. `tasks.face:FaceCropStage`."""
+
+    target: str = Field(description="`module:factory` that builds a `tasks.base.ClipStage`.", pattern=r"^[\w.]+:\w+$")
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory.")
+
+
+class BuildConfig(Spec):
+    """A whole dataset build: inputs, per-stage settings, execution and output location."""
+
+    inputs: InputsConfig
+    output_dir: str = Field(description="Folder that receives shards/, manifests/ and units/.")
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    clips: ClipConfig = Field(default_factory=ClipConfig)
+    shards: ShardConfig = Field(default_factory=ShardConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    stages: tuple[StageSpec, ...] = Field(
+        (), description="Per-clip stages run between decoding and sharding, in order (perception attaches here)."
+    )
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir_is_local(cls, value: str) -> str:
+        if "://" in value and not value.startswith("file://"):
+            raise ValueError("must be a local folder (remote outputs are not supported yet)")
+        return value.removeprefix("file://")
+
+    def output_hash(self) -> str:
+        """Hash of every setting that changes the bytes written; execution settings do not."""
+        relevant = self.model_dump(mode="json", include={"decode", "clips", "shards", "stages"})
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.output_dir)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> BuildConfig:
+        """Load and validate a YAML file; `ConfigError` names the file and each bad field."""
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"cannot read config {path}: {err}") from err
+        return parse_config(data, origin=str(path))
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message lists every problem by field."""
+
+
+def parse_config(data: dict, origin: str = "config") -> BuildConfig:
+    """Validate a plain dict into a `BuildConfig`, turning pydantic's errors into one readable message."""
+    try:
+        return BuildConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, origin)) from err
+
+
+def format_validation_error(err: ValidationError, origin: str) -> str:
+    """One line per problem: `field.path: message`."""
+    lines = [f"invalid {origin}:"]
+    for problem in err.errors():
+        field = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        message = "unknown field" if problem["type"] == "extra_forbidden" else problem["msg"]
+        lines.append(f"  {field}: {message}")
+    return "\n".join(lines)

@@ -1,0 +1,198 @@
+"""Model flavours: the sizes of every network in Durian, by name.
+
+`"sd15"` is the real architecture (Stable Diffusion 1.5 UNets and VAE, AnimateDiff
+`mm_sd_v15_v2` motion modules, the ViT-L/14 image encoder of sd-image-variations).
+`"tiny"` has the same layout with small widths, so tests and the demo exercise the
+production code on a CPU in seconds. `model/` builds networks from these specs only.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class UNetSpec(_Spec):
+    """A UNet2DConditionModel in the SD 1.5 layout (shared by the three UNets)."""
+
+    block_out_channels: tuple[int, ...] = Field(description="Channels of each resolution level.")
+    layers_per_block: int = Field(2, description="Resnet/attention pairs per down block (SD 1.5: 2).")
+    down_block_types: tuple[str, ...] = Field(description="diffusers down block class names.")
+    up_block_types: tuple[str, ...] = Field(description="diffusers up block class names.")
+    attention_head_dim: int = Field(8, description="diffusers' legacy name: the number of heads in SD 1.5.")
+    norm_num_groups: int = Field(32, description="GroupNorm groups.")
+    cross_attention_dim: int = Field(768, description="Width of the cross-attention conditioning tokens.")
+
+    def diffusers_config(self, in_channels: int = 4) -> dict:
+        """Keyword arguments of `UNet2DConditionModel` for this spec."""
+        return {
+            "in_channels": in_channels,
+            "out_channels": 4,
+            "block_out_channels": list(self.block_out_channels),
+            "layers_per_block": self.layers_per_block,
+            "down_block_types": list(self.down_block_types),
+            "up_block_types": list(self.up_block_types),
+            "attention_head_dim": self.attention_head_dim,
+            "norm_num_groups": self.norm_num_groups,
+            "cross_attention_dim": self.cross_attention_dim,
+        }
+
+
+class MotionSpec(_Spec):
+    """The AnimateDiff motion adapter (diffusers `MotionAdapter`)."""
+
+    motion_num_attention_heads: int = Field(8, description="Heads of every temporal attention.")
+    motion_norm_num_groups: int = Field(32, description="GroupNorm groups of the temporal transformers.")
+    motion_max_seq_length: int = Field(32, description="Positional-encoding length (v2: 32 frames).")
+    use_motion_mid_block: bool = Field(True, description="v2 has a mid-block motion module.")
+
+    def diffusers_config(self, unet: UNetSpec) -> dict:
+        """Keyword arguments of `MotionAdapter` matching `unet`."""
+        return {
+            "block_out_channels": list(unet.block_out_channels),
+            "motion_layers_per_block": unet.layers_per_block,
+            "motion_mid_block_layers_per_block": 1,
+            "motion_num_attention_heads": self.motion_num_attention_heads,
+            "motion_norm_num_groups": self.motion_norm_num_groups,
+            "motion_max_seq_length": self.motion_max_seq_length,
+            "use_motion_mid_block": self.use_motion_mid_block,
+        }
+
+
+class VAESpec(_Spec):
+    """An AutoencoderKL; the latent is `2 ** (len(block_out_channels) - 1)` times smaller."""
+
+    block_out_channels: tuple[int, ...]
+    layers_per_block: int = 2
+    norm_num_groups: int = 32
+    latent_channels: int = 4
+    scaling_factor: float = Field(0.18215, description="Stored in the VAE config; code reads it from there.")
+
+    def diffusers_config(self) -> dict:
+        """Keyword arguments of `AutoencoderKL` for this spec."""
+        n = len(self.block_out_channels)
+        return {
+            "block_out_channels": list(self.block_out_channels),
+            "down_block_types": ["DownEncoderBlock2D"] * n,
+            "up_block_types": ["UpDecoderBlock2D"] * n,
+            "layers_per_block": self.layers_per_block,
+            "norm_num_groups": self.norm_num_groups,
+            "latent_channels": self.latent_channels,
+            "scaling_factor": self.scaling_factor,
+        }
+
+    @property
+    def downsample(self) -> int:
+        """Pixel-to-latent scale factor."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
+
+class ImageEncoderSpec(_Spec):
+    """A transformers `CLIPVisionModelWithProjection` (sd-image-variations: ViT-L/14)."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    image_size: int
+    patch_size: int
+    projection_dim: int
+    hidden_act: str = "quick_gelu"
+
+    def transformers_config(self) -> dict:
+        """Keyword arguments of `CLIPVisionConfig`."""
+        return self.model_dump()
+
+
+class NoiseScheduleSpec(_Spec):
+    """The beta schedule, shared by the training (DDPM) and inference (DDIM) schedulers."""
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    beta_schedule: Literal["linear", "scaled_linear"] = "scaled_linear"
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+
+
+class ModelFlavour(_Spec):
+    """Every size needed to build Durian's networks."""
+
+    name: str
+    resolution: int = Field(description="Square frame size in pixels.")
+    unet: UNetSpec
+    motion: MotionSpec
+    vae: VAESpec
+    image_encoder: ImageEncoderSpec
+    pose_guider_channels: tuple[int, ...] = Field(
+        (16, 32, 96, 256),
+        description="Conv widths of the pose guider; each step after the first halves the size.",
+    )
+    identity_dim: int = Field(
+        description="Width of the portrait identity embedding (ArcFace: 512; CLIP: projection_dim)."
+    )
+    noise_schedule: NoiseScheduleSpec = NoiseScheduleSpec()
+
+
+_SD15_UNET = UNetSpec(
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+)
+
+FLAVOURS: dict[str, ModelFlavour] = {
+    "sd15": ModelFlavour(
+        name="sd15",
+        resolution=512,
+        unet=_SD15_UNET,
+        motion=MotionSpec(),
+        vae=VAESpec(block_out_channels=(128, 256, 512, 512)),
+        image_encoder=ImageEncoderSpec(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+            projection_dim=768,
+        ),
+        identity_dim=512,
+    ),
+    "tiny": ModelFlavour(
+        name="tiny",
+        resolution=64,
+        unet=UNetSpec(
+            block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            attention_head_dim=4,
+            norm_num_groups=8,
+            cross_attention_dim=32,
+        ),
+        motion=MotionSpec(motion_num_attention_heads=4, motion_norm_num_groups=8),
+        vae=VAESpec(block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=8),
+        image_encoder=ImageEncoderSpec(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+            projection_dim=32,
+        ),
+        pose_guider_channels=(8, 16, 32),
+        identity_dim=32,
+    ),
+}
+
+
+def model_flavour(name: str) -> ModelFlavour:
+    """The flavour registered under `name` ("tiny" or "sd15")."""
+    try:
+        return FLAVOURS[name]
+    except KeyError:
+        raise ValueError(f"unknown model flavour {name!r}; known: {sorted(FLAVOURS)}") from None

@@ -1,0 +1,52 @@
+"""Units of work: what the flow hands to a worker and what the worker hands back.
+
+A unit is a group of videos processed by one task on one worker. It is named by the
+videos it holds (`unit_id`) and stamped with a fingerprint of everything that decides
+its output (each video's size and modification time, the output-relevant config and
+the code version): a unit whose fingerprint is unchanged since its last completed
+run is skipped.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class VideoRef(BaseModel):
+    """One input video as listed, before anything is read from it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    video_id: str = Field(description="Stable id: readable stem plus a hash of the URI.")
+    uri: str = Field(description="Local path or fsspec URL.")
+    size_bytes: int
+    modified: str = Field(description="Modification time (ns) or ETag, whatever the filesystem offers.")
+    start_s: float = Field(0.0, ge=0, description="Start of the time range to use.")
+    end_s: float | None = Field(None, gt=0, description="End of the time range (None: to the end).")
+
+
+class WorkUnit(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    unit_id: str
+    fingerprint: str
+    videos: tuple[VideoRef, ...]
+
+
+class UnitReport(BaseModel):
+    """What a finished unit wrote; saved as `units/<unit_id>.done.json`, last of all its files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    unit_id: str
+    fingerprint: str
+    shards: list[str] = Field(default_factory=list, description="Shard file names, relative to shards/.")
+    parts_dir: str = Field(description="Folder of this unit's manifest parts, relative to the output dir.")
+    videos: int = 0
+    videos_failed: int = 0
+    clips: int = 0
+    samples: int = 0
+    frames: int = 0
+    failures_by_reason: dict[str, int] = Field(default_factory=dict)
+    seconds: float = 0.0
+    skipped: bool = Field(False, description="True when the run found this unit already complete.")

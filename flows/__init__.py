@@ -1,0 +1,1 @@
+"""Prefect flows and the `durian` command line: they only wire tasks together."""

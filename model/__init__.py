@@ -1,0 +1,1 @@
+"""Durian model: Dual ReferenceNet video diffusion on stock diffusers components."""

@@ -1,0 +1,188 @@
+"""Frozen encoders around the trainable nets: VAE, CLIP image embeddings, ArcFace identity.
+
+Images everywhere in this module are float (B, 3, H, W) in [0, 1]; masks (B, 1, H, W)
+in [0, 1] with 1 on the attribute.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from safetensors.torch import load_file
+from torch import nn
+from torch.nn import functional as F
+from transformers import CLIPVisionModelWithProjection
+from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from model.geometry import fit_similarity, warp_affine
+
+# The standard ArcFace 5-point template in a 112x112 crop (insightface `arcface_dst`):
+# left eye, right eye, nose tip, left mouth corner, right mouth corner.
+ARCFACE_TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
+)
+ARCFACE_SIZE = 112
+
+
+# ---------------------------------------------------------------- VAE
+
+
+@torch.no_grad()
+def encode_latents(vae: AutoencoderKL, images: torch.Tensor,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> scaled latents (B, c, H / s, W / s).
+
+    With a generator the posterior is sampled (training targets); without, its mode
+    is used (references, deterministic).
+    """
+    posterior = vae.encode(images.to(vae.dtype) * 2 - 1).latent_dist
+    latents = posterior.sample(generator) if generator is not None else posterior.mode()
+    return latents * vae.config.scaling_factor
+
+
+@torch.no_grad()
+def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """Scaled latents (N, c, h, w) -> images (N, 3, H, W) in [0, 1], `chunk` at a time."""
+    images = [vae.decode(part.to(vae.dtype) / vae.config.scaling_factor).sample
+              for part in latents.split(chunk)]
+    return (torch.cat(images) / 2 + 0.5).clamp(0, 1)
+
+
+def reference_input(vae: AutoencoderKL, images: torch.Tensor, masks: torch.Tensor,
+                    keep_attribute: bool) -> torch.Tensor:
+    """The 5-channel input of a reference net: VAE latent of the masked image + mask.
+
+    keep_attribute True: attribute reference, I * M (only the attribute).
+    keep_attribute False: portrait reference, I * (1 - M) (the attribute removed).
+    The mask channel is M itself, area-downsampled to latent size, in both cases.
+    images: (B, 3, H, W); masks: (B, 1, H, W). Returns (B, c + 1, H / s, W / s).
+    """
+    visible = masks if keep_attribute else 1 - masks
+    latents = encode_latents(vae, images * visible)
+    small_mask = F.interpolate(masks.to(latents.dtype), size=latents.shape[-2:], mode="area")
+    return torch.cat([latents, small_mask], dim=1)
+
+
+# ---------------------------------------------------------------- CLIP
+
+
+@torch.no_grad()
+def clip_image_embeds(image_encoder: CLIPVisionModelWithProjection, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> projected CLIP image embeddings (B, 1, projection_dim).
+
+    Resizes to the encoder's input size and applies CLIP's normalisation (what
+    CLIPImageProcessor does, kept on the tensor's device).
+    """
+    size = image_encoder.config.image_size
+    pixels = F.interpolate(images.float(), size=(size, size), mode="bicubic", align_corners=False,
+                           antialias=True).clamp(0, 1)
+    mean = pixels.new_tensor(OPENAI_CLIP_MEAN)[:, None, None]
+    std = pixels.new_tensor(OPENAI_CLIP_STD)[:, None, None]
+    pixels = ((pixels - mean) / std).to(image_encoder.dtype)
+    return image_encoder(pixel_values=pixels).image_embeds[:, None]
+
+
+# ---------------------------------------------------------------- ArcFace
+
+
+class _IBasicBlock(nn.Module):
+    """The pre-activation basic block of insightface's IResNet (BN-conv-BN-PReLU-conv-BN)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes, eps=1e-5)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes, eps=1e-5)
+        self.prelu = nn.PReLU(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes, eps=1e-5)
+        self.downsample = None
+        if stride != 1 or in_planes != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(planes, eps=1e-5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
+        return out + (x if self.downsample is None else self.downsample(x))
+
+
+IRESNET_LAYERS = {"r18": (2, 2, 2, 2), "r34": (3, 4, 6, 3), "r50": (3, 4, 14, 3), "r100": (3, 13, 30, 3)}
+
+
+class IResNet(ModelMixin, ConfigMixin):
+    """ArcFace IResNet backbone with the insightface (arcface_torch) parameter names,
+    so its released `backbone.pth` state dicts load as they are.
+
+    Input: aligned 112x112 faces in [-1, 1]; output: (B, embedding_dim) features.
+    """
+
+    @register_to_config
+    def __init__(self, arch: str = "r50", embedding_dim: int = 512, widths: tuple[int, ...] = (64, 128, 256, 512)
+                 ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0], eps=1e-5)
+        self.prelu = nn.PReLU(widths[0])
+        in_planes = widths[0]
+        for index, (blocks, planes) in enumerate(zip(IRESNET_LAYERS[arch], widths), start=1):
+            layer = [_IBasicBlock(in_planes, planes, stride=2)]
+            layer += [_IBasicBlock(planes, planes, stride=1) for _ in range(blocks - 1)]
+            setattr(self, f"layer{index}", nn.Sequential(*layer))  # insightface's names: layer1..layer4
+            in_planes = planes
+        self.bn2 = nn.BatchNorm2d(in_planes, eps=1e-5)
+        spatial = ARCFACE_SIZE // 2 ** len(widths)
+        self.fc = nn.Linear(in_planes * spatial * spatial, embedding_dim)
+        self.features = nn.BatchNorm1d(embedding_dim, eps=1e-5)
+
+    def forward(self, faces: torch.Tensor) -> torch.Tensor:
+        """faces: (B, 3, 112, 112) in [-1, 1] -> (B, embedding_dim)."""
+        x = self.prelu(self.bn1(self.conv1(faces)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.features(self.fc(self.bn2(x).flatten(1)))
+
+    @classmethod
+    def from_insightface(cls, path: str | Path, arch: str = "r50") -> IResNet:
+        """Load insightface weights (`.pth` state dict or `.safetensors`) from a local file."""
+        path = Path(path)
+        state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu",
+                                                                               weights_only=True)
+        network = cls(arch=arch, embedding_dim=state["fc.weight"].shape[0])
+        network.load_state_dict(state)
+        return network.eval()
+
+
+def align_faces(images: torch.Tensor, keypoints: np.ndarray) -> torch.Tensor:
+    """Crop ArcFace's 112x112 aligned faces from 5-point keypoints.
+
+    images: (B, 3, H, W); keypoints: (B, 5, 2) in the ArcFace order. Returns (B, 3, 112, 112).
+    """
+    keypoints = np.asarray(keypoints)
+    if keypoints.shape[1:] != (5, 2):
+        raise ValueError(f"ArcFace alignment needs (B, 5, 2) keypoints, got {keypoints.shape}")
+    return torch.cat([
+        warp_affine(image[None], fit_similarity(points, ARCFACE_TEMPLATE), (ARCFACE_SIZE, ARCFACE_SIZE))
+        for image, points in zip(images, keypoints)
+    ])
+
+
+@torch.no_grad()
+def identity_embeds(images: torch.Tensor, keypoints: np.ndarray | None,
+                    identity_encoder: IResNet | None,
+                    image_encoder: CLIPVisionModelWithProjection) -> torch.Tensor:
+    """The portrait net's conditioning: (B, 3, H, W) -> (B, 1, D).
+
+    With an ArcFace `identity_encoder`: the L2-normalised embedding of the aligned
+    face (needs 5-point keypoints). Without one: the CLIP image embedding.
+    """
+    if identity_encoder is None:
+        return clip_image_embeds(image_encoder, images)
+    if keypoints is None:
+        raise ValueError("the ArcFace identity encoder needs the portrait's 5 keypoints")
+    faces = align_faces(images.float(), keypoints) * 2 - 1
+    features = identity_encoder(faces.to(identity_encoder.dtype))
+    return F.normalize(features.float(), dim=-1)[:, None].to(features.dtype)

@@ -1,0 +1,1 @@
+"""Pure processing units: no Prefect or Ray in here."""

@@ -1,0 +1,15 @@
+"""Errors that tasks raise.
+
+A `DataError` means "this input is bad": the item is recorded as a failure with the
+message as its reason and the run goes on. Any other exception is an infrastructure
+or configuration problem and propagates, so that orchestration retries apply.
+"""
+
+
+class DataError(Exception):
+    """A problem with one input item; the message is shown to people as the failure reason."""
+
+
+def failure_kind(stage: str, reason: str) -> str:
+    """`stage: reason` without per-file details (after a colon or parenthesis), for tallies by reason."""
+    return f"{stage}: {reason.split(':')[0].split('(')[0].strip()}"

@@ -1,0 +1,151 @@
+"""Build-level manifests: merging unit parts, collecting garbage, verifying shards.
+
+`publish_manifests` writes `manifests/{videos,clips,samples,failures}.parquet`, then
+`manifests/shards.parquet` (the shard list is what marks a build complete), then
+`manifests/build.json`; each file appears atomically. Shards and parts that no
+current unit owns (superseded runs, runs killed mid-way) are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, Field
+
+from data_specs.config import BuildConfig
+from data_specs.lineage import code_version
+from data_specs.schemas import TABLES, read_table, to_table, write_table_atomic
+from data_specs.units import UnitReport, WorkUnit
+from tasks.errors import failure_kind
+from tasks.sources import sha256_file
+from tasks.unit import OutputLayout
+
+
+class BuildSummary(BaseModel):
+    """The outcome of one build; also written as `manifests/build.json`."""
+
+    output_dir: str
+    config_hash: str
+    code_version: str
+    units: int
+    units_skipped: int
+    units_failed: int
+    videos: int
+    videos_failed: int
+    clips: int
+    samples: int
+    frames: int
+    shards: int
+    shard_bytes: int
+    failures_by_reason: dict[str, int] = Field(default_factory=dict)
+
+
+def unit_failure_rows(unit: WorkUnit, config: BuildConfig, reason: str) -> list[dict]:
+    """Failure rows for every video of a unit whose worker could not finish it."""
+    lineage = {"config_hash": config.output_hash(), "code_version": code_version(), "unit_id": unit.unit_id}
+    return [{"item_id": video.video_id, "stage": "unit", "reason": reason, "frame_indices": None,
+             "source_path": video.uri, "content_sha256": None, **lineage} for video in unit.videos]
+
+
+def publish_manifests(config: BuildConfig, reports: list[UnitReport], extra_failures: list[dict]) -> BuildSummary:
+    """Merge the parts of the given (completed) units into the build manifests and collect garbage."""
+    layout = OutputLayout(config.output_path)
+    tables: dict[str, list[pa.Table]] = {name: [] for name in TABLES}
+    for report in sorted(reports, key=lambda r: r.unit_id):
+        for name in TABLES:
+            tables[name].append(read_table(name, layout.root / report.parts_dir / f"{name}.parquet"))
+    if extra_failures:
+        tables["failures"].append(to_table("failures", extra_failures))
+    merged = {name: pa.concat_tables(parts) if parts else to_table(name, []) for name, parts in tables.items()}
+    for name in TABLES:  # TABLES lists shards last on purpose
+        write_table_atomic(merged[name], layout.manifests / f"{name}.parquet")
+
+    failures = merged["failures"].to_pylist()
+    summary = BuildSummary(
+        output_dir=str(layout.root),
+        config_hash=config.output_hash(),
+        code_version=code_version(),
+        units=len(reports) + len({row["unit_id"] for row in extra_failures}),
+        units_skipped=sum(report.skipped for report in reports),
+        units_failed=len({row["unit_id"] for row in extra_failures}),
+        videos=merged["videos"].num_rows + len(extra_failures),
+        videos_failed=sum(row["status"] == "failed" for row in merged["videos"].to_pylist()) + len(extra_failures),
+        clips=merged["clips"].num_rows,
+        samples=merged["samples"].num_rows,
+        frames=sum(report.frames for report in reports),
+        shards=merged["shards"].num_rows,
+        shard_bytes=sum(merged["shards"].column("size_bytes").to_pylist()),
+        failures_by_reason=dict(Counter(failure_kind(row["stage"], row["reason"]) for row in failures).most_common()),
+    )
+    build_file = layout.manifests / "build.json"
+    partial = build_file.with_name(".build.json.partial")
+    partial.write_text(summary.model_dump_json(indent=2))
+    partial.replace(build_file)
+    _collect_garbage(layout, reports)
+    return summary
+
+
+def _collect_garbage(layout: OutputLayout, reports: list[UnitReport]) -> None:
+    """Delete shards, parts and done files that no unit of this build owns."""
+    owned_shards = {shard for report in reports for shard in report.shards}
+    owned_parts = {Path(report.parts_dir).name for report in reports}
+    owned_done = {layout.done_file(report.unit_id).name for report in reports}
+    for path in layout.shards.glob("*.tar"):
+        if path.name not in owned_shards:
+            path.unlink()
+    for path in layout.shards.glob(".*.partial"):
+        path.unlink()
+    if layout.units.exists():
+        for path in layout.units.iterdir():
+            if path.is_dir() and path.name not in owned_parts:
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.is_file() and path.name not in owned_done:
+                path.unlink()
+
+
+class ShardProblem(BaseModel):
+    shard: str
+    problem: str
+
+
+def verify_shards(root: Path) -> list[ShardProblem]:
+    """Re-hash every shard listed in the manifest; report missing, resized or altered files and strays."""
+    layout = OutputLayout(root)
+    listed = read_table("shards", layout.manifests / "shards.parquet").to_pylist()
+    problems = []
+    for row in listed:
+        path = layout.shards / row["shard"]
+        if not path.is_file():
+            problems.append(ShardProblem(shard=row["shard"], problem="missing"))
+            continue
+        size = path.stat().st_size
+        if size != row["size_bytes"]:
+            problems.append(ShardProblem(shard=row["shard"], problem=f"size {size} != manifest {row['size_bytes']}"))
+        elif sha256_file(path) != row["sha256"]:
+            problems.append(ShardProblem(shard=row["shard"], problem="sha256 differs from the manifest"))
+    names = {row["shard"] for row in listed}
+    problems += [ShardProblem(shard=path.name, problem="not in the manifest")
+                 for path in sorted(layout.shards.glob("*.tar")) if path.name not in names]
+    return problems
+
+
+def table_counts(root: Path) -> dict[str, int]:
+    """Rows per manifest table (without reading the data)."""
+    manifests = OutputLayout(root).manifests
+    return {name: pq.ParquetFile(manifests / f"{name}.parquet").metadata.num_rows for name in TABLES
+            if (manifests / f"{name}.parquet").exists()}
+
+
+def failures_by_reason(root: Path) -> list[tuple[str, int]]:
+    path = OutputLayout(root).manifests / "failures.parquet"
+    rows = read_table("failures", path).to_pylist() if path.exists() else []
+    return Counter(failure_kind(row["stage"], row["reason"]) for row in rows).most_common()
+
+
+def load_summary(root: Path) -> BuildSummary:
+    return BuildSummary.model_validate(json.loads((OutputLayout(root).manifests / "build.json").read_text()))

@@ -1,0 +1,254 @@
+"""Probing and decoding videos with the ffmpeg binaries, through ffmpeg-python.
+
+Every problem with an input file is raised as `DataError` with a short reason a
+person can act on; a missing ffmpeg binary is a `RuntimeError` (setup, not data).
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import ffmpeg
+import numpy as np
+
+from data_specs.video import DecodeConfig, VideoProbe
+from tasks.errors import DataError
+
+STDERR_TAIL_LINES = 50
+# Boxes an ISO-BMFF file (mp4, mov, m4a) can start with: an ffprobe failure on such a
+# file means a damaged video, on anything else it means not a video at all.
+_MP4_FIRST_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide"}
+# "[mov,mp4,m4a @ 0x55d0c0]" prefixes and "path: " prefixes carry no information for people.
+_LOG_PREFIX = re.compile(r"^(\[[^\]]+ @ 0x[0-9a-f]+\]\s*)+")
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded frame.
+
+    Attributes:
+        index: output frame index, starting at 0 for the first frame of the requested range.
+        time_s: nominal presentation time in the source, `start_s + index / rate`.
+        image: (size, size, 3) uint8 RGB, writable.
+    """
+
+    index: int
+    time_s: float
+    image: np.ndarray
+
+
+def find_ffmpeg() -> tuple[str, str]:
+    """Return the paths of ffmpeg and ffprobe.
+
+    Looked up in order: $DURIAN_FFMPEG / $DURIAN_FFPROBE, the directory of the running
+    Python (the venv's bin, where the bootstrap script puts static builds), then PATH.
+    """
+    found = []
+    for name, env in (("ffmpeg", "DURIAN_FFMPEG"), ("ffprobe", "DURIAN_FFPROBE")):
+        beside_python = Path(sys.executable).parent / name
+        path = os.environ.get(env) or (str(beside_python) if beside_python.is_file() else shutil.which(name))
+        if not path or not Path(path).is_file():
+            raise RuntimeError(
+                f"{name} not found (looked at ${env}, {beside_python.parent} and PATH); run the bootstrap script "
+                f"in scripts/ to install static ffmpeg/ffprobe into the venv, or set ${env}"
+            )
+        found.append(path)
+    return found[0], found[1]
+
+
+def summarise_ffmpeg_log(lines: Iterable[str], max_chars: int = 160) -> str:
+    """Condense ffmpeg/ffprobe stderr to its last distinct messages, without pointers and paths."""
+    messages: list[str] = []
+    for line in lines:
+        message = _LOG_PREFIX.sub("", line.strip())
+        if message and message not in messages:
+            messages.append(message)
+    summary = "; ".join(messages[-2:])
+    return summary if len(summary) <= max_chars else "..." + summary[-max_chars:]
+
+
+def probe_video(path: str) -> VideoProbe:
+    """Read a video's facts with ffprobe; raise `DataError` when the file is not a usable video."""
+    file = Path(path)
+    if not file.is_file():
+        raise DataError("file not found" if not file.exists() else "not a regular file")
+    size_bytes = file.stat().st_size
+    if size_bytes == 0:
+        raise DataError("file is empty (0 bytes)")
+    try:
+        info = ffmpeg.probe(path, cmd=find_ffmpeg()[1])
+    except ffmpeg.Error as error:
+        raise DataError(_probe_failure_reason(file, error.stderr.decode(errors="replace"))) from None
+
+    streams = info.get("streams", [])
+    # Cover art in audio files is a one-picture "video" stream; it is not a video.
+    videos = [s for s in streams if s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")]
+    has_audio = any(s.get("codec_type") == "audio" for s in streams)
+    if not videos:
+        raise DataError("no video stream (audio only)" if has_audio else "no video stream")
+    video = videos[0]
+
+    coded_width, coded_height = int(video.get("width", 0)), int(video.get("height", 0))
+    if coded_width <= 0 or coded_height <= 0:
+        raise DataError("video stream has no frame size")
+    avg_rate, base_rate = _rate(video.get("avg_frame_rate")), _rate(video.get("r_frame_rate"))
+    fps = avg_rate or base_rate
+    if not fps:
+        raise DataError("video stream has no frame rate")
+    duration_s = float(video.get("duration") or info.get("format", {}).get("duration") or 0)
+    if duration_s <= 0:
+        raise DataError("video has no duration")
+    rotation = _rotation(video)
+    swapped = rotation in (90, 270)
+    nb_frames = int(video.get("nb_frames") or 0)
+    return VideoProbe(
+        path=path,
+        size_bytes=size_bytes,
+        duration_s=duration_s,
+        fps=float(fps),
+        # ffprobe averages over the whole stream; a base rate far from it means irregular timestamps.
+        variable_fps=bool(avg_rate and base_rate and abs(avg_rate - base_rate) > 0.01 * base_rate),
+        width=coded_height if swapped else coded_width,
+        height=coded_width if swapped else coded_height,
+        coded_width=coded_width,
+        coded_height=coded_height,
+        rotation=rotation,
+        codec=video.get("codec_name", "unknown"),
+        pix_fmt=video.get("pix_fmt", "unknown"),
+        num_frames=nb_frames or max(1, round(duration_s * float(fps))),
+        has_audio=has_audio,
+    )
+
+
+def check_decodable(probe: VideoProbe, cfg: DecodeConfig) -> None:
+    """Raise `DataError` when a probed video is too large to decode under `cfg`."""
+    pixels = probe.coded_width * probe.coded_height
+    if pixels > cfg.max_source_pixels:
+        raise DataError(
+            f"source is {probe.coded_width}x{probe.coded_height} ({pixels} pixels), above the limit of "
+            f"{cfg.max_source_pixels} pixels (DecodeConfig.max_source_pixels)"
+        )
+
+
+def iter_frames(
+    path: str, probe: VideoProbe, cfg: DecodeConfig, start_s: float = 0.0, end_s: float | None = None
+) -> Iterator[Frame]:
+    """Decode [start_s, end_s) of a video to upright, size x size RGB frames, one at a time.
+
+    Output is at a constant rate: `cfg.fps`, or the source's own rate (a variable-rate
+    source is resampled to its average rate, so `time_s` stays meaningful). Frames are
+    yielded as ffmpeg produces them; if the stream turns out to be damaged, the
+    generator raises `DataError` after the last good frame, so the caller must treat
+    the whole item as failed. Closing the generator early kills and reaps ffmpeg.
+    """
+    check_decodable(probe, cfg)
+    if start_s < 0 or (end_s is not None and end_s <= start_s):
+        raise ValueError(f"invalid time range [{start_s}, {end_s})")
+    rate = cfg.fps or probe.fps
+    process = _decode_graph(path, probe, cfg, start_s, end_s).run_async(
+        cmd=find_ffmpeg()[0], pipe_stdout=True, pipe_stderr=True
+    )
+    # ffmpeg blocks once the stderr pipe is full; a thread keeps it drained.
+    log: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+    drain = threading.Thread(target=_drain, args=(process.stderr, log), daemon=True)
+    drain.start()
+    frame_bytes = cfg.size * cfg.size * 3
+    index = 0
+    try:
+        while True:
+            buffer = bytearray(frame_bytes)
+            # A buffered pipe read returns a whole frame unless ffmpeg stopped writing mid-frame.
+            got = process.stdout.readinto(buffer)
+            if got < frame_bytes:
+                break
+            image = np.frombuffer(buffer, np.uint8).reshape(cfg.size, cfg.size, 3)
+            yield Frame(index=index, time_s=start_s + index / rate, image=image)
+            index += 1
+        process.wait()
+        drain.join()
+        if process.returncode != 0 or got:
+            raise DataError(f"decode failed after {index} frames: {summarise_ffmpeg_log(log) or 'ffmpeg crashed'}")
+        if index == 0:
+            end = f"{end_s:g} s" if end_s is not None else "the end"
+            raise DataError(
+                f"no frames decoded between {start_s:g} s and {end} (video is {probe.duration_s:g} s)"
+                + (f": {summarise_ffmpeg_log(log)}" if log else "")
+            )
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        drain.join()
+        process.stderr.close()
+
+
+def _decode_graph(
+    path: str, probe: VideoProbe, cfg: DecodeConfig, start_s: float, end_s: float | None
+) -> ffmpeg.nodes.OutputStream:
+    """The ffmpeg graph for `iter_frames`: seek, trim, rate, scale, crop or pad, raw RGB out."""
+    # Input-side -ss seeks to the keyframe before start_s and decodes up to it (accurate
+    # and fast); -t then ends the range. `threads` limits the decoder.
+    trim = {"ss": start_s} if start_s else {}
+    if end_s is not None:
+        trim["t"] = end_s - start_s
+    stream = ffmpeg.input(path, threads=cfg.threads, **trim)  # autorotation is on by default
+    if cfg.fps or probe.variable_fps:
+        stream = stream.filter("fps", fps=cfg.fps or probe.fps)
+    size = cfg.size
+    if cfg.crop == "center":
+        stream = stream.filter("scale", size, size, force_original_aspect_ratio="increase").filter("crop", size, size)
+    else:
+        stream = stream.filter("scale", size, size, force_original_aspect_ratio="decrease").filter(
+            "pad", size, size, "(ow-iw)/2", "(oh-ih)/2"
+        )
+    # passthrough: the rawvideo muxer would otherwise duplicate frames to a constant rate itself.
+    output = stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough", an=None, sn=None)
+    # ffmpeg-python always writes -filter_complex, whose thread count is a global option.
+    return output.global_args(
+        "-nostdin", "-hide_banner", "-loglevel", "error", "-filter_complex_threads", str(cfg.threads)
+    )
+
+
+def _drain(stream, log: deque[str]) -> None:
+    """Read a pipe to its end, keeping the last lines in `log`."""
+    for line in stream:
+        log.append(line.decode(errors="replace"))
+
+
+def _rate(text: str | None) -> Fraction:
+    """Parse an ffprobe rate such as '30000/1001'; '0/0' and missing rates are 0."""
+    numerator, _, denominator = (text or "0/0").partition("/")
+    return Fraction(int(numerator), int(denominator)) if denominator and int(denominator) else Fraction(0)
+
+
+def _rotation(stream: dict) -> int:
+    """Clockwise display rotation from the display matrix (counter-clockwise there) or the legacy tag."""
+    matrix = [d for d in stream.get("side_data_list", []) if "rotation" in d]
+    degrees = -float(matrix[0]["rotation"]) if matrix else float(stream.get("tags", {}).get("rotate", 0))
+    rotation = round(degrees) % 360
+    if rotation % 90:
+        raise DataError(f"unsupported rotation of {rotation} degrees (only multiples of 90)")
+    return rotation
+
+
+def _probe_failure_reason(file: Path, stderr: str) -> str:
+    """Turn ffprobe's complaint about a file into a reason a person understands."""
+    lines = [line.replace(f"{file}: ", "") for line in stderr.splitlines()]
+    if "moov atom not found" in stderr:
+        with file.open("rb") as handle:
+            head = handle.read(8)
+        if head[4:8] in _MP4_FIRST_BOXES:
+            return "truncated or corrupt video (moov atom not found)"
+        return "not a video file (unrecognised data)"
+    if "Invalid data found when processing input" in stderr:
+        return "not a video file (unrecognised data)"
+    return f"unreadable video ({summarise_ffmpeg_log(lines) or 'ffprobe failed'})"

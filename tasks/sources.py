@@ -1,0 +1,157 @@
+"""Listing input videos and grouping them into units of work.
+
+Inputs are a local folder, a Parquet/CSV manifest, or an fsspec URL/glob. Listing only
+stats files (size, modification time), so planning a rebuild of a large dataset
+costs no reads; content hashes are taken by the workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import fsspec
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from data_specs.config import BuildConfig, InputsConfig
+from data_specs.lineage import code_version
+from data_specs.sample import safe_key
+from data_specs.units import VideoRef, WorkUnit
+
+_MANIFEST_SUFFIXES = (".parquet", ".csv")
+
+
+class InputError(ValueError):
+    """The configured input cannot be listed (missing folder, bad manifest); raised before any work."""
+
+
+def list_videos(inputs: InputsConfig) -> list[VideoRef]:
+    """Every input video, sorted by URI. Raises `InputError` when the source is unusable."""
+    source = inputs.source
+    if "://" not in source:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise InputError(f"input {source!r} does not exist")
+        if path.is_file() and path.suffix.lower() not in _MANIFEST_SUFFIXES:
+            raise InputError(f"input {source!r} is a file but not a .parquet or .csv manifest")
+        source = str(path.resolve())
+    if source.lower().endswith(_MANIFEST_SUFFIXES):
+        refs = _from_manifest(source)
+    else:
+        refs = _from_listing(source, inputs.extensions)
+    return sorted(refs, key=lambda ref: ref.uri)
+
+
+def _from_listing(source: str, extensions: tuple[str, ...]) -> list[VideoRef]:
+    fs, root = fsspec.core.url_to_fs(source)
+    if fs.isdir(root):
+        infos = fs.find(root, detail=True).values()
+    else:
+        infos = fs.glob(root, detail=True).values()
+        if not infos:
+            raise InputError(f"input {source!r} matches nothing")
+    wanted = tuple(ext.lower() for ext in extensions)
+    return [
+        _ref(fs, info["name"], info)
+        for info in infos
+        if info.get("type") == "file" and info["name"].lower().endswith(wanted)
+    ]
+
+
+def _from_manifest(source: str) -> list[VideoRef]:
+    with fsspec.open(source, "rb") as handle:
+        table = pq.read_table(handle) if source.lower().endswith(".parquet") else pa_csv.read_csv(handle)
+    if "path" not in table.column_names:
+        raise InputError(f"manifest {source!r} has no 'path' column (columns: {table.column_names})")
+    base = source.rsplit("/", 1)[0] if "/" in source else "."
+    refs = []
+    for row in table.to_pylist():
+        uri = str(row["path"])
+        if "://" not in uri and not uri.startswith("/"):
+            uri = f"{base}/{uri}"
+        fs, path = fsspec.core.url_to_fs(uri)
+        try:
+            info = fs.info(path)
+        except FileNotFoundError:
+            # Listed but absent: keep it, so the worker records it as a failure row.
+            info = {"size": -1}
+        refs.append(
+            _ref(fs, path, info, video_id=row.get("video_id"), start_s=row.get("start_s"), end_s=row.get("end_s"))
+        )
+    return refs
+
+
+def _ref(fs: fsspec.AbstractFileSystem, path: str, info: dict, video_id: str | None = None,
+         start_s: float | None = None, end_s: float | None = None) -> VideoRef:
+    uri = path if _is_local(fs) else fs.unstrip_protocol(path)
+    modified = info.get("mtime") or info.get("LastModified") or info.get("ETag") or info.get("etag") or ""
+    return VideoRef(
+        video_id=video_id or make_video_id(uri),
+        uri=uri,
+        size_bytes=int(info.get("size") or 0),
+        modified=str(modified),
+        start_s=float(start_s or 0.0),
+        end_s=float(end_s) if end_s else None,
+    )
+
+
+def make_video_id(uri: str) -> str:
+    """Readable and unique: the file stem (made key-safe) plus a hash of the full URI."""
+    stem = safe_key(Path(uri.rsplit("/", 1)[-1]).stem)[:40]
+    return f"{stem}-{hashlib.sha256(uri.encode()).hexdigest()[:10]}"
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def plan_units(videos: list[VideoRef], config: BuildConfig) -> list[WorkUnit]:
+    """Group sorted videos into units of about `videos_per_unit`.
+
+    A unit ends after a video whose URI hash falls on the boundary (content-defined
+    chunking), or at twice the target size. Adding or removing one video therefore
+    changes only the unit it lands in, and the others keep their ids and are skipped
+    by an incremental rebuild.
+    """
+    target = config.execution.videos_per_unit
+    groups: list[list[VideoRef]] = [[]]
+    for video in videos:
+        groups[-1].append(video)
+        on_boundary = int(hashlib.sha256(video.uri.encode()).hexdigest()[:8], 16) % target == 0
+        if on_boundary or len(groups[-1]) >= 2 * target:
+            groups.append([])
+    version, config_hash = code_version(), config.output_hash()
+    units = []
+    for group in filter(None, groups):
+        unit_id = hashlib.sha256("\n".join(v.uri for v in group).encode()).hexdigest()[:12]
+        stamp = "\n".join(v.model_dump_json() for v in group) + config_hash + version
+        units.append(WorkUnit(unit_id=unit_id, fingerprint=hashlib.sha256(stamp.encode()).hexdigest()[:16],
+                              videos=tuple(group)))
+    return units
+
+
+@contextlib.contextmanager
+def local_copy(uri: str) -> Iterator[Path]:
+    """A local path for ffmpeg: the file itself when local, else a temporary download."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    if _is_local(fs):
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="durian-src-") as tmp:
+        local = Path(tmp) / Path(path).name
+        with fs.open(path, "rb") as remote, open(local, "wb") as out:
+            shutil.copyfileobj(remote, out, length=1 << 22)
+        yield local
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
