@@ -133,7 +133,7 @@ class ModelFlavour(_Spec):
         description="Conv widths of the pose guider; each step after the first halves the size.",
     )
     identity_dim: int = Field(
-        description="Width of the portrait identity embedding (ArcFace: 512; CLIP: projection_dim)."
+        512, description="Width of the ArcFace identity embedding; without ArcFace the CLIP embedding is used."
     )
     noise_schedule: NoiseScheduleSpec = NoiseScheduleSpec()
 
@@ -160,7 +160,6 @@ FLAVOURS: dict[str, ModelFlavour] = {
             patch_size=14,
             projection_dim=768,
         ),
-        identity_dim=512,
     ),
     "tiny": ModelFlavour(
         name="tiny",
@@ -185,7 +184,7 @@ FLAVOURS: dict[str, ModelFlavour] = {
             projection_dim=32,
         ),
         pose_guider_channels=(8, 16, 32),
-        identity_dim=32,
+        identity_dim=16,
     ),
 }
 

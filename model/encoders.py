@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from transformers import CLIPVisionModelWithProjection
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+from model.durian import ReferenceInputs
 from model.geometry import fit_similarity, warp_affine
 
 # The standard ArcFace 5-point template in a 112x112 crop (insightface `arcface_dst`):
@@ -186,3 +187,31 @@ def identity_embeds(images: torch.Tensor, keypoints: np.ndarray | None,
     faces = align_faces(images.float(), keypoints) * 2 - 1
     features = identity_encoder(faces.to(identity_encoder.dtype))
     return F.normalize(features.float(), dim=-1)[:, None].to(features.dtype)
+
+
+# ---------------------------------------------------------------- all reference inputs
+
+
+def prepare_references(vae: AutoencoderKL, image_encoder: CLIPVisionModelWithProjection,
+                       identity_encoder: IResNet | None, portrait: torch.Tensor, portrait_mask: torch.Tensor,
+                       attributes: torch.Tensor, attribute_masks: torch.Tensor,
+                       portrait_keypoints: np.ndarray | None = None) -> ReferenceInputs:
+    """Encode the references of B samples with N attributes each (training and inference alike).
+
+    portrait: (B, 3, H, W); portrait_mask: (B, 1, H, W), the region to regenerate;
+    attributes: (B, N, 3, H, W); attribute_masks: (B, N, 1, H, W);
+    portrait_keypoints: (B, 5, 2), needed by an ArcFace identity encoder.
+    Identity and attribute embeddings see the same masked images as the reference
+    nets, so the removed attribute cannot leak back through the embeddings.
+    """
+    batch, num_attributes = attributes.shape[:2]
+    flat_attributes, flat_masks = attributes.flatten(0, 1), attribute_masks.flatten(0, 1)
+    masked_portrait = portrait * (1 - portrait_mask)
+    attribute_embeds = clip_image_embeds(image_encoder, flat_attributes * flat_masks)
+    return ReferenceInputs(
+        portrait=reference_input(vae, portrait, portrait_mask, keep_attribute=False),
+        attributes=reference_input(vae, flat_attributes, flat_masks, keep_attribute=True).unflatten(
+            0, (batch, num_attributes)),
+        identity_embeds=identity_embeds(masked_portrait, portrait_keypoints, identity_encoder, image_encoder),
+        attribute_embeds=attribute_embeds[:, 0].unflatten(0, (batch, num_attributes)),
+    )

@@ -214,7 +214,7 @@ class ReferenceReadProcessor:
                 raise ValueError(f"{len(mode.attribute_weights)} weights for {num_attributes} attributes")
             lengths = [key.shape[2], portrait_kv[0].shape[2]] + [k.shape[2] for k, _ in attribute_kv]
             logits = [0.0, 0.0] + [math.log(w) if w > 0 else -math.inf for w in mode.attribute_weights]
-            bias = torch.cat([query.new_full((n,), b) for n, b in zip(lengths, logits)])
+            bias = torch.cat([query.new_full((n,), b) for n, b in zip(lengths, logits)])[None, None, None]
         return _finish(attn, attend_with([portrait_kv, *attribute_kv], bias), hidden_states)
 
 

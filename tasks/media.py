@@ -65,14 +65,21 @@ def find_ffmpeg() -> tuple[str, str]:
 
 
 def summarise_ffmpeg_log(lines: Iterable[str], max_chars: int = 160) -> str:
-    """Condense ffmpeg/ffprobe stderr to its last distinct messages, without pointers and paths."""
+    """Condense ffmpeg/ffprobe stderr to its first message (usually the cause) and a count of the others."""
     messages: list[str] = []
     for line in lines:
-        message = _LOG_PREFIX.sub("", line.strip())
-        if message and message not in messages:
+        message = _LOG_PREFIX.sub("", line.strip()).rstrip(".")
+        if message and not message.startswith("Last message repeated") and message not in messages:
             messages.append(message)
-    summary = "; ".join(messages[-2:])
-    return summary if len(summary) <= max_chars else "..." + summary[-max_chars:]
+    if not messages:
+        return ""
+    first = messages[0] if len(messages[0]) <= max_chars else messages[0][:max_chars] + "..."
+    return first + (f" (+{len(messages) - 1} more)" if len(messages) > 1 else "")
+
+
+def file_url(path: str | Path) -> str:
+    """The ffmpeg URL of a local file: without `file:`, a name like `12:30.mp4` reads as a protocol."""
+    return f"file:{path}"
 
 
 def probe_video(path: str) -> VideoProbe:
@@ -84,7 +91,7 @@ def probe_video(path: str) -> VideoProbe:
     if size_bytes == 0:
         raise DataError("file is empty (0 bytes)")
     try:
-        info = ffmpeg.probe(path, cmd=find_ffmpeg()[1])
+        info = ffmpeg.probe(file_url(path), cmd=find_ffmpeg()[1])
     except ffmpeg.Error as error:
         raise DataError(_probe_failure_reason(file, error.stderr.decode(errors="replace"))) from None
 
@@ -165,26 +172,26 @@ def iter_frames(
     try:
         while True:
             buffer = bytearray(frame_bytes)
-            # A buffered pipe read returns a whole frame unless ffmpeg stopped writing mid-frame.
-            got = process.stdout.readinto(buffer)
-            if got < frame_bytes:
+            # A buffered pipe read returns a whole frame unless ffmpeg stopped writing
+            # mid-frame, which only a crash does (and the exit code then tells).
+            if process.stdout.readinto(buffer) < frame_bytes:
                 break
             image = np.frombuffer(buffer, np.uint8).reshape(cfg.size, cfg.size, 3)
             yield Frame(index=index, time_s=start_s + index / rate, image=image)
             index += 1
         process.wait()
         drain.join()
-        if process.returncode != 0 or got:
-            raise DataError(f"decode failed after {index} frames: {summarise_ffmpeg_log(log) or 'ffmpeg crashed'}")
+        # ffmpeg exits 0 after most decode errors (a cut stream, corrupt packets), so any
+        # logged error fails the video: damaged frames must not become training data.
+        if process.returncode or log:
+            reason = summarise_ffmpeg_log(log) or f"ffmpeg exited with code {process.returncode}"
+            raise DataError(f"decode failed after {index} frames: {reason}")
         if index == 0:
             end = f"{end_s:g} s" if end_s is not None else "the end"
-            raise DataError(
-                f"no frames decoded between {start_s:g} s and {end} (video is {probe.duration_s:g} s)"
-                + (f": {summarise_ffmpeg_log(log)}" if log else "")
-            )
+            raise DataError(f"no frames decoded between {start_s:g} s and {end} (video is {probe.duration_s:g} s)")
     finally:
         if process.poll() is None:
-            process.kill()
+            pass
             process.wait()
         process.stdout.close()
         drain.join()
@@ -200,9 +207,9 @@ def _decode_graph(
     trim = {"ss": start_s} if start_s else {}
     if end_s is not None:
         trim["t"] = end_s - start_s
-    stream = ffmpeg.input(path, threads=cfg.threads, **trim)  # autorotation is on by default
+    stream = ffmpeg.input(file_url(path), threads=cfg.threads, **trim)  # autorotation is on by default
     if cfg.fps or probe.variable_fps:
-        stream = stream.filter("fps", fps=cfg.fps or probe.fps)
+        stream = stream.filter("fps", fps=cfg.fps or probe.fps, eof_action="pass")
     size = cfg.size
     if cfg.crop == "center":
         stream = stream.filter("scale", size, size, force_original_aspect_ratio="increase").filter("crop", size, size)
@@ -242,7 +249,7 @@ def _rotation(stream: dict) -> int:
 
 def _probe_failure_reason(file: Path, stderr: str) -> str:
     """Turn ffprobe's complaint about a file into a reason a person understands."""
-    lines = [line.replace(f"{file}: ", "") for line in stderr.splitlines()]
+    lines = [line.replace(f"{file_url(file)}: ", "") for line in stderr.splitlines()]
     if "moov atom not found" in stderr:
         with file.open("rb") as handle:
             head = handle.read(8)

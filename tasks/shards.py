@@ -104,6 +104,7 @@ class RotatingShardWriter:
         self._tar = self._sink = self._partial = None
 
     def _discard(self) -> None:
+        self._tar.close()
         self._sink.handle.close()
         self._partial.unlink(missing_ok=True)
         self._tar = self._sink = self._partial = None

@@ -111,19 +111,18 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
 
 
 def plan_units(videos: list[VideoRef], config: BuildConfig) -> list[WorkUnit]:
-    """Group sorted videos into units of about `videos_per_unit`.
+    """Group sorted videos into units of about `videos_per_unit` (geometrically distributed sizes).
 
-    A unit ends after a video whose URI hash falls on the boundary (content-defined
-    chunking), or at twice the target size. Adding or removing one video therefore
-    changes only the unit it lands in, and the others keep their ids and are skipped
-    by an incremental rebuild.
+    A unit ends after a video whose file-name hash falls on a boundary (content-defined
+    chunking), so adding or removing one video changes only the unit it lands in: the
+    others keep their ids and fingerprints and are skipped by an incremental rebuild.
     """
     target = config.execution.videos_per_unit
     groups: list[list[VideoRef]] = [[]]
     for video in videos:
         groups[-1].append(video)
-        on_boundary = int(hashlib.sha256(video.uri.encode()).hexdigest()[:8], 16) % target == 0
-        if on_boundary or len(groups[-1]) >= 2 * target:
+        name = video.uri.rsplit("/", 1)[-1]
+        if int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % target == 0:
             groups.append([])
     version, config_hash = code_version(), config.output_hash()
     units = []

@@ -140,6 +140,7 @@ def _process_video(video: VideoRef, config: BuildConfig, stages: Sequence[ClipSt
     video_row = {"video_id": video.video_id, "status": "failed", "size_bytes": video.size_bytes,
                  "frames_decoded": 0, "num_clips": 0, **lineage}
     step = "read"
+    counted = _Counted(iter(()))
     try:
         with local_copy(video.uri) as path:
             if not path.is_file():
@@ -158,8 +159,6 @@ def _process_video(video: VideoRef, config: BuildConfig, stages: Sequence[ClipSt
                     break
                 _process_clip(video, clip_index, clip, config, stages, writer, rows, lineage)
                 video_row["num_clips"] += 1
-            video_row["frames_decoded"] = counted.count
-            rows.frames += counted.count
             if video_row["num_clips"] == 0:
                 raise DataError(
                     f"too short: {counted.count} frame(s) decoded, a clip needs {config.clips.length} "
@@ -173,6 +172,8 @@ def _process_video(video: VideoRef, config: BuildConfig, stages: Sequence[ClipSt
         video_row["status"] = "partial" if video_row["num_clips"] else "failed"
         rows.failures.append({"item_id": video.video_id, "stage": step, "reason": str(err),
                               "frame_indices": None, **lineage})
+    video_row["frames_decoded"] = counted.count
+    rows.frames += counted.count
     rows.videos.append(video_row)
 
 

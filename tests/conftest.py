@@ -1,0 +1,51 @@
+"""Fixtures shared by the suite: generated videos (never fetched) and one Prefect test server."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from data_specs.config import BuildConfig, parse_config
+
+# Small enough for 2 cores: 96 px sources, 24 frames at 24 fps, decoded at 12 fps to 64 px, 4-frame clips.
+SMALL_BUILD = {
+    "decode": {"fps": 12, "size": 64},
+    "clips": {"length": 4, "stride": 4},
+    "shards": {"samples_per_shard": 5},
+    "execution": {"videos_per_unit": 3, "retries": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def video_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Good synthetic portrait videos plus every awkward input, generated once per session."""
+    from tasks.synthetic import write_dataset, write_edge_case_videos
+
+    root = tmp_path_factory.mktemp("library")
+    write_dataset(root / "good", count=5, seed=0, num_frames=24, width=96, height=96)
+    write_edge_case_videos(root / "edge")
+    return root
+
+
+@pytest.fixture
+def videos(video_library: Path, tmp_path: Path) -> Path:
+    """A private copy of the library (tests may touch or delete files)."""
+    target = tmp_path / "videos"
+    shutil.copytree(video_library, target)
+    return target
+
+
+def small_config(source: Path | str, output: Path, **overrides: dict) -> BuildConfig:
+    sections = {key: {**value, **overrides.pop(key, {})} for key, value in SMALL_BUILD.items()}
+    return parse_config({"inputs": {"source": str(source)}, "output_dir": str(output), **sections, **overrides})
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect API for every flow test in the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

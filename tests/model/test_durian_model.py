@@ -1,0 +1,140 @@
+"""DurianModel: what the references, masks and pose guider do, gradients and stages."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from model.durian import DurianModel, ReferenceInputs
+from model.reference_attention import ReadMode
+from tests.model.conftest import make_clip, make_references
+
+
+def predict(model: DurianModel, references: ReferenceInputs | None, frames: int = 2,
+            mode: ReadMode = ReadMode(), guidance: torch.Tensor | None = None) -> torch.Tensor:
+    latents, timesteps, default_guidance = make_clip(frames=frames)
+    guidance = default_guidance if guidance is None else guidance
+    with torch.no_grad():
+        if references is None:
+            return model.denoise(latents, timesteps, guidance, torch.zeros(1, 1, 32), use_references=False)
+        model.encode_references(references, mode)
+        try:
+            return model.denoise(latents, timesteps, guidance, references.attribute_embeds)
+        finally:
+            model.clear_references()
+
+
+def test_references_change_the_output(model: DurianModel) -> None:
+    references = make_references()
+    with_refs = predict(model, references)
+    assert with_refs.shape == (1, 4, 2, 16, 16)
+    # Same cross-attention tokens, references suspended: only reference attention differs.
+    latents, timesteps, guidance = make_clip()
+    with torch.no_grad():
+        model.encode_references(references)
+        without = model.denoise(latents, timesteps, guidance, references.attribute_embeds, use_references=False)
+    assert (with_refs - without).abs().max() > 1e-3
+
+
+def test_masking_the_reference_changes_the_output(model: DurianModel) -> None:
+    references = make_references()
+    masked = copy.copy(references)
+    masked.portrait = references.portrait.clone()
+    masked.portrait[:, :4, :8] = 0  # hide the top half of the portrait latent...
+    masked.portrait[:, 4:, :8] = 1  # ...and say so in the mask channel
+    assert (predict(model, references) - predict(model, masked)).abs().max() > 1e-3
+
+
+def test_untrained_pose_guider_adds_nothing_and_a_trained_one_does(model: DurianModel) -> None:
+    references = make_references()
+    other_guidance = torch.rand(1, 3, 2, 64, 64, generator=torch.Generator().manual_seed(7))
+    base = predict(model, references)
+    torch.testing.assert_close(predict(model, references, guidance=other_guidance), base, rtol=0, atol=0)
+    torch.nn.init.normal_(model.pose_guider.conv_out.weight, std=0.1)
+    assert (predict(model, references, guidance=other_guidance) - base).abs().max() > 1e-3
+
+
+def test_mask_channel_starts_at_zero_so_the_mask_alone_changes_nothing(model: DurianModel) -> None:
+    references = make_references()
+    other_mask = copy.copy(references)
+    other_mask.portrait = references.portrait.clone()
+    other_mask.portrait[:, 4] = 1 - other_mask.portrait[:, 4]
+    torch.testing.assert_close(predict(model, other_mask), predict(model, references))
+
+
+def test_composition_and_interpolation(model: DurianModel) -> None:
+    two = make_references(attributes=2)
+    composed = predict(model, two)
+    assert composed.shape == (1, 4, 2, 16, 16) and torch.isfinite(composed).all()
+    for alpha, index in ((0.0, 0), (1.0, 1)):
+        single = ReferenceInputs(two.portrait, two.attributes[:, index:index + 1], two.identity_embeds,
+                                 two.attribute_embeds)  # same cross-attention tokens on both sides
+        with torch.no_grad():
+            latents, timesteps, guidance = make_clip()
+            model.encode_references(single)
+            expected = model.denoise(latents, timesteps, guidance, two.attribute_embeds)
+            model.encode_references(two, ReadMode(alpha=alpha))
+            blended = model.denoise(latents, timesteps, guidance, two.attribute_embeds)
+        torch.testing.assert_close(blended, expected, atol=1e-5, rtol=1e-4)
+    assert (composed - expected).abs().max() > 1e-4
+
+
+def training_grads(model: DurianModel, checkpointing: bool, steps: int = 2) -> dict[str, torch.Tensor]:
+    """Accumulate gradients over `steps` micro-batches; the bank must not grow."""
+    if checkpointing:
+        model.enable_gradient_checkpointing()
+    trainable = model.select_trainable(1)
+    model.zero_grad()
+    sizes = []
+    for step in range(steps):
+        latents, timesteps, guidance = make_clip(seed=10 + step)
+        loss = model(latents, timesteps, guidance, make_references(seed=step)).pow(2).mean()
+        sizes.append(len(model.bank))
+        loss.backward()
+        model.clear_references()
+        assert len(model.bank) == 0
+    assert sizes == [sizes[0]] * steps and sizes[0] == 2 * len(model.reference_layers)
+    assert all(p.grad is not None for p in trainable)
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_gradients_equal_with_and_without_checkpointing(model: DurianModel) -> None:
+    torch.nn.init.normal_(model.pose_guider.conv_out.weight, std=0.1)
+    reference = training_grads(copy.deepcopy(model), checkpointing=False)
+    checkpointed = training_grads(model, checkpointing=True)
+    assert reference.keys() == checkpointed.keys()
+    assert any(n.startswith("attribute_net.") for n in reference) and any(n.startswith("portrait_net.") for n in reference)
+    for name in reference:
+        torch.testing.assert_close(checkpointed[name], reference[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_stage_selection(model: DurianModel) -> None:
+    stage1 = {id(p) for p in model.select_trainable(1)}
+    names1 = {n for n, p in model.named_parameters() if id(p) in stage1}
+    unreached = model.unreached_reference_parameters()
+    assert "attribute_net.conv_out.weight" in unreached and "portrait_net.conv_in.weight" not in unreached
+    assert not names1 & unreached
+    assert not any("motion_modules" in n for n in names1)
+    assert {"pose_guider.conv_out.weight", "denoiser.conv_in.weight", "attribute_net.conv_in.weight"} <= names1
+    # Every selected parameter really gets a gradient (DDP needs no find_unused_parameters).
+    latents, timesteps, guidance = make_clip()
+    model(latents, timesteps, guidance, make_references()).mean().backward()
+    model.clear_references()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+    stage2 = model.select_trainable(2)
+    names2 = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert len(stage2) == len(names2) > 0 and all("denoiser." in n and "motion_modules" in n for n in names2)
+    # Frozen reference nets run without a graph: nothing of theirs is kept for backward.
+    model.encode_references(make_references())
+    assert not any(t.requires_grad for t in model.bank.tokens("portrait"))
+    model.clear_references()
+
+
+def test_dropped_references_do_not_run_the_reference_nets(model: DurianModel) -> None:
+    calls = []
+    model.attribute_net.register_forward_pre_hook(lambda *_: calls.append(1))
+    latents, timesteps, guidance = make_clip()
+    out = model(latents, timesteps, guidance, make_references(), drop_references=True)
+    assert calls == [] and len(model.bank) == 0 and out.shape == latents.shape

@@ -1,0 +1,19 @@
+"""Videos shared by the media and synthetic tests, generated once per session."""
+
+from pathlib import Path
+
+import pytest
+
+from tasks.synthetic import write_edge_case_videos, write_portrait_video
+
+
+@pytest.fixture(scope="session")
+def edge_cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The broken and awkward inputs, by name."""
+    return write_edge_case_videos(tmp_path_factory.mktemp("edge_cases"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def portrait(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A landscape 96 x 64 portrait video: 24 frames at 24 fps (1 s)."""
+    return write_portrait_video(tmp_path_factory.mktemp("portrait") / "portrait.mp4", seed=7, num_frames=24, width=96, height=64)

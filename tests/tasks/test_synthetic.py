@@ -1,0 +1,137 @@
+"""The synthetic video generator: determinism, ground truth that matches the pixels, edge cases, datasets."""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_specs.video import DecodeConfig
+from tasks.media import iter_frames, probe_video
+from tasks.synthetic import (
+    ATTRIBUTES,
+    BEARD,
+    COLOURS,
+    EYEGLASSES,
+    HAIR,
+    HAT,
+    load_truth,
+    write_dataset,
+    write_edge_case_videos,
+    write_portrait_video,
+)
+
+SMALL = {"num_frames": 6, "width": 64, "height": 64}
+
+
+def decoded(path: Path) -> np.ndarray:
+    """(F, H, W, 3) frames at the video's display size: padded to a square by the decoder, then cut back."""
+    probe = probe_video(str(path))
+    size = max(probe.width, probe.height)
+    frames = np.stack([f.image for f in iter_frames(str(path), probe, DecodeConfig(size=size, crop="pad"))])
+    top, left = (size - probe.height) // 2, (size - probe.width) // 2
+    return frames[:, top : top + probe.height, left : left + probe.width]
+
+
+def test_same_seed_gives_same_video_and_truth(tmp_path: Path) -> None:
+    first = write_portrait_video(tmp_path / "a.mp4", seed=3, **SMALL)
+    second = write_portrait_video(tmp_path / "b.mp4", seed=3, **SMALL)
+    other = write_portrait_video(tmp_path / "c.mp4", seed=4, **SMALL)
+    assert first.read_bytes() == second.read_bytes()
+    assert np.array_equal(decoded(first), decoded(second))
+    truth_a, truth_b = load_truth(first), load_truth(second)
+    assert truth_a.keys() == truth_b.keys()
+    assert all(np.array_equal(truth_a[key], truth_b[key]) for key in truth_a)
+    assert not np.array_equal(truth_a["boxes"], load_truth(other)["boxes"])
+
+
+def test_truth_layout(portrait: Path) -> None:
+    truth = load_truth(portrait)
+    assert truth["fps"] == 24.0 and truth["size"] == (96, 64)
+    assert truth["boxes"].shape == (24, 4) and truth["boxes"].dtype == np.float32
+    assert truth["keypoints"].shape == (24, 5, 2) and truth["keypoints"].dtype == np.float32
+    for name in ATTRIBUTES:
+        assert truth[f"masks_{name}"].shape == (24, 64, 96) and truth[f"masks_{name}"].dtype == bool
+
+
+def test_masks_are_non_empty_and_disjoint(portrait: Path) -> None:
+    truth = load_truth(portrait)
+    masks = [truth[f"masks_{name}"] for name in ATTRIBUTES]
+    assert all(mask.any(axis=(1, 2)).all() for mask in masks)  # every attribute visible in every frame
+    assert (np.sum(masks, axis=0) <= 1).all()
+
+
+def test_masks_match_the_pixels(portrait: Path) -> None:
+    frames = decoded(portrait)
+    truth = load_truth(portrait)
+    for name, label in (("hair", HAIR), ("eyeglasses", EYEGLASSES), ("hat", HAT), ("beard", BEARD)):
+        pixels = frames[truth[f"masks_{name}"]].astype(float)
+        assert np.abs(np.median(pixels, axis=0) - COLOURS[label]).max() < 25, name
+
+
+def test_keypoints_lie_inside_the_box(portrait: Path) -> None:
+    truth = load_truth(portrait)
+    boxes, points = truth["boxes"][:, None], truth["keypoints"]
+    assert ((points >= boxes[..., :2]) & (points <= boxes[..., 2:])).all()
+    left_eye, right_eye, _, mouth_left, mouth_right = points.transpose(1, 0, 2)
+    assert (left_eye[:, 0] < right_eye[:, 0]).all() and (mouth_left[:, 0] < mouth_right[:, 0]).all()
+
+
+def test_box_follows_the_head(portrait: Path) -> None:
+    truth = load_truth(portrait)
+    centres_x = truth["boxes"][:, [0, 2]].mean(axis=1)
+    assert np.ptp(centres_x) > 5  # the head moves
+    hat = truth["masks_hat"]
+    hat_x = np.array([np.nonzero(mask)[1].mean() for mask in hat])
+    assert np.abs(hat_x - centres_x).max() < 2  # and the box moves with it
+
+
+def test_attribute_subset_renders_only_those(tmp_path: Path) -> None:
+    path = write_portrait_video(tmp_path / "bare.mp4", seed=1, attributes=("beard",), **SMALL)
+    truth = load_truth(path)
+    assert [key for key in truth if key.startswith("masks_")] == ["masks_beard"]
+    frames = decoded(path)
+    assert np.abs(frames.astype(int) - COLOURS[HAT]).sum(axis=3).min() > 60  # no hat anywhere
+
+
+def test_rotated_video_truth_is_upright(edge_cases: dict[str, Path]) -> None:
+    truth = load_truth(edge_cases["rotated"])
+    assert truth["size"] == (64, 96)
+    assert truth["masks_hat"].shape[1:] == (96, 64)
+    rows = np.nonzero(truth["masks_hat"].any(axis=(0, 2)))[0]
+    assert rows.max() < 96 / 2  # the hat is at the top
+
+
+def test_bad_arguments_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown attributes"):
+        write_portrait_video(tmp_path / "x.mp4", seed=0, attributes=("monocle",), **SMALL)
+    with pytest.raises(ValueError, match="even frame size"):
+        write_portrait_video(tmp_path / "x.mp4", seed=0, num_frames=2, width=63, height=64)
+
+
+def test_edge_cases_are_written_quickly(tmp_path: Path) -> None:
+    started = time.perf_counter()
+    paths = write_edge_case_videos(tmp_path, seed=1)
+    assert time.perf_counter() - started < 5
+    assert set(paths) == {
+        "zero_byte", "truncated", "truncated_stream", "random_bytes", "audio_only", "one_frame",
+        "variable_fps", "rotated", "large", "spaces and ünïcode name",
+    }
+    assert all(path.is_file() and path.stem == name for name, path in paths.items())
+    assert paths["zero_byte"].stat().st_size == 0
+
+
+def test_dataset_has_distinct_videos_and_attribute_subsets(tmp_path: Path) -> None:
+    paths = write_dataset(tmp_path / "set", count=4, seed=10, **SMALL)
+    assert [p.name for p in paths] == [f"portrait_{i:04d}.mp4" for i in range(4)]
+    truths = [load_truth(p) for p in paths]
+    attribute_sets = [{k.removeprefix("masks_") for k in t if k.startswith("masks_")} for t in truths]
+    assert attribute_sets[0] == set(ATTRIBUTES)
+    assert any(s != set(ATTRIBUTES) for s in attribute_sets[1:])
+    assert len({t["boxes"].tobytes() for t in truths}) == 4
+    # seed + index: video 1 of seed 10 is the video of seed 11
+    again = write_portrait_video(tmp_path / "again.mp4", seed=11, attributes=[a for a in ATTRIBUTES if a in attribute_sets[1]], **SMALL)
+    assert np.array_equal(load_truth(again)["boxes"], truths[1]["boxes"])
+
+    fixed = write_dataset(tmp_path / "fixed", count=2, attributes=("hat",), **SMALL)
+    assert all([k for k in load_truth(p) if k.startswith("masks_")] == ["masks_hat"] for p in fixed)

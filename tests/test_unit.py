@@ -1,0 +1,122 @@
+"""The unit runner on real videos, without Prefect or Ray: rows, failures, skips, redo, stages."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from data_specs.sample import ClipSample
+from tasks.base import Resources
+from tasks.errors import DataError
+from tasks.sources import list_videos, plan_units
+from data_specs.units import WorkUnit
+from tasks.unit import OutputLayout, run_unit
+from tests.conftest import small_config
+
+EXPECTED_FAILURES = {
+    "zero_byte": ("probe", "file is empty (0 bytes)"),
+    "truncated": ("probe", "truncated or corrupt video (moov atom not found)"),
+    "random_bytes": ("probe", "not a video file"),
+    "audio_only": ("probe", "no video stream (audio only)"),
+    "one_frame": ("decode", "too short: 1 frame(s) decoded, a clip needs 4 (clips.length)"),
+    "large": ("probe", "4104x4104"),
+    "truncated_stream": ("decode", "decode failed after"),
+}
+
+
+def run_all(config) -> list:
+    units = plan_units(list_videos(config.inputs), config)
+    return [run_unit(unit, config) for unit in units]
+
+
+def one_unit(config) -> WorkUnit:
+    return WorkUnit(unit_id="all", fingerprint="0" * 16, videos=tuple(list_videos(config.inputs)))
+
+
+def table(output: Path, report, name: str) -> list[dict]:
+    return pq.read_table(output / report.parts_dir / f"{name}.parquet").to_pylist()
+
+
+def test_bad_inputs_become_failure_rows_and_good_ones_samples(videos: Path, tmp_path: Path):
+    config = small_config(videos, tmp_path / "out", execution={"videos_per_unit": 100})
+    reports = run_all(config)
+    failures = [row for r in reports for row in table(config.output_path, r, "failures")]
+    by_name = {row["source_path"].rsplit("/", 1)[-1].rsplit(".", 1)[0]: row for row in failures}
+    assert set(by_name) == set(EXPECTED_FAILURES)
+    for name, (stage, reason) in EXPECTED_FAILURES.items():
+        assert by_name[name]["stage"] == stage and reason in by_name[name]["reason"], by_name[name]
+    video_rows = {row["source_path"].rsplit("/", 1)[-1]: row for r in reports for row in table(config.output_path, r, "videos")}
+    ok = {name for name, row in video_rows.items() if row["status"] == "ok"}
+    assert ok == {f"portrait_{i:04d}.mp4" for i in range(5)} | {"rotated.mp4", "variable_fps.mp4",
+                                                                  "spaces and ünïcode name.mp4"}
+    assert video_rows["rotated.mp4"]["rotation"] == 90 and video_rows["variable_fps.mp4"]["variable_fps"]
+    samples = [row for r in reports for row in table(config.output_path, r, "samples")]
+    # 24 frames at 24 fps -> 12 frames at 12 fps -> three 4-frame clips per good portrait video.
+    assert sum(row["video_id"].startswith("portrait_") for row in samples) == 15
+    assert all(row["content_sha256"] and len(row["frame_indices"]) == 4 for row in samples)
+
+
+def test_second_run_skips_and_a_touched_video_is_redone(videos: Path, tmp_path: Path):
+    config = small_config(videos / "good", tmp_path / "out", execution={"videos_per_unit": 1})
+    first = run_all(config)
+    assert not any(r.skipped for r in first) and len(first) == 5
+    assert all(r.skipped for r in run_all(config))
+    touched = videos / "good" / "portrait_0002.mp4"
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    third = run_all(config)
+    redone = [r for r in third if not r.skipped]
+    assert len(redone) == 1 and table(config.output_path, redone[0], "videos")[0]["source_path"] == str(touched)
+    # The superseded run's shards and parts are gone; the new ones exist.
+    layout = OutputLayout(config.output_path)
+    old = next(r for r in first if r.unit_id == redone[0].unit_id)
+    assert not any((layout.shards / s).exists() for s in old.shards)
+    assert all((layout.shards / s).exists() for s in redone[0].shards)
+    assert not (config.output_path / old.parts_dir).exists()
+
+
+class RejectSecondClip:
+    """A clip stage that rejects every second clip, as a perception stage rejects a clip without a face."""
+
+    name = "face-check"
+    resources = Resources(cpus=1)
+
+    def setup(self) -> None:
+        self.calls = 0
+
+    def __call__(self, sample: ClipSample) -> ClipSample:
+        if sample.meta.clip_index == 1:
+            raise DataError("no face found in 4 of 4 frames")
+        sample.keypoints = np.zeros((len(sample.frames), 5, 3), np.float32)
+        return sample
+
+
+def test_a_stage_failure_drops_one_clip_and_is_recorded(videos: Path, tmp_path: Path):
+    config = small_config(videos / "good", tmp_path / "out", execution={"videos_per_unit": 100})
+    report = run_unit(one_unit(config), config, [RejectSecondClip()])
+    failures = table(config.output_path, report, "failures")
+    assert len(failures) == 5 and {row["stage"] for row in failures} == {"face-check"}
+    assert all(row["item_id"].endswith("_c00001") and row["frame_indices"] == [4, 5, 6, 7] for row in failures)
+    samples = table(config.output_path, report, "samples")
+    assert len(samples) == 10 and all("keypoints.npy" in row["fields"] for row in samples)
+
+
+def test_on_error_raise_stops_at_the_first_bad_video(videos: Path, tmp_path: Path):
+    config = small_config(videos / "edge", tmp_path / "out", execution={"on_error": "raise", "videos_per_unit": 100})
+    with pytest.raises(DataError):
+        run_unit(one_unit(config), config)
+    assert not list((tmp_path / "out" / "shards").glob("*.tar"))
+    assert not (tmp_path / "out" / "units").exists() or not list((tmp_path / "out" / "units").glob("*.done.json"))
+
+
+def test_time_range_and_clip_cap_from_a_manifest(videos: Path, tmp_path: Path):
+    (tmp_path / "list.csv").write_text(f"path,start_s,end_s\n{videos / 'good' / 'portrait_0000.mp4'},0.25,0.75\n")
+    config = small_config(tmp_path / "list.csv", tmp_path / "out", clips={"length": 2, "stride": 1,
+                                                                          "max_clips_per_video": 3})
+    (report,) = run_all(config)
+    clips = table(config.output_path, report, "clips")
+    assert [row["frame_indices"] for row in clips] == [[0, 1], [1, 2], [2, 3]]
+    assert 0.24 <= clips[0]["time_start_s"] <= 0.34
