@@ -68,11 +68,11 @@ def reference_net_from_unet(unet: UNet2DConditionModel) -> UNet2DConditionModel:
     are zero, so the copy computes exactly what `unet` computes at init."""
     config = dict(unet.config)
     config["in_channels"] = unet.config.in_channels + 1
-    net = UNet2DConditionModel.from_config(config).to(unet.dtype)
-    state = unet.state_dict()
+    net = UNet2DConditionModel.from_config(config)
+    state = {k: v.clone() for k, v in unet.state_dict().items()}
     weight = state["conv_in.weight"]
     state["conv_in.weight"] = torch.cat([weight, weight.new_zeros(weight.shape[0], 1, *weight.shape[2:])], dim=1)
-    net.load_state_dict(state)
+    net.load_state_dict(state, assign=True)  # assign: the copy takes the source's dtype too
     return net
 
 
@@ -95,8 +95,8 @@ def durian_from_unet(unet: UNet2DConditionModel, motion_adapter: MotionAdapter,
     for prefix, part in (("attribute_net", reference), ("portrait_net", reference), ("denoiser", denoiser),
                          ("pose_guider", pose_guider), ("identity_proj", identity_proj)):
         state.update({f"{prefix}.{k}": v.clone() for k, v in part.state_dict().items()})
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.to(unet.dtype)
+    model.load_state_dict({k: v.to(unet.dtype) for k, v in state.items()}, strict=True, assign=True)
+    return model
 
 
 # ---------------------------------------------------------------- random weights

@@ -37,7 +37,7 @@ def _image_tensor(image: ImageLike) -> torch.Tensor:
     if isinstance(image, torch.Tensor):
         return image.float()
     array = np.asarray(image.convert("RGB") if isinstance(image, PIL.Image.Image) else image)
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+    tensor = torch.from_numpy(np.array(array)).permute(2, 0, 1)
     return tensor.float() / 255 if array.dtype == np.uint8 else tensor.float()
 
 
@@ -48,7 +48,7 @@ def _mask_tensor(mask: ImageLike) -> torch.Tensor:
     array = np.asarray(mask.convert("L") if isinstance(mask, PIL.Image.Image) else mask)
     if array.ndim == 3:
         array = array[..., 0]
-    tensor = torch.from_numpy(np.ascontiguousarray(array))[None]
+    tensor = torch.from_numpy(np.array(array))[None]
     return tensor.float() / 255 if array.dtype == np.uint8 else tensor.float()
 
 

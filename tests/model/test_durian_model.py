@@ -69,10 +69,11 @@ def test_composition_and_interpolation(model: DurianModel) -> None:
     assert composed.shape == (1, 4, 2, 16, 16) and torch.isfinite(composed).all()
     for alpha, index in ((0.0, 0), (1.0, 1)):
         single = ReferenceInputs(two.portrait, two.attributes[:, index:index + 1], two.identity_embeds,
-                                 two.attribute_embeds)  # same cross-attention tokens on both sides
+                                 two.attribute_embeds[:, index:index + 1])
         with torch.no_grad():
             latents, timesteps, guidance = make_clip()
             model.encode_references(single)
+            # Same cross-attention tokens on both sides: only the reference attention differs.
             expected = model.denoise(latents, timesteps, guidance, two.attribute_embeds)
             model.encode_references(two, ReadMode(alpha=alpha))
             blended = model.denoise(latents, timesteps, guidance, two.attribute_embeds)

@@ -1,0 +1,225 @@
+"""Benchmark one Durian training step (forward, backward, AdamW step) on identical shapes.
+
+CPU (default, tiny flavour at larger latents):
+  * stage 1: the full model against the bare denoiser (no reference nets, no reference keys);
+  * stage 2 at F = 8 and 16: the reference cost, split into the reference nets
+    (run once per clip, so flat in F) and the whole overhead of the step
+    (reference nets + longer keys in every spatial self-attention, linear in F).
+GPU (--gpu, real SD 1.5 sizes, random weights, bf16 autocast, fp32 trainable weights):
+  the same ratios, plus step time, peak memory and MFU for stage 1 (batch 4, 512^2)
+  and stage 2 (24 frames, gradient checkpointing).
+
+The step starts from latents (the frozen VAE and CLIP encoders are not timed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from data_specs.model import ModelFlavour, model_flavour
+from model.builders import random_components
+from model.durian import DurianModel, ReferenceInputs
+
+# Dense bf16 peak of an H100/H200 SXM (vendor datasheet), the MFU denominator.
+H200_BF16_PEAK_FLOPS = 989.5e12
+
+
+@dataclass
+class Batch:
+    latents: torch.Tensor
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    guidance: torch.Tensor
+    references: ReferenceInputs
+
+
+def emit(lines: list[str], line: str) -> None:
+    """Keep a result line and print it now (partial results survive a crash or timeout)."""
+    lines.append(line)
+    print(line, flush=True)
+
+
+def make_batch(flavour: ModelFlavour, model: DurianModel, batch: int, frames: int, latent: int,
+               device: torch.device) -> Batch:
+    """Random inputs of the real shapes: latents (B, 4, F, h, w), guidance at pixel size."""
+    pixels = latent * flavour.vae.downsample
+    cross = flavour.unet.cross_attention_dim
+    identity = model.identity_proj.in_features if isinstance(model.identity_proj, torch.nn.Linear) else cross
+    return Batch(
+        latents=torch.randn(batch, 4, frames, latent, latent, device=device),
+        noise=torch.randn(batch, 4, frames, latent, latent, device=device),
+        timesteps=torch.randint(0, 1000, (batch,), device=device),
+        guidance=torch.rand(batch, 3, frames, pixels, pixels, device=device),
+        references=ReferenceInputs(
+            portrait=torch.randn(batch, 5, latent, latent, device=device),
+            attributes=torch.randn(batch, 1, 5, latent, latent, device=device),
+            identity_embeds=torch.randn(batch, 1, identity, device=device),
+            attribute_embeds=torch.randn(batch, 1, cross, device=device),
+        ),
+    )
+
+
+def train_step(model: DurianModel, optimizer: torch.optim.Optimizer, batch: Batch, bare: bool,
+               autocast: bool) -> None:
+    """One optimisation step; `bare` drops the references (the bare denoiser)."""
+    device_type = batch.latents.device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
+        prediction = model(batch.latents, batch.timesteps, batch.guidance, batch.references, drop_references=bare)
+        loss = torch.nn.functional.mse_loss(prediction.float(), batch.noise)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    model.clear_references()
+
+
+def reference_nets_only(model: DurianModel, batch: Batch, autocast: bool) -> None:
+    """The reference nets' share of a stage-2 step (they are frozen: forward only)."""
+    with torch.autocast(batch.latents.device.type, dtype=torch.bfloat16, enabled=autocast):
+        model.encode_references(batch.references)
+    model.clear_references()
+
+
+def timed(fns: dict[str, Callable[[], None]], device: torch.device, warmup: int, repeats: int
+          ) -> dict[str, float]:
+    """Median seconds of each function, run round-robin so that drifting machine load
+    (shared CPUs, clocks) hits all of them alike."""
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_index in range(warmup + repeats):
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            if round_index >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def build(flavour: ModelFlavour, stage: int, device: torch.device, gpu: bool,
+          checkpointing: bool) -> tuple[DurianModel, torch.optim.Optimizer]:
+    """Random model for `stage`; on GPU frozen weights in bf16, trainable in fp32."""
+    with torch.device(device):
+        model = random_components(flavour, seed=0).model
+    trainable = model.select_trainable(stage)
+    if gpu:
+        for parameter in model.parameters():
+            if not parameter.requires_grad:
+                parameter.data = parameter.data.to(torch.bfloat16)
+    if checkpointing:
+        model.denoiser.enable_gradient_checkpointing()
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=1e-2, fused=gpu)
+    return model, optimizer
+
+
+def step_flops(model: DurianModel, optimizer: torch.optim.Optimizer, batch: Batch, autocast: bool) -> int:
+    """FLOPs of one step (matmuls, convs, attention; forward and backward)."""
+    with FlopCounterMode(display=False) as counter:
+        train_step(model, optimizer, batch, bare=False, autocast=autocast)
+    return counter.get_total_flops()
+
+
+def denoiser_forward_flops(model: DurianModel, batch: Batch) -> int:
+    """FLOPs of one denoiser forward: what gradient checkpointing recomputes in backward."""
+    with torch.no_grad(), torch.autocast(batch.latents.device.type, dtype=torch.bfloat16):
+        model.encode_references(batch.references)
+        with FlopCounterMode(display=False) as counter:
+            model.denoise(batch.latents, batch.timesteps, batch.guidance, batch.references.attribute_embeds)
+    model.clear_references()
+    return counter.get_total_flops()
+
+
+def report_ratios(flavour: ModelFlavour, device: torch.device, gpu: bool, latent: int, batch1: int,
+                  warmup: int, repeats: int) -> list[str]:
+    """Stage 1 full vs bare; stage 2 reference cost at F = 8 and 16."""
+    lines = []
+    model, optimizer = build(flavour, 1, device, gpu, checkpointing=False)
+    data = make_batch(flavour, model, batch1, 1, latent, device)
+    t = timed({"full": lambda: train_step(model, optimizer, data, False, gpu),
+               "bare": lambda: train_step(model, optimizer, data, True, gpu)}, device, warmup, repeats)
+    emit(lines, f"| stage 1, batch {batch1}, {latent}^2 latents | full {t['full'] * 1e3:.1f} ms | "
+                 f"bare denoiser {t['bare'] * 1e3:.1f} ms | full / bare = {t['full'] / t['bare']:.2f} |")
+    del model, optimizer
+
+    model, optimizer = build(flavour, 2, device, gpu, checkpointing=False)
+    data = {frames: make_batch(flavour, model, 1, frames, latent, device) for frames in (8, 16)}
+    fns = {}
+    for frames, batch in data.items():
+        fns[f"full{frames}"] = lambda b=batch: train_step(model, optimizer, b, False, gpu)
+        fns[f"bare{frames}"] = lambda b=batch: train_step(model, optimizer, b, True, gpu)
+        fns[f"nets{frames}"] = lambda b=batch: reference_nets_only(model, b, gpu)
+    t = timed(fns, device, warmup, repeats)
+    for frames in data:
+        full, bare, nets = t[f"full{frames}"], t[f"bare{frames}"], t[f"nets{frames}"]
+        emit(lines, f"| stage 2, F = {frames}, {latent}^2 latents | full {full * 1e3:.1f} ms | "
+                     f"bare denoiser {bare * 1e3:.1f} ms | reference nets {nets * 1e3:.1f} ms; "
+                     f"whole reference overhead {(full - bare) * 1e3:.1f} ms |")
+    overhead = {f: t[f"full{f}"] - t[f"bare{f}"] for f in data}
+    emit(lines, f"| stage 2, F = 16 vs 8 | reference nets x{t['nets16'] / t['nets8']:.2f} | "
+                 f"whole reference overhead x{overhead[16] / overhead[8]:.2f} | "
+                 f"bare denoiser x{t['bare16'] / t['bare8']:.2f} |")
+    return lines
+
+
+def report_gpu_sizes(flavour: ModelFlavour, device: torch.device, warmup: int, repeats: int) -> list[str]:
+    """Step time, peak memory and MFU at the paper's sizes."""
+    lines = []
+    latent = flavour.resolution // flavour.vae.downsample
+    for stage, batch, frames, checkpointing in ((1, 4, 1, False), (2, 1, 24, True)):
+        model, optimizer = build(flavour, stage, device, True, checkpointing)
+        data = make_batch(flavour, model, batch, frames, latent, device)
+        # Hardware FLOPs include the recomputation; model FLOPs (MFU) do not.
+        hardware_flops = step_flops(model, optimizer, data, autocast=True)
+        flops = hardware_flops - (denoiser_forward_flops(model, data) if checkpointing else 0)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        seconds = timed({"step": lambda: train_step(model, optimizer, data, False, True)}, device, warmup,
+                        repeats)["step"]
+        peak = torch.cuda.max_memory_allocated(device) / 2**30
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        emit(lines,
+             f"| stage {stage}: batch {batch}, {frames} frame(s), {flavour.resolution}^2"
+             f"{', grad. checkpointing' if checkpointing else ''} | {seconds * 1e3:.0f} ms | {peak:.1f} GiB | "
+             f"{flops / 1e12:.1f} TFLOP | MFU {flops / seconds / H200_BF16_PEAK_FLOPS:.1%} "
+             f"(HFU {hardware_flops / seconds / H200_BF16_PEAK_FLOPS:.1%}) | "
+             f"{trainable / 1e6:.0f} M trainable |")
+        del model, optimizer, data
+        torch.cuda.empty_cache()
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu", action="store_true", help="SD 1.5 sizes in bf16 on the first CUDA device.")
+    parser.add_argument("--latent", type=int, default=32, help="CPU mode: latent side of the ratio runs.")
+    parser.add_argument("--ratio-latent", type=int, default=64, help="GPU mode: latent side of the ratio runs.")
+    parser.add_argument("--warmup", type=int, default=2, help="Untimed steps before timing.")
+    parser.add_argument("--repeats", type=int, default=5, help="Timed steps (the median is reported).")
+    parser.add_argument("--threads", type=int, default=None, help="CPU mode: torch threads.")
+    args = parser.parse_args()
+
+    if args.gpu:
+        device, flavour = torch.device("cuda"), model_flavour("sd15")
+        torch.backends.cuda.matmul.allow_tf32 = True
+        print(f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
+        report_ratios(flavour, device, True, args.ratio_latent, 4, args.warmup, args.repeats)
+        report_gpu_sizes(flavour, device, args.warmup, args.repeats)
+    else:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        device, flavour = torch.device("cpu"), model_flavour("tiny")
+        print(f"device: cpu ({torch.get_num_threads()} threads), torch {torch.__version__}, tiny flavour")
+        report_ratios(flavour, device, False, args.latent, 2, args.warmup, args.repeats)
+
+
+if __name__ == "__main__":
+    main()

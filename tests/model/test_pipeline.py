@@ -1,0 +1,164 @@
+"""DurianPipeline end to end on the tiny flavour, its geometry, and `durian sample`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from flows.sample import sample
+from model.builders import DurianComponents, inference_scheduler, training_scheduler
+from model.geometry import fit_similarity, retarget_keypoints
+from model.guidance import keypoint_colours, render_keypoints
+from model.pipeline import DurianPipeline, window_starts
+from model.video import ffmpeg_binary, write_mp4
+from tests.model.conftest import FACE, face_image
+
+
+@pytest.fixture
+def pipe(components: DurianComponents) -> DurianPipeline:
+    return DurianPipeline(components.model, components.vae, components.image_encoder, components.scheduler)
+
+
+def run(pipe: DurianPipeline, frames: int, attributes: int = 1, **kwargs) -> object:
+    mask = np.zeros((64, 64), bool)
+    mask[:18] = True
+    driving = FACE[None] + np.random.default_rng(0).normal(0, 1.5, (frames, 5, 2))
+    return pipe(face_image(0), mask, FACE, [face_image(1 + i) for i in range(attributes)], [mask] * attributes,
+                [FACE] * attributes, driving, num_inference_steps=2, window=4, overlap=2,
+                generator=torch.Generator().manual_seed(0), **kwargs)
+
+
+def count_calls(module: torch.nn.Module) -> list[int]:
+    calls: list[int] = []
+    module.register_forward_pre_hook(lambda *_: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("frames", [3, 7])  # one window; three overlapping windows
+def test_clip_length_and_references_once_per_clip(pipe: DurianPipeline, frames: int) -> None:
+    calls = [count_calls(pipe.model.attribute_net), count_calls(pipe.model.portrait_net)]
+    denoiser_calls = count_calls(pipe.model.denoiser)
+    out = run(pipe, frames)
+    assert out.frames.shape == (frames, 64, 64, 3)
+    assert np.isfinite(out.frames).all() and 0 <= out.frames.min() and out.frames.max() <= 1
+    assert [len(c) for c in calls] == [1, 1]  # whatever the frames, windows, steps and CFG branches
+    windows = len(window_starts(frames, 4, 2))
+    assert len(denoiser_calls) == 2 * 2 * windows  # steps x (cond, uncond) x windows
+    assert len(pipe.model.bank) == 0  # cleared after sampling
+
+
+def test_composition_interpolation_and_outputs(pipe: DurianPipeline, tmp_path: Path) -> None:
+    composed = run(pipe, 2, attributes=2, attribute_weights=(1.0, 0.5), output_type="pt")
+    assert composed.frames.shape == (2, 3, 64, 64)
+    pil = run(pipe, 2, attributes=2, alpha=0.5, output_type="pil")
+    assert len(pil.frames) == 2 and pil.frames[0].size == (64, 64)
+    with pytest.raises(ValueError, match="exactly two"):
+        run(pipe, 2, attributes=1, alpha=0.5)
+    pipe.save_pretrained(tmp_path)
+    reloaded = DurianPipeline.from_pretrained(tmp_path)
+    np.testing.assert_allclose(run(reloaded, 2).frames, run(pipe, 2).frames, atol=1e-5)
+
+
+def test_window_starts_cover_every_frame() -> None:
+    assert window_starts(3, 4, 2) == [0]
+    for frames, window, overlap in ((7, 4, 2), (24, 16, 4), (10, 4, 0), (33, 16, 8)):
+        starts = window_starts(frames, window, overlap)
+        covered = np.zeros(frames, int)
+        for s in starts:
+            covered[s:s + window] += 1
+        assert covered.min() >= 1 and starts[-1] + window == frames
+        assert all(b - a <= window - overlap for a, b in zip(starts, starts[1:]))
+
+
+def test_retargeting_keeps_the_portrait_face_and_follows_the_motion() -> None:
+    driving_face = FACE * 2.0 + 10  # a bigger face elsewhere in a bigger video
+    motion = np.array([[0, 0], [4, 0], [4, 6]], np.float32)
+    driving = driving_face[None] + motion[:, None]
+    out = retarget_keypoints(driving, FACE)
+    np.testing.assert_allclose(out[0], FACE, atol=1e-4)  # face shape of the portrait
+    np.testing.assert_allclose(out - FACE, np.repeat(motion[:, None] / 2.0, 5, 1), atol=1e-4)  # scaled motion
+
+
+def test_similarity_fit_and_inference_mask(pipe: DurianPipeline) -> None:
+    angle = 0.3
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    dst = FACE @ (1.5 * rotation).T + [3, -2]
+    np.testing.assert_allclose(fit_similarity(FACE, dst), np.hstack([1.5 * rotation, [[3], [-2]]]), atol=1e-6)
+    # An attribute photographed 8 px to the right: its mask lands 8 px to the left on the portrait.
+    portrait_mask = torch.zeros(1, 64, 64)
+    portrait_mask[:, :4] = 1
+    attribute_mask = torch.zeros(1, 64, 64)
+    attribute_mask[:, 10:20, 30:40] = 1
+    mask = pipe.inference_mask(portrait_mask, FACE, [attribute_mask], [FACE + [8, 0]])
+    assert mask[0, :4].min() == 1  # the portrait's own region stays
+    assert mask[0, 12:18, 24:30].min() > 0.99 and mask[0, 12:18, 34:40].max() < 0.01
+
+
+def test_training_and_inference_share_the_beta_schedule(tiny) -> None:
+    torch.testing.assert_close(training_scheduler(tiny.noise_schedule).betas, inference_scheduler(tiny.noise_schedule).betas)
+
+
+def test_render_keypoints() -> None:
+    points = np.array([[[10, 20], [40, 50], [np.nan, np.nan]]], np.float32)
+    image = render_keypoints(points, (64, 64))
+    assert image.shape == (1, 3, 64, 64) and image.max() <= 1
+    torch.testing.assert_close(image[0, :, 20, 10], keypoint_colours(3)[0])
+    torch.testing.assert_close(image[0, :, 50, 40], keypoint_colours(3)[1])
+    assert image[0, :, 0, 63].max() < 1e-3
+
+
+def synthetic_video(folder: Path, frames: int = 6) -> Path:
+    """A tiny video and its ground truth in the synthetic generator's layout."""
+    video = folder / "clip.mp4"
+    write_mp4(np.stack([face_image(i) for i in range(frames)]), video, fps=10)
+    masks = np.zeros((frames, 64, 64), bool)
+    masks[:, :16] = True
+    np.savez(folder / "clip.mp4.truth.npz", keypoints=np.repeat(FACE[None], frames, 0) + np.arange(frames)[:, None, None],
+             boxes=np.tile([[16, 16, 48, 56]], (frames, 1)).astype(np.float32), masks_hair=masks,
+             masks_eyeglasses=masks, masks_hat=masks, masks_beard=masks, fps=10.0)
+    return folder / "clip.mp4.truth.npz"
+
+
+def probe_frames(path: Path) -> int:
+    ffprobe = Path(ffmpeg_binary()).with_name("ffprobe")
+    info = subprocess.run([str(ffprobe), "-v", "error", "-count_frames", "-show_entries", "stream=nb_read_frames,codec_name",
+                           "-of", "json", str(path)], capture_output=True, text=True, check=True)
+    stream = json.loads(info.stdout)["streams"][0]
+    assert stream["codec_name"] == "h264"
+    return int(stream["nb_read_frames"])
+
+
+def test_sample_command_writes_an_mp4(tmp_path: Path) -> None:
+    app = typer.Typer()
+    app.command("sample")(sample)
+    runner = CliRunner()
+    assert "--from-truth" in runner.invoke(app, ["--help"]).output
+    truth = synthetic_video(tmp_path)
+    out = tmp_path / "demo.mp4"
+    result = runner.invoke(app, ["--from-truth", str(truth), "--frames", "5", "--steps", "2", "--window", "4",
+                                 "--overlap", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert probe_frames(out) == 5
+
+    # Explicit files: two attributes interpolated, driving from an .npy.
+    image, mask = tmp_path / "p.png", tmp_path / "m.png"
+    PIL.Image.fromarray(face_image(3)).save(image)
+    PIL.Image.fromarray(np.where(np.arange(64)[:, None] < 16, 255, 0).astype(np.uint8).repeat(64, 1)).save(mask)
+    np.save(tmp_path / "k.npy", FACE)
+    np.save(tmp_path / "d.npy", np.repeat(FACE[None], 3, 0))
+    out2 = tmp_path / "files.mp4"
+    args = ["--portrait", image, "--portrait-mask", mask, "--portrait-keypoints", tmp_path / "k.npy",
+            "--attribute", image, "--attribute-mask", mask, "--attribute-keypoints", tmp_path / "k.npy",
+            "--attribute", image, "--attribute-mask", mask, "--attribute-keypoints", tmp_path / "k.npy",
+            "--alpha", "0.5", "--driving", tmp_path / "d.npy", "--steps", "1", "--out", out2]
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    assert probe_frames(out2) == 3
