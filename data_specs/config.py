@@ -78,6 +78,9 @@ class ExecutionConfig(Spec):
             "machine belongs to; or HOST:PORT of a head node."
         ),
     )
+    local_ray_cpus: int | None = Field(
+        None, ge=1, description="CPUs a local Ray may use (None: all); ignored when joining a cluster."
+    )
     videos_per_unit: int = Field(
         16, ge=1, le=100_000, description="Average number of videos per unit of work (one Ray task)."
     )

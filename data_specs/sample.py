@@ -102,7 +102,7 @@ def encode_sample(sample: ClipSample, jpeg_quality: int) -> dict[str, object]:
     encoded: dict[str, object] = {"__key__": sample.key, META: sample.meta.model_dump_json().encode()}
     jpeg_params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
     for position, frame in enumerate(frames):
-        encoded[frame_field(position)] = _encode_image(".jpg", frame[:, :, ::-1], jpeg_params)
+        encoded[frame_field(position)] = _encode_image(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), jpeg_params)
     if sample.keypoints is not None:
         buffer = io.BytesIO()
         np.save(buffer, np.asarray(sample.keypoints, dtype=np.float32), allow_pickle=False)
@@ -125,7 +125,7 @@ def decode_sample(raw: dict[str, object]) -> ClipSample:
         if name.startswith("__"):
             continue
         if match := _FRAME_NAME.match(name):
-            frames[int(match[1])] = _decode_image(_as_bytes(value), cv2.IMREAD_COLOR)[:, :, ::-1]
+            frames[int(match[1])] = cv2.cvtColor(_decode_image(_as_bytes(value), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
         elif match := _MASK_NAME.match(name):
             masks.setdefault(match[1], {})[int(match[2])] = _decode_image(_as_bytes(value), cv2.IMREAD_GRAYSCALE) > 127
         elif name == KEYPOINTS:
@@ -142,7 +142,7 @@ def decode_sample(raw: dict[str, object]) -> ClipSample:
 
 
 def _encode_image(extension: str, image: np.ndarray, params: list[int]) -> bytes:
-    ok, buffer = cv2.imencode(extension, np.ascontiguousarray(image), params)
+    ok, buffer = cv2.imencode(extension, image, params)
     if not ok:
         raise ValueError(f"could not encode a {image.shape} image as {extension}")
     return buffer.tobytes()

@@ -107,8 +107,10 @@ def ray_task_runner(execution: ExecutionConfig) -> RayTaskRunner:
     env_vars = {"PREFECT_API_URL": api_url}
     if "PYTHONPATH" in os.environ:
         env_vars["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    return RayTaskRunner(address=execution.ray_address,
-                         init_kwargs={"runtime_env": {"env_vars": env_vars}, "include_dashboard": False})
+    init_kwargs = {"runtime_env": {"env_vars": env_vars}, "include_dashboard": False}
+    if execution.ray_address is None and execution.local_ray_cpus is not None:
+        init_kwargs["num_cpus"] = execution.local_ray_cpus
+    return RayTaskRunner(address=execution.ray_address, init_kwargs=init_kwargs)
 
 
 def _publish_artifacts(summary: BuildSummary) -> None:

@@ -7,11 +7,11 @@ person can act on; a missing ffmpeg binary is a `RuntimeError` (setup, not data)
 import os
 import re
 import shutil
-import subprocess
 import sys
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
+from typing import IO
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -26,7 +26,7 @@ STDERR_TAIL_LINES = 50
 # Boxes an ISO-BMFF file (mp4, mov, m4a) can start with: an ffprobe failure on such a
 # file means a damaged video, on anything else it means not a video at all.
 _MP4_FIRST_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide"}
-# "[mov,mp4,m4a @ 0x55d0c0]" prefixes and "path: " prefixes carry no information for people.
+# "[mov,mp4,m4a @ 0x55d0c0] " prefixes of log lines mean nothing to people.
 _LOG_PREFIX = re.compile(r"^(\[[^\]]+ @ 0x[0-9a-f]+\]\s*)+")
 
 
@@ -50,6 +50,7 @@ def find_ffmpeg() -> tuple[str, str]:
 
     Looked up in order: $DURIAN_FFMPEG / $DURIAN_FFPROBE, the directory of the running
     Python (the venv's bin, where the bootstrap script puts static builds), then PATH.
+    Raises RuntimeError, saying how to install them, when one is missing.
     """
     found = []
     for name, env in (("ffmpeg", "DURIAN_FFMPEG"), ("ffprobe", "DURIAN_FFPROBE")):
@@ -93,7 +94,7 @@ def probe_video(path: str) -> VideoProbe:
     try:
         info = ffmpeg.probe(file_url(path), cmd=find_ffmpeg()[1])
     except ffmpeg.Error as error:
-        raise DataError(_probe_failure_reason(file, error.stderr.decode(errors="replace"))) from None
+        raise DataError(_probe_failure_reason(path, error.stderr.decode(errors="replace"))) from None
 
     streams = info.get("streams", [])
     # Cover art in audio files is a one-picture "video" stream; it is not a video.
@@ -171,12 +172,11 @@ def iter_frames(
     index = 0
     try:
         while True:
-            buffer = bytearray(frame_bytes)
-            # A buffered pipe read returns a whole frame unless ffmpeg stopped writing
+            image = np.empty((cfg.size, cfg.size, 3), np.uint8)
+            # A buffered pipe read fills the whole frame unless ffmpeg stopped writing
             # mid-frame, which only a crash does (and the exit code then tells).
-            if process.stdout.readinto(buffer) < frame_bytes:
+            if process.stdout.readinto(image) < frame_bytes:
                 break
-            image = np.frombuffer(buffer, np.uint8).reshape(cfg.size, cfg.size, 3)
             yield Frame(index=index, time_s=start_s + index / rate, image=image)
             index += 1
         process.wait()
@@ -191,7 +191,7 @@ def iter_frames(
             raise DataError(f"no frames decoded between {start_s:g} s and {end} (video is {probe.duration_s:g} s)")
     finally:
         if process.poll() is None:
-            pass
+            process.kill()
             process.wait()
         process.stdout.close()
         drain.join()
@@ -225,7 +225,7 @@ def _decode_graph(
     )
 
 
-def _drain(stream, log: deque[str]) -> None:
+def _drain(stream: IO[bytes], log: deque[str]) -> None:
     """Read a pipe to its end, keeping the last lines in `log`."""
     for line in stream:
         log.append(line.decode(errors="replace"))
@@ -247,11 +247,11 @@ def _rotation(stream: dict) -> int:
     return rotation
 
 
-def _probe_failure_reason(file: Path, stderr: str) -> str:
+def _probe_failure_reason(path: str, stderr: str) -> str:
     """Turn ffprobe's complaint about a file into a reason a person understands."""
-    lines = [line.replace(f"{file_url(file)}: ", "") for line in stderr.splitlines()]
+    lines = [line.replace(f"{file_url(path)}: ", "") for line in stderr.splitlines()]
     if "moov atom not found" in stderr:
-        with file.open("rb") as handle:
+        with open(path, "rb") as handle:
             head = handle.read(8)
         if head[4:8] in _MP4_FIRST_BOXES:
             return "truncated or corrupt video (moov atom not found)"

@@ -155,7 +155,9 @@ def test_range_past_the_end_is_a_data_error(portrait: Path) -> None:
 def test_variable_rate_source_is_resampled_to_its_average_rate(edge_cases: dict[str, Path]) -> None:
     probe = probe_video(str(edge_cases["variable_fps"]))
     frames = decode(edge_cases["variable_fps"])
-    assert len(frames) >= probe.num_frames  # resampling duplicates slow frames, never drops
+    # The source slows from 24 to ~6 fps: at the average rate the late frames repeat.
+    repeats = sum(np.array_equal(a.image, b.image) for a, b in zip(frames, frames[1:]))
+    assert len(frames) > probe.num_frames and repeats >= 3
     assert frames[1].time_s == pytest.approx(1 / probe.fps)
 
 
@@ -186,7 +188,8 @@ def test_rotated_video_is_decoded_upright(edge_cases: dict[str, Path]) -> None:
 def test_threads_are_passed_to_decoder_and_filters(portrait: Path, spawned: list[subprocess.Popen]) -> None:
     decode(portrait, threads=2)
     args = spawned[-1].args
-    assert args[args.index("-i") - 2 : args.index("-i")] == ["-threads", "2"]
+    input_options = args[: args.index("-i")]
+    assert input_options[input_options.index("-threads") + 1] == "2"
     assert args[args.index("-filter_complex_threads") + 1] == "2"
 
 

@@ -1,0 +1,136 @@
+"""Backbone throughput: decode -> resize -> JPEG -> shard, against bare ffmpeg on the same files.
+
+Measured in one run, on the same generated 720p clips:
+
+1. bare decode:     `ffmpeg -threads 1 -i X -f null -`
+2. bare same work:  `ffmpeg -threads 1 -i X -vf scale,crop -q:v 2 -f image2 DIR/%05d.jpg`
+                    (the same resize, JPEG frames like the shards hold, no framework)
+3. pipeline task:   `tasks.unit.run_unit` over every video (probe, hash, decode, clip, JPEG, tar)
+4. pipeline flow:   the Prefect flow `build-dataset` on a local Ray, 1 worker then 2 workers
+                    (ffmpeg held to one thread per worker), for the scaling ratio.
+
+Prints frames/s and the ratios; `--markdown` prints a table for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from data_specs.config import BuildConfig, parse_config
+from data_specs.units import WorkUnit
+from tasks.media import find_ffmpeg
+from tasks.sources import list_videos
+from tasks.synthetic import write_portrait_video
+from tasks.unit import run_unit
+
+
+def make_clips(folder: Path, count: int, seconds: float, fps: float) -> list[Path]:
+    """720p synthetic portrait clips, generated once and reused across runs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        path = folder / f"bench_{index:02d}.mp4"
+        if not path.exists():
+            write_portrait_video(path, seed=index, num_frames=int(seconds * fps), fps=fps, width=1280, height=720)
+        paths.append(path)
+    return paths
+
+
+def timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def bare_decode(ffmpeg: str, videos: list[Path]) -> float:
+    return sum(timed([ffmpeg, "-nostdin", "-threads", "1", "-i", str(v), "-f", "null", "-"]) for v in videos)
+
+
+def bare_same_work(ffmpeg: str, videos: list[Path], size: int, workdir: Path) -> float:
+    total = 0.0
+    for video in videos:
+        out = workdir / video.stem
+        out.mkdir(parents=True, exist_ok=True)
+        # Same filter graph as the pipeline (short side to `size`, centre crop), JPEG frames out.
+        graph = f"scale=w='if(gt(iw,ih),-2,{size})':h='if(gt(iw,ih),{size},-2)',crop={size}:{size}"
+        total += timed([ffmpeg, "-nostdin", "-threads", "1", "-filter_threads", "1", "-i", str(video),
+                        "-vf", graph, "-q:v", "2", "-f", "image2", str(out / "%05d.jpg")])
+        shutil.rmtree(out)
+    return total
+
+
+def pipeline_task(config: BuildConfig) -> float:
+    """All videos as one unit, in this process: the task chain without orchestration."""
+    unit = WorkUnit(unit_id="bench", fingerprint=f"{time.time_ns():016x}"[-16:],
+                    videos=tuple(list_videos(config.inputs)))
+    started = time.perf_counter()
+    report = run_unit(unit, config)
+    elapsed = time.perf_counter() - started
+    assert report.samples > 0 and report.videos_failed == 0, report
+    return elapsed
+
+
+def pipeline_flow(config: BuildConfig) -> float:
+    from flows.build_dataset import build_dataset
+
+    started = time.perf_counter()
+    summary = build_dataset(config)
+    elapsed = time.perf_counter() - started
+    assert summary.videos_failed == 0 and summary.units_skipped == 0, summary
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--videos", type=int, default=4, help="number of 720p clips (default 4)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each clip (default 10)")
+    parser.add_argument("--fps", type=float, default=25.0, help="frame rate of the clips (default 25)")
+    parser.add_argument("--size", type=int, default=512, help="output frame size (default 512)")
+    parser.add_argument("--cache", type=Path, default=Path("out/bench/videos"), help="where the clips are kept")
+    parser.add_argument("--skip-flow", action="store_true", help="skip the Prefect + Ray runs")
+    parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    args = parser.parse_args()
+
+    ffmpeg, _ = find_ffmpeg()
+    videos = make_clips(args.cache, args.videos, args.seconds, args.fps)
+    frames = args.videos * int(args.seconds * args.fps)
+    work = Path(tempfile.mkdtemp(prefix="durian-bench-"))
+
+    def config(name: str, **execution) -> BuildConfig:
+        return parse_config({
+            "inputs": {"source": str(args.cache)}, "output_dir": str(work / name),
+            "decode": {"size": args.size, "threads": 1},
+            "clips": {"length": 16, "stride": 16}, "shards": {"samples_per_shard": 64},
+            "execution": {"videos_per_unit": 1, **execution},
+        })
+
+    results = {"bare ffmpeg decode": bare_decode(ffmpeg, videos),
+               "bare ffmpeg same work": bare_same_work(ffmpeg, videos, args.size, work),
+               "pipeline task (run_unit)": pipeline_task(config("task"))}
+    if not args.skip_flow:
+        results["pipeline flow, 1 Ray worker"] = pipeline_flow(config("flow1", local_ray_cpus=1))
+        results["pipeline flow, 2 Ray workers"] = pipeline_flow(config("flow2", local_ray_cpus=2))
+    shutil.rmtree(work)
+
+    decode, same = results["bare ffmpeg decode"], results["bare ffmpeg same work"]
+    rows = [(name, seconds, frames / seconds, seconds / decode, seconds / same) for name, seconds in results.items()]
+    print(f"{frames} frames of 1280x720 in {args.videos} clips -> {args.size}x{args.size} JPEG")
+    print(f"{'run':<32}{'wall s':>9}{'frames/s':>10}{'x decode':>10}{'x same work':>13}")
+    for name, seconds, fps, vs_decode, vs_same in rows:
+        print(f"{name:<32}{seconds:>9.2f}{fps:>10.1f}{vs_decode:>10.2f}{vs_same:>13.2f}")
+    if not args.skip_flow:
+        scaling = results["pipeline flow, 1 Ray worker"] / results["pipeline flow, 2 Ray workers"]
+        print(f"scaling, 2 Ray workers vs 1: {scaling:.2f}x")
+    if args.markdown:
+        print("\n| run | wall s | frames/s | × bare decode | × bare same work |\n|---|---|---|---|---|")
+        for name, seconds, fps, vs_decode, vs_same in rows:
+            print(f"| {name} | {seconds:.2f} | {fps:.0f} | {vs_decode:.2f} | {vs_same:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
