@@ -108,9 +108,12 @@ def build_dataset_command(
 def inspect_command(
     output_dir: Annotated[Path, typer.Argument(help="A build's output folder.")],
     verify: Annotated[bool, typer.Option(help="Re-hash every shard against the manifest.")] = True,
+    preview: Annotated[Path | None, typer.Option(help="Write a contact sheet PNG of the first samples here.")] = None,
 ) -> None:
     """Counts per manifest table, failures by reason, and a verify pass over every shard (non-zero exit on mismatch)."""
+    from data_specs.schemas import read_table
     from tasks.manifests import failures_by_reason, table_counts, verify_shards
+    from tasks.preview import contact_sheet
 
     if not (output_dir / "manifests" / "shards.parquet").exists():
         _fail(f"{output_dir} holds no completed build (manifests/shards.parquet is missing)")
@@ -129,6 +132,10 @@ def inspect_command(
             raise typer.Exit(code=1)
         typer.secho(f"verified: every shard matches the manifest ({table_counts(output_dir)['shards']} shards)",
                     fg=typer.colors.GREEN)
+    if preview is not None:
+        shards = read_table("shards", output_dir / "manifests" / "shards.parquet").column("shard").to_pylist()
+        contact_sheet([output_dir / "shards" / name for name in shards], preview)
+        typer.echo(f"preview: {preview}")
 
 
 # Small enough for a laptop in a couple of minutes: 12 fps, 128 px, 8-frame clips, 4 videos per unit.
@@ -150,7 +157,7 @@ def demo(
     make_videos(video_dir, count=videos, seed=0, frames=48, size=256, fps=24.0, edge_cases=True)
     build_dataset_command(config=None, input_source=str(video_dir), output=workdir / "dataset",
                           overrides=DEMO_OVERRIDES)
-    inspect_command(workdir / "dataset", verify=True)
+    inspect_command(workdir / "dataset", verify=True, preview=workdir / "preview.png")
     typer.echo(f"\ndemo done. videos: {video_dir}\ndataset: {workdir / 'dataset'}")
 
 

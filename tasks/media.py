@@ -58,8 +58,8 @@ def find_ffmpeg() -> tuple[str, str]:
         path = os.environ.get(env) or (str(beside_python) if beside_python.is_file() else shutil.which(name))
         if not path or not Path(path).is_file():
             raise RuntimeError(
-                f"{name} not found (looked at ${env}, {beside_python.parent} and PATH); run the bootstrap script "
-                f"in scripts/ to install static ffmpeg/ffprobe into the venv, or set ${env}"
+                f"{name} not found (looked at ${env}, {beside_python.parent} and PATH); run scripts/bootstrap.sh "
+                f"to install static ffmpeg/ffprobe into the venv, or set ${env}"
             )
         found.append(path)
     return found[0], found[1]

@@ -115,7 +115,9 @@ def write_edge_case_videos(directory: str | Path, seed: int = 0) -> dict[str, Pa
     _encode(frames, paths["variable_fps"], 24.0, setpts="(N+N*N/8)/24/TB", fps_mode="passthrough")
 
     # Portrait display (64 x 96) stored as landscape (96 x 64), as phones do.
-    paths["rotated"] = write_portrait_video(directory / "rotated.mp4", seed=seed, rotation=90, **{**small, "height": 96})
+    paths["rotated"] = write_portrait_video(
+        directory / "rotated.mp4", seed=seed, rotation=90, **{**small, "height": 96}
+    )
 
     # 4104 x 4104 is just above the default 4096 x 4096 limit; a flat colour encodes in a blink.
     paths["large"] = directory / "large.mp4"

@@ -120,3 +120,19 @@ def test_time_range_and_clip_cap_from_a_manifest(videos: Path, tmp_path: Path):
     clips = table(config.output_path, report, "clips")
     assert [row["frame_indices"] for row in clips] == [[0, 1], [1, 2], [2, 3]]
     assert 0.24 <= clips[0]["time_start_s"] <= 0.34
+
+
+def test_videos_behind_an_fsspec_url_are_fetched_and_processed(videos: Path, tmp_path: Path):
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/bucket/in/portrait_0000.mp4", (videos / "good" / "portrait_0000.mp4").read_bytes())
+    try:
+        config = small_config("memory://bucket/in", tmp_path / "out")
+        (ref,) = list_videos(config.inputs)
+        assert ref.uri == "memory:///bucket/in/portrait_0000.mp4"
+        (report,) = run_all(config)
+        (video,) = table(config.output_path, report, "videos")
+        assert video["status"] == "ok" and video["source_path"] == ref.uri and report.samples == 3
+    finally:
+        memory.rm("/bucket", recursive=True)

@@ -16,4 +16,5 @@ def edge_cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def portrait(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A landscape 96 x 64 portrait video: 24 frames at 24 fps (1 s)."""
-    return write_portrait_video(tmp_path_factory.mktemp("portrait") / "portrait.mp4", seed=7, num_frames=24, width=96, height=64)
+    path = tmp_path_factory.mktemp("portrait") / "portrait.mp4"
+    return write_portrait_video(path, seed=7, num_frames=24, width=96, height=64)

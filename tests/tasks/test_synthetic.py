@@ -130,7 +130,8 @@ def test_dataset_has_distinct_videos_and_attribute_subsets(tmp_path: Path) -> No
     assert any(s != set(ATTRIBUTES) for s in attribute_sets[1:])
     assert len({t["boxes"].tobytes() for t in truths}) == 4
     # seed + index: video 1 of seed 10 is the video of seed 11
-    again = write_portrait_video(tmp_path / "again.mp4", seed=11, attributes=[a for a in ATTRIBUTES if a in attribute_sets[1]], **SMALL)
+    subset = [a for a in ATTRIBUTES if a in attribute_sets[1]]
+    again = write_portrait_video(tmp_path / "again.mp4", seed=11, attributes=subset, **SMALL)
     assert np.array_equal(load_truth(again)["boxes"], truths[1]["boxes"])
 
     fixed = write_dataset(tmp_path / "fixed", count=2, attributes=("hat",), **SMALL)
