@@ -45,7 +45,9 @@ class DecodeConfig(BaseModel):
         description="Output frame rate; None keeps the source rate (variable-rate sources are resampled to their "
         "average rate).",
     )
-    size: int = Field(default=512, ge=16, le=4096, description="Output frames are size x size pixels.")
+    size: int = Field(
+        default=512, ge=16, le=4096, multiple_of=2, description="Output frames are size x size pixels (even: 4:2:0)."
+    )
     crop: Literal["center", "pad"] = Field(
         default="center",
         description="'center': scale the short side to `size` and crop the centre; 'pad': fit the long side and "

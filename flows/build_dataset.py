@@ -107,9 +107,11 @@ def ray_task_runner(execution: ExecutionConfig) -> RayTaskRunner:
     env_vars = {"PREFECT_API_URL": api_url}
     if "PYTHONPATH" in os.environ:
         env_vars["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    init_kwargs = {"runtime_env": {"env_vars": env_vars}, "include_dashboard": False}
-    if execution.ray_address is None and execution.local_ray_cpus is not None:
-        init_kwargs["num_cpus"] = execution.local_ray_cpus
+    init_kwargs: dict = {"runtime_env": {"env_vars": env_vars}}
+    if execution.ray_address is None:  # starting a local Ray: size it; a cluster is sized by its own config
+        init_kwargs["include_dashboard"] = False
+        if execution.local_ray_cpus is not None:
+            init_kwargs["num_cpus"] = execution.local_ray_cpus
     return RayTaskRunner(address=execution.ray_address, init_kwargs=init_kwargs)
 
 
