@@ -7,7 +7,9 @@ Measured in one run, on the same generated 720p clips:
                     (the same resize, JPEG frames like the shards hold, no framework)
 3. pipeline task:   `tasks.unit.run_unit` over every video (probe, hash, decode, clip, JPEG, tar)
 4. pipeline flow:   the Prefect flow `build-dataset` on a local Ray, 1 worker then 2 workers
-                    (ffmpeg held to one thread per worker), for the scaling ratio.
+                    (ffmpeg held to one thread per worker), for the scaling ratio: once for the
+                    whole run (Prefect and Ray start-up included) and once for the unit work alone
+                    (first unit start to last unit end).
 
 Prints frames/s and the ratios; `--markdown` prints a table for BENCHMARKS.md.
 """
@@ -15,6 +17,7 @@ Prints frames/s and the ratios; `--markdown` prints a table for BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -64,25 +67,32 @@ def bare_same_work(ffmpeg: str, videos: list[Path], size: int, workdir: Path) ->
     return total
 
 
-def pipeline_task(config: BuildConfig) -> float:
-    """All videos as one unit, in this process: the task chain without orchestration."""
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the ffmpeg processes)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def pipeline_task(config: BuildConfig) -> tuple[float, float]:
+    """All videos as one unit, in this process: (wall, CPU) of the task chain without orchestration."""
     unit = WorkUnit(unit_id="bench", fingerprint=f"{time.time_ns():016x}"[-16:],
                     videos=tuple(list_videos(config.inputs)))
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     report = run_unit(unit, config)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     assert report.samples > 0 and report.videos_failed == 0, report
-    return elapsed
+    return elapsed, cpu
 
 
-def pipeline_flow(config: BuildConfig) -> float:
+def pipeline_flow(config: BuildConfig) -> tuple[float, float]:
+    """(whole flow wall time, span of the unit work on the Ray workers)."""
     from flows.build_dataset import build_dataset
 
     started = time.perf_counter()
     summary = build_dataset(config)
     elapsed = time.perf_counter() - started
     assert summary.videos_failed == 0 and summary.units_skipped == 0, summary
-    return elapsed
+    return elapsed, summary.work_span_s
 
 
 def main() -> None:
@@ -109,12 +119,15 @@ def main() -> None:
             "execution": {"videos_per_unit": 1, **execution},
         })
 
+    task_wall, task_cpu = pipeline_task(config("task"))
     results = {"bare ffmpeg decode": bare_decode(ffmpeg, videos),
                "bare ffmpeg same work": bare_same_work(ffmpeg, videos, args.size, work),
-               "pipeline task (run_unit)": pipeline_task(config("task"))}
+               "pipeline task (run_unit)": task_wall}
     if not args.skip_flow:
-        results["pipeline flow, 1 Ray worker"] = pipeline_flow(config("flow1", local_ray_cpus=1))
-        results["pipeline flow, 2 Ray workers"] = pipeline_flow(config("flow2", local_ray_cpus=2))
+        for workers in (1, 2):
+            flow_s, span_s = pipeline_flow(config(f"flow{workers}", local_ray_cpus=workers))
+            results[f"flow, {workers} Ray worker(s), whole run"] = flow_s
+            results[f"flow, {workers} Ray worker(s), unit work"] = span_s
     shutil.rmtree(work)
 
     decode, same = results["bare ffmpeg decode"], results["bare ffmpeg same work"]
@@ -123,9 +136,17 @@ def main() -> None:
     print(f"{'run':<32}{'wall s':>9}{'frames/s':>10}{'x decode':>10}{'x same work':>13}")
     for name, seconds, fps, vs_decode, vs_same in rows:
         print(f"{name:<32}{seconds:>9.2f}{fps:>10.1f}{vs_decode:>10.2f}{vs_same:>13.2f}")
+    print(f"pipeline task CPU: {task_cpu:.2f} s ({1000 * task_cpu / frames:.2f} ms/frame, ffmpeg included), "
+          f"{task_cpu / task_wall:.2f} cores busy on average (decode and encode overlap)")
     if not args.skip_flow:
-        scaling = results["pipeline flow, 1 Ray worker"] / results["pipeline flow, 2 Ray workers"]
-        print(f"scaling, 2 Ray workers vs 1: {scaling:.2f}x")
+        for part in ("whole run", "unit work"):
+            one, two = results[f"flow, 1 Ray worker(s), {part}"], results[f"flow, 2 Ray worker(s), {part}"]
+            print(f"scaling, 2 Ray workers vs 1 ({part}): {one / two:.2f}x")
+        # The physical limit of 2 cores: every core busy at the pipeline's CPU cost per frame.
+        limit_fps = 2 * frames / task_cpu
+        two_fps = frames / results["flow, 2 Ray worker(s), unit work"]
+        print(f"2 Ray workers reach {two_fps:.0f} frames/s = {two_fps / limit_fps:.2f} of the 2-core limit "
+              f"({limit_fps:.0f} frames/s at {1000 * task_cpu / frames:.2f} CPU-ms per frame)")
     if args.markdown:
         print("\n| run | wall s | frames/s | × bare decode | × bare same work |\n|---|---|---|---|---|")
         for name, seconds, fps, vs_decode, vs_same in rows:

@@ -48,5 +48,6 @@ class UnitReport(BaseModel):
     samples: int = 0
     frames: int = 0
     failures_by_reason: dict[str, int] = Field(default_factory=dict)
-    seconds: float = 0.0
+    started_at: float = Field(0.0, description="Wall-clock time (epoch seconds) the unit's work began.")
+    seconds: float = Field(0.0, description="Time the unit's work took.")
     skipped: bool = Field(False, description="True when the run found this unit already complete.")

@@ -43,6 +43,8 @@ class BuildSummary(BaseModel):
     shards: int
     shard_bytes: int
     failures_by_reason: dict[str, int] = Field(default_factory=dict)
+    work_span_s: float = Field(0.0, description="From the first unit's start to the last unit's end, this run.")
+    work_s: float = Field(0.0, description="Sum of the time units took, this run.")
 
 
 def unit_failure_rows(unit: WorkUnit, config: BuildConfig, reason: str) -> list[dict]:
@@ -66,6 +68,7 @@ def publish_manifests(config: BuildConfig, reports: list[UnitReport], extra_fail
         write_table_atomic(merged[name], layout.manifests / f"{name}.parquet")
 
     failures = merged["failures"].to_pylist()
+    ran = [report for report in reports if not report.skipped]
     summary = BuildSummary(
         output_dir=str(layout.root),
         config_hash=config.output_hash(),
@@ -81,6 +84,9 @@ def publish_manifests(config: BuildConfig, reports: list[UnitReport], extra_fail
         shards=merged["shards"].num_rows,
         shard_bytes=sum(merged["shards"].column("size_bytes").to_pylist()),
         failures_by_reason=dict(Counter(failure_kind(row["stage"], row["reason"]) for row in failures).most_common()),
+        work_span_s=round(max((r.started_at + r.seconds for r in ran), default=0.0)
+                          - min((r.started_at for r in ran), default=0.0), 3),
+        work_s=round(sum(r.seconds for r in ran), 3),
     )
     build_file = layout.manifests / "build.json"
     partial = build_file.with_name(".build.json.partial")

@@ -89,7 +89,7 @@ def run_unit(unit: WorkUnit, config: BuildConfig, stages: Sequence[ClipStage] = 
     Bad videos and clips become failure rows (or raise, with `on_error="raise"`);
     anything else raises, and the unit leaves no visible trace until a retry succeeds.
     """
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     layout = OutputLayout(config.output_path)
     previous = read_report(layout, unit.unit_id)
     if previous is not None and previous.fingerprint == unit.fingerprint:
@@ -123,6 +123,7 @@ def run_unit(unit: WorkUnit, config: BuildConfig, stages: Sequence[ClipStage] = 
         samples=len(rows.samples),
         frames=rows.frames,
         failures_by_reason=dict(Counter(failure_kind(row["stage"], row["reason"]) for row in rows.failures)),
+        started_at=started_at,
         seconds=round(time.perf_counter() - started, 3),
     )
     done = layout.done_file(unit.unit_id)

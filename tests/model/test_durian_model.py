@@ -105,7 +105,8 @@ def test_gradients_equal_with_and_without_checkpointing(model: DurianModel) -> N
     reference = training_grads(copy.deepcopy(model), checkpointing=False)
     checkpointed = training_grads(model, checkpointing=True)
     assert reference.keys() == checkpointed.keys()
-    assert any(n.startswith("attribute_net.") for n in reference) and any(n.startswith("portrait_net.") for n in reference)
+    for net in ("attribute_net.", "portrait_net."):
+        assert any(n.startswith(net) for n in reference)
     for name in reference:
         torch.testing.assert_close(checkpointed[name], reference[name], atol=1e-6, rtol=1e-4, msg=name)
 

@@ -9,7 +9,13 @@ import torch
 from diffusers import MotionAdapter, UNet2DConditionModel
 
 from data_specs.model import ModelFlavour
-from model.builders import durian_from_unet, load_motion_adapter, reference_net_from_unet
+from model.builders import (
+    durian_from_unet,
+    load_motion_adapter,
+    pretrained_components,
+    random_components,
+    reference_net_from_unet,
+)
 from model.durian import DurianModel
 from model.encoders import IResNet, identity_embeds
 from tests.model.conftest import FACE, make_clip, make_references
@@ -127,3 +133,22 @@ def test_save_pretrained_round_trips_exactly(model: DurianModel, tmp_path: Path)
     with torch.no_grad():
         outputs = [m(latents, timesteps, guidance, references) for m in (model, loaded)]
     torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+
+
+def test_pretrained_components_from_local_folders(tiny: ModelFlavour, tmp_path: Path) -> None:
+    """An SD 1.5 diffusers folder, the original motion .ckpt, the sd-image-variations
+    encoder folder and ArcFace weights, all local."""
+    parts = random_components(tiny, seed=5)
+    unet = UNet2DConditionModel(**tiny.unet.diffusers_config())
+    unet.save_pretrained(tmp_path / "sd15" / "unet")
+    parts.vae.save_pretrained(tmp_path / "sd15" / "vae")
+    parts.image_encoder.save_pretrained(tmp_path / "variations" / "image_encoder")
+    torch.save(original_animatediff_state_dict(tiny), tmp_path / "mm_sd_v15_v2.ckpt")
+    torch.save(IResNet("r18", embedding_dim=16).state_dict(), tmp_path / "backbone.pth")
+    loaded = pretrained_components(
+        tiny, sd15=str(tmp_path / "sd15"), motion_adapter=str(tmp_path / "mm_sd_v15_v2.ckpt"),
+        image_encoder=str(tmp_path / "variations"), arcface=str(tmp_path / "backbone.pth"), arcface_arch="r18")
+    assert torch.equal(loaded.model.denoiser.state_dict()["conv_out.weight"], unet.state_dict()["conv_out.weight"])
+    key = "decoder.conv_out.weight"
+    assert torch.equal(loaded.vae.state_dict()[key], parts.vae.state_dict()[key])
+    assert loaded.identity_encoder is not None and loaded.model.identity_proj.in_features == 16

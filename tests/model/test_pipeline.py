@@ -103,7 +103,8 @@ def test_similarity_fit_and_inference_mask(pipe: DurianPipeline) -> None:
 
 
 def test_training_and_inference_share_the_beta_schedule(tiny) -> None:
-    torch.testing.assert_close(training_scheduler(tiny.noise_schedule).betas, inference_scheduler(tiny.noise_schedule).betas)
+    schedule = tiny.noise_schedule
+    torch.testing.assert_close(training_scheduler(schedule).betas, inference_scheduler(schedule).betas)
 
 
 def test_render_keypoints() -> None:
@@ -121,7 +122,8 @@ def synthetic_video(folder: Path, frames: int = 6) -> Path:
     write_mp4(np.stack([face_image(i) for i in range(frames)]), video, fps=10)
     masks = np.zeros((frames, 64, 64), bool)
     masks[:, :16] = True
-    np.savez(folder / "clip.mp4.truth.npz", keypoints=np.repeat(FACE[None], frames, 0) + np.arange(frames)[:, None, None],
+    keypoints = np.repeat(FACE[None], frames, 0) + np.arange(frames)[:, None, None]
+    np.savez(folder / "clip.mp4.truth.npz", keypoints=keypoints,
              boxes=np.tile([[16, 16, 48, 56]], (frames, 1)).astype(np.float32), masks_hair=masks,
              masks_eyeglasses=masks, masks_hat=masks, masks_beard=masks, fps=10.0)
     return folder / "clip.mp4.truth.npz"
@@ -129,8 +131,9 @@ def synthetic_video(folder: Path, frames: int = 6) -> Path:
 
 def probe_frames(path: Path) -> int:
     ffprobe = Path(ffmpeg_binary()).with_name("ffprobe")
-    info = subprocess.run([str(ffprobe), "-v", "error", "-count_frames", "-show_entries", "stream=nb_read_frames,codec_name",
-                           "-of", "json", str(path)], capture_output=True, text=True, check=True)
+    info = subprocess.run([str(ffprobe), "-v", "error", "-count_frames", "-show_entries",
+                           "stream=nb_read_frames,codec_name", "-of", "json", str(path)],
+                          capture_output=True, text=True, check=True)
     stream = json.loads(info.stdout)["streams"][0]
     assert stream["codec_name"] == "h264"
     return int(stream["nb_read_frames"])
