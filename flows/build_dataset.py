@@ -57,12 +57,13 @@ def process_units(units: list[WorkUnit], config: BuildConfig) -> tuple[list[Unit
             report = future.result()
         except Exception as err:  # noqa: BLE001 - any worker failure becomes failure rows for its videos
             reason = f"unit failed after {config.execution.retries + 1} attempt(s): {type(err).__name__}: {err}"
-            logger.error("unit %s: %s", unit.unit_id, reason)
+            logger.error("[%d/%d] unit %s: %s", finished, len(units), unit.unit_id, reason)
             failures += unit_failure_rows(unit, config, reason[:500])
         else:
             reports.append(report)
-            logger.info("unit %s: %d videos, %d samples, %d failures in %.1fs", unit.unit_id, report.videos,
-                        report.samples, sum(report.failures_by_reason.values()), report.seconds)
+            logger.info("[%d/%d] unit %s: %d videos, %d samples, %d failures in %.1fs", finished, len(units),
+                        unit.unit_id, report.videos, report.samples, sum(report.failures_by_reason.values()),
+                        report.seconds)
         update_progress_artifact(progress, progress=100.0 * finished / len(units))
     return reports, failures
 
