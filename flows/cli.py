@@ -12,6 +12,7 @@ import typer
 import yaml
 
 from data_specs.config import BuildConfig, ConfigError, parse_config
+from flows.sample import sample
 
 app = typer.Typer(
     help="Durian: portrait videos -> WebDataset shards -> a dual-reference video diffusion model.",
@@ -158,7 +159,14 @@ def demo(
     build_dataset_command(config=None, input_source=str(video_dir), output=workdir / "dataset",
                           overrides=DEMO_OVERRIDES)
     inspect_command(workdir / "dataset", verify=True, preview=workdir / "preview.png")
-    typer.echo(f"\ndemo done. videos: {video_dir}\ndataset: {workdir / 'dataset'}")
+    # The model end: the tiny, untrained DurianPipeline animates one video's portrait with its own hair.
+    sample(out=workdir / "sample.mp4", from_truth=video_dir / "portrait_0000.mp4", frames=24, steps=4,
+           size=64, fps=12.0)
+    typer.echo(f"\ndemo done.\n  videos:  {video_dir}\n  dataset: {workdir / 'dataset'}\n"
+               f"  preview: {workdir / 'preview.png'}\n  sample:  {workdir / 'sample.mp4'} (untrained tiny model)")
+
+
+app.command("sample")(sample)
 
 
 def main() -> None:

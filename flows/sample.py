@@ -6,22 +6,19 @@ import logging
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import ffmpeg
 import numpy as np
-import PIL.Image
-import torch
 import typer
 
-from data_specs.model import FLAVOURS, model_flavour
-from model.builders import random_components
-from model.pipeline import DurianPipeline
-from model.video import ffmpeg_binary, write_mp4
+from data_specs.model import FLAVOURS
+
+if TYPE_CHECKING:
+    import torch
+
+    from model.pipeline import DurianPipeline
 
 logger = logging.getLogger(__name__)
-
-TRUTH_SUFFIX = ".truth.npz"
 
 
 class AttributeClass(str, Enum):
@@ -56,41 +53,53 @@ def load_keypoints(path: Path) -> np.ndarray:
 
 
 def _load_image(path: Path) -> np.ndarray:
+    import PIL.Image
+
     return np.asarray(PIL.Image.open(path).convert("RGB"))
 
 
 def _load_mask(path: Path) -> np.ndarray:
+    import PIL.Image
+
     return np.asarray(PIL.Image.open(path).convert("L")) > 127
 
 
-def read_video_frames(path: Path, size: tuple[int, int], indices: list[int]) -> list[np.ndarray]:
-    """Decode the frames `indices` of a video of known (H, W) = size as (H, W, 3) uint8."""
-    height, width = size
-    raw, _ = (ffmpeg.input(str(path)).output("pipe:", format="rawvideo", pix_fmt="rgb24", loglevel="error")
-              .run(capture_stdout=True, cmd=ffmpeg_binary()))
-    frames = np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
+def read_video_frames(path: Path, indices: list[int]) -> list[np.ndarray]:
+    """The frames `indices` of a square video, at its own size, as (H, W, 3) uint8."""
+    from data_specs.video import DecodeConfig
+    from tasks.media import iter_frames, probe_video
+
+    probe = probe_video(str(path))
+    wanted = set(indices)
+    frames = {frame.index: frame.image for frame in iter_frames(str(path), probe, DecodeConfig(size=probe.width))
+              if frame.index in wanted}
     return [frames[i] for i in indices]
 
 
-def inputs_from_truth(truth: Path, attribute_class: AttributeClass, portrait_frame: int,
+def inputs_from_truth(video: Path, attribute_class: AttributeClass, portrait_frame: int,
                       attribute_frame: int | None) -> SampleInputs:
     """Portrait and attribute frames, masks, keypoints and driving motion from a synthetic
-    video's ground truth (`<video>.truth.npz` beside `<video>`): a self-transfer demo."""
-    video = truth.with_name(truth.name.removesuffix(TRUTH_SUFFIX))
-    if not truth.name.endswith(TRUTH_SUFFIX) or not video.is_file():
-        raise typer.BadParameter(f"expected VIDEO{TRUTH_SUFFIX} next to VIDEO, got {truth}")
-    with np.load(truth) as data:
-        keypoints = np.asarray(data["keypoints"], np.float32)
-        masks = np.asarray(data[f"masks_{attribute_class.value}"])
-        fps = float(data["fps"])
+    video and its ground truth (written by `durian make-videos`): a self-transfer demo."""
+    from tasks.synthetic import load_truth
+
+    try:
+        truth = load_truth(video)
+    except FileNotFoundError as err:
+        raise typer.BadParameter(f"{video} has no ground truth beside it (make it with `durian make-videos`)") from err
+    keypoints = np.asarray(truth["keypoints"], np.float32)
+    masks = np.asarray(truth[f"masks_{attribute_class.value}"])
     attribute_frame = len(keypoints) // 2 if attribute_frame is None else attribute_frame
-    portrait, attribute = read_video_frames(video, masks.shape[1:], [portrait_frame, attribute_frame])
+    portrait, attribute = read_video_frames(video, [portrait_frame, attribute_frame])
     return SampleInputs(portrait, masks[portrait_frame], keypoints[portrait_frame], [attribute],
-                        [masks[attribute_frame]], [keypoints[attribute_frame]], keypoints, fps)
+                        [masks[attribute_frame]], [keypoints[attribute_frame]], keypoints, float(truth["fps"]))
 
 
 def load_pipeline(model: Path | None, flavour: str, seed: int, device: torch.device) -> DurianPipeline:
     """A saved DurianPipeline folder, or an untrained one of `flavour` with random weights."""
+    from data_specs.model import model_flavour
+    from model.builders import random_components
+    from model.pipeline import DurianPipeline
+
     if model is not None:
         return DurianPipeline.from_pretrained(str(model)).to(device)
     logger.warning("no --model given: using an UNTRAINED %s pipeline with random weights (seed %d); "
@@ -105,8 +114,8 @@ def sample(
         help="A DurianPipeline.save_pretrained folder. Default: an untrained pipeline of --flavour.")] = None,
     flavour: Annotated[str, typer.Option(help=f"Flavour of the untrained default: {', '.join(FLAVOURS)}.")] = "tiny",
     from_truth: Annotated[Path | None, typer.Option(
-        help=f"A synthetic VIDEO{TRUTH_SUFFIX}: takes portrait, attribute, masks, keypoints and "
-             "driving motion from it and the video beside it (replaces the inputs below).")] = None,
+        help="A synthetic video from `durian make-videos`: takes portrait, attribute, masks, keypoints and "
+             "driving motion from it and its ground truth (replaces the inputs below).")] = None,
     attribute_class: Annotated[AttributeClass, typer.Option(
         help="With --from-truth: which attribute mask to use.")] = AttributeClass.hair,
     portrait_frame: Annotated[int, typer.Option(help="With --from-truth: the portrait frame.")] = 0,
@@ -160,7 +169,11 @@ def sample(
             [_load_image(p) for p in attribute], [_load_mask(p) for p in attribute_mask],
             [np.load(p).astype(np.float32) for p in attribute_keypoints], load_keypoints(driving), 25.0)
 
-    # 2. Pipeline.
+    # 2. Pipeline (torch and diffusers load here, not when the CLI starts).
+    import torch
+
+    from tasks.media import write_video
+
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipe = load_pipeline(model, flavour, seed, torch_device)
 
@@ -171,5 +184,6 @@ def sample(
         height=size, width=size, num_inference_steps=steps, guidance_scale=guidance, window=window,
         overlap=overlap, generator=torch.Generator(device="cpu").manual_seed(seed),
     )
-    write_mp4(result.frames, out, fps or inputs.fps)
+    frames = (np.clip(result.frames, 0, 1) * 255).round().astype(np.uint8)
+    write_video(frames, out, fps or inputs.fps)
     typer.echo(f"wrote {len(result.frames)} frames to {out}")

@@ -63,6 +63,22 @@ def training_scheduler(spec: NoiseScheduleSpec) -> DDPMScheduler:
 # ---------------------------------------------------------------- networks from a UNet
 
 
+def identity_motion_adapter(flavour: ModelFlavour) -> MotionAdapter:
+    """Motion modules that pass their input through unchanged (zero `proj_out`, and
+    each module adds its output to its input).
+
+    Stage 1 trains on single frames without temporal layers: building the denoiser
+    with this adapter keeps its spatial path exactly the SD UNet's. Stage 2 then
+    loads the real modules with `model.denoiser.load_motion_modules(adapter)`.
+    """
+    adapter = MotionAdapter(**flavour.motion.diffusers_config(flavour.unet))
+    for name, module in adapter.named_modules():
+        if name.endswith("proj_out"):
+            torch.nn.init.zeros_(module.weight)
+            torch.nn.init.zeros_(module.bias)
+    return adapter
+
+
 def reference_net_from_unet(unet: UNet2DConditionModel) -> UNet2DConditionModel:
     """A 5-channel copy of `unet`: latent + mask. The mask channel's conv_in weights
     are zero, so the copy computes exactly what `unet` computes at init."""
@@ -170,16 +186,20 @@ def load_image_encoder(source: str | Path) -> CLIPVisionModelWithProjection:
     return CLIPVisionModelWithProjection.from_pretrained(str(source), subfolder="image_encoder")
 
 
-def pretrained_components(flavour: ModelFlavour, sd15: str, motion_adapter: str, image_encoder: str,
+def pretrained_components(flavour: ModelFlavour, sd15: str, motion_adapter: str | None, image_encoder: str,
                           arcface: str | None = None, sd15_config: str | None = None,
                           arcface_arch: str = "r100") -> DurianComponents:
     """Durian initialised from pretrained parts (see the module docstring).
 
-    Without `arcface` the portrait identity is the CLIP embedding, so the identity
-    width is the image encoder's projection width.
+    motion_adapter None: pass-through temporal layers (`identity_motion_adapter`),
+    for stage 1. Without `arcface` the portrait identity is the CLIP embedding, so
+    the identity width is the image encoder's projection width.
     """
     unet = load_sd15_unet(sd15, sd15_config)
-    adapter = load_motion_adapter(motion_adapter, flavour)
+    if motion_adapter is None:
+        adapter = identity_motion_adapter(flavour)
+    else:
+        adapter = load_motion_adapter(motion_adapter, flavour)
     encoder = load_image_encoder(image_encoder)
     identity_encoder = IResNet.from_insightface(arcface, arcface_arch) if arcface else None
     identity_dim = identity_encoder.config.embedding_dim if identity_encoder else encoder.config.projection_dim

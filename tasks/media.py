@@ -30,6 +30,7 @@ STDERR_TAIL_LINES = 50
 READ_AHEAD_FRAMES = 4
 
 PIPE_BYTES = 1 << 20  # the default ceiling of /proc/sys/fs/pipe-max-size
+_ENCODER_OPTIONS = {"libx264": {"preset": "veryfast", "crf": 18}, "mpeg4": {"qscale:v": 2}}
 # Boxes an ISO-BMFF file (mp4, mov, m4a) can start with: an ffprobe failure on such a
 # file means a damaged video, on anything else it means not a video at all.
 _MP4_FIRST_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide"}
@@ -233,6 +234,53 @@ def _widen_pipe(stdout: IO[bytes]) -> None:
     """Let ffmpeg write a whole frame or more before blocking (Linux; a no-op elsewhere)."""
     with contextlib.suppress(OSError, AttributeError):
         fcntl.fcntl(stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+
+
+def write_video(
+    frames: np.ndarray,
+    path: str | Path,
+    fps: float,
+    *,
+    rotation: int = 0,
+    codec: str = "libx264",
+    setpts: str | None = None,
+    **output_options,
+) -> Path:
+    """Encode upright (F, H, W, 3) uint8 RGB frames to a yuv420p video (H.264 by default).
+
+    `rotation` stores the frames turned and says so in the display matrix (as phones do);
+    `setpts` rewrites timestamps; other options go to the output. Deterministic: one
+    encoder thread makes x264's output independent of the machine's core count.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if rotation % 90:
+        raise ValueError(f"rotation must be a multiple of 90 degrees, got {rotation}")
+    # Store the frames turned counter-clockwise; the display matrix says "turn clockwise".
+    stored = np.ascontiguousarray(np.rot90(frames, k=rotation // 90, axes=(1, 2)))
+    height, width = stored.shape[1:3]
+    if width % 2 or height % 2:
+        raise ValueError(f"yuv420p needs an even frame size, got {width}x{height}")
+    # -noautorotate: otherwise ffmpeg would apply the rotation to the pixels while encoding.
+    rotate = {"display_rotation": -rotation, "noautorotate": None} if rotation else {}
+    stream = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", r=fps, **rotate)
+    if setpts:
+        stream = stream.filter("setpts", setpts)
+    output = stream.output(
+        file_url(path), vcodec=codec, pix_fmt="yuv420p", g=max(1, round(fps)), threads=1,
+        **_ENCODER_OPTIONS.get(codec, {}), **output_options,
+    )
+    run_ffmpeg(output, frames=stored)
+    return path
+
+
+def run_ffmpeg(output: ffmpeg.nodes.OutputStream, frames: np.ndarray | None = None) -> None:
+    """Run an ffmpeg graph to a file, feeding `frames` as raw video; failures are RuntimeErrors."""
+    graph = output.global_args("-nostdin", "-hide_banner", "-loglevel", "error").overwrite_output()
+    try:
+        graph.run(cmd=find_ffmpeg()[0], input=None if frames is None else frames.tobytes(), quiet=True)
+    except ffmpeg.Error as error:
+        raise RuntimeError(f"ffmpeg failed: {summarise_ffmpeg_log(error.stderr.decode(errors='replace').splitlines())}")
 
 
 def _decode_graph(

@@ -16,7 +16,7 @@ import cv2
 import ffmpeg
 import numpy as np
 
-from tasks.media import file_url, find_ffmpeg, summarise_ffmpeg_log
+from tasks.media import file_url, run_ffmpeg, write_video
 
 ATTRIBUTES = ("hair", "eyeglasses", "hat", "beard")
 KEYPOINT_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")  # "left" = smaller x in the image
@@ -34,7 +34,6 @@ COLOURS = {
 }
 SKIN_TONES = ((230, 190, 160), (200, 150, 110), (160, 110, 80), (240, 205, 180))
 
-_ENCODER_OPTIONS = {"libx264": {"preset": "veryfast", "crf": 18}, "mpeg4": {"qscale:v": 2}}
 
 
 def write_portrait_video(
@@ -60,7 +59,7 @@ def write_portrait_video(
         raise ValueError(f"unknown attributes {sorted(unknown)}; choose from {ATTRIBUTES}")
     frames, truth = _render(seed, num_frames, width, height, attributes)
     path = Path(path)
-    _encode(frames, path, fps, rotation=rotation, codec=codec)
+    write_video(frames, path, fps, rotation=rotation, codec=codec)
     np.savez_compressed(_truth_path(path), fps=np.float64(fps), size=np.array([width, height]), **truth)
     return path
 
@@ -84,7 +83,7 @@ def write_edge_case_videos(directory: str | Path, seed: int = 0) -> dict[str, Pa
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    small = {"num_frames": 12, "width": 64, "height": 64}
+    small = {"num_frames": 24, "width": 64, "height": 64}
     paths = {}
 
     paths["zero_byte"] = directory / "zero_byte.mp4"
@@ -93,12 +92,12 @@ def write_edge_case_videos(directory: str | Path, seed: int = 0) -> dict[str, Pa
     # The mp4 muxer writes the index (moov) last, so a cut file has none.
     frames = _render(seed, 12, 64, 64, ATTRIBUTES)[0]
     paths["truncated"] = directory / "truncated.mp4"
-    _encode(frames, paths["truncated"], 24.0)
+    write_video(frames, paths["truncated"], 24.0)
     _truncate(paths["truncated"], 0.4)
 
     # With the index moved to the front, a cut file probes fine and fails while decoding.
     paths["truncated_stream"] = directory / "truncated_stream.mp4"
-    _encode(frames, paths["truncated_stream"], 24.0, movflags="+faststart")
+    write_video(frames, paths["truncated_stream"], 24.0, movflags="+faststart")
     _truncate(paths["truncated_stream"], 0.6)
 
     paths["random_bytes"] = directory / "random_bytes.mp4"
@@ -106,13 +105,13 @@ def write_edge_case_videos(directory: str | Path, seed: int = 0) -> dict[str, Pa
 
     paths["audio_only"] = directory / "audio_only.mp4"  # an mp4 container holding only audio
     sine = ffmpeg.input("sine=frequency=440:duration=0.5", format="lavfi")
-    _run(sine.output(file_url(paths["audio_only"]), acodec="aac"))
+    run_ffmpeg(sine.output(file_url(paths["audio_only"]), acodec="aac"))
 
     paths["one_frame"] = write_portrait_video(directory / "one_frame.mp4", seed=seed, **{**small, "num_frames": 1})
 
     # Timestamps spread quadratically: each frame lasts longer than the one before.
     paths["variable_fps"] = directory / "variable_fps.mp4"
-    _encode(frames, paths["variable_fps"], 24.0, setpts="(N+N*N/8)/24/TB", fps_mode="passthrough")
+    write_video(frames, paths["variable_fps"], 24.0, setpts="(N+N*N/8)/24/TB", fps_mode="passthrough")
 
     # Portrait display (64 x 96) stored as landscape (96 x 64), as phones do.
     paths["rotated"] = write_portrait_video(
@@ -122,7 +121,7 @@ def write_edge_case_videos(directory: str | Path, seed: int = 0) -> dict[str, Pa
     # 4104 x 4104 is just above the default 4096 x 4096 limit; a flat colour encodes in a blink.
     paths["large"] = directory / "large.mp4"
     source = ffmpeg.input("color=c=gray:size=4104x4104:rate=1:duration=2", format="lavfi")
-    _run(source.output(file_url(paths["large"]), vcodec="libx264", preset="ultrafast", pix_fmt="yuv420p"))
+    run_ffmpeg(source.output(file_url(paths["large"]), vcodec="libx264", preset="ultrafast", pix_fmt="yuv420p"))
 
     name = "spaces and ünïcode name"
     paths[name] = write_portrait_video(directory / f"{name}.mp4", seed=seed, **small)
@@ -218,46 +217,6 @@ def _render(
             masks[name][i] = labels == LABEL_OF[name]
     truth = {"boxes": boxes, "keypoints": keypoints, **{f"masks_{name}": m for name, m in masks.items()}}
     return frames, truth
-
-
-def _encode(
-    frames: np.ndarray,
-    path: Path,
-    fps: float,
-    *,
-    rotation: int = 0,
-    codec: str = "libx264",
-    setpts: str | None = None,
-    **output_options,
-) -> None:
-    """Encode upright RGB frames to a yuv420p video; `setpts` rewrites timestamps, options go to the output."""
-    if rotation % 90:
-        raise ValueError(f"rotation must be a multiple of 90 degrees, got {rotation}")
-    # Store the frames turned counter-clockwise; the display matrix says "turn clockwise".
-    stored = np.ascontiguousarray(np.rot90(frames, k=rotation // 90, axes=(1, 2)))
-    height, width = stored.shape[1:3]
-    if width % 2 or height % 2:
-        raise ValueError(f"yuv420p needs an even frame size, got {width}x{height}")
-    # -noautorotate: otherwise ffmpeg would apply the rotation to the pixels while encoding.
-    rotate = {"display_rotation": -rotation, "noautorotate": None} if rotation else {}
-    stream = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", r=fps, **rotate)
-    if setpts:
-        stream = stream.filter("setpts", setpts)
-    # One encoder thread makes x264's output independent of the machine's core count.
-    output = stream.output(
-        file_url(path), vcodec=codec, pix_fmt="yuv420p", g=max(1, round(fps)), threads=1,
-        **_ENCODER_OPTIONS.get(codec, {}), **output_options,
-    )
-    _run(output, frames=stored)
-
-
-def _run(output: ffmpeg.nodes.OutputStream, frames: np.ndarray | None = None) -> None:
-    """Run an ffmpeg graph to a file, feeding `frames` as raw video; failures are RuntimeErrors."""
-    graph = output.global_args("-nostdin", "-hide_banner", "-loglevel", "error").overwrite_output()
-    try:
-        graph.run(cmd=find_ffmpeg()[0], input=None if frames is None else frames.tobytes(), quiet=True)
-    except ffmpeg.Error as error:
-        raise RuntimeError(f"ffmpeg failed: {summarise_ffmpeg_log(error.stderr.decode(errors='replace').splitlines())}")
 
 
 def _truncate(path: Path, fraction: float) -> None:

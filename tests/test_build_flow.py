@@ -44,7 +44,7 @@ def test_flow_builds_shards_and_manifests_from_good_and_bad_videos(videos: Path,
     assert {Path(row["source_path"]).stem for row in failures} == set(EXPECTED_FAILURES)
     assert all(row["reason"] and row["config_hash"] and row["code_version"] for row in failures)
     samples = manifest(output, "samples")
-    assert summary.samples == len(samples) == 15 + 3 + 1 + 1  # portraits, VFR, rotated, odd name
+    assert summary.samples == len(samples) == 15 + 3 + 3 + 3  # portraits, VFR, rotated, odd name
     assert summary.videos == 15 and summary.videos_failed == len(EXPECTED_FAILURES)
     assert verify_shards(output) == []
 

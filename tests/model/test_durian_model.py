@@ -8,7 +8,7 @@ import torch
 
 from model.durian import DurianModel, ReferenceInputs
 from model.reference_attention import ReadMode
-from tests.model.conftest import make_clip, make_references
+from durian_testing import make_clip, make_references
 
 
 def predict(model: DurianModel, references: ReferenceInputs | None, frames: int = 2,

@@ -11,6 +11,7 @@ from diffusers import MotionAdapter, UNet2DConditionModel
 from data_specs.model import ModelFlavour
 from model.builders import (
     durian_from_unet,
+    identity_motion_adapter,
     load_motion_adapter,
     pretrained_components,
     random_components,
@@ -18,7 +19,7 @@ from model.builders import (
 )
 from model.durian import DurianModel
 from model.encoders import IResNet, identity_embeds
-from tests.model.conftest import FACE, make_clip, make_references
+from durian_testing import FACE, make_clip, make_references
 
 
 def test_sd15_layout_unet_loads_into_every_network(tiny: ModelFlavour) -> None:
@@ -152,3 +153,15 @@ def test_pretrained_components_from_local_folders(tiny: ModelFlavour, tmp_path: 
     key = "decoder.conv_out.weight"
     assert torch.equal(loaded.vae.state_dict()[key], parts.vae.state_dict()[key])
     assert loaded.identity_encoder is not None and loaded.model.identity_proj.in_features == 16
+
+
+def test_stage1_denoiser_without_temporal_layers_is_the_sd_unet(tiny: ModelFlavour) -> None:
+    torch.manual_seed(4)
+    unet = UNet2DConditionModel(**tiny.unet.diffusers_config())
+    model = durian_from_unet(unet, identity_motion_adapter(tiny), tiny.pose_guider_channels, identity_dim=16)
+    latents, timesteps, guidance = make_clip(frames=3)
+    context = torch.randn(1, 1, 32)
+    with torch.no_grad():
+        video = model.denoise(latents, timesteps, guidance, context, use_references=False)
+        frames = unet(latents[0].transpose(0, 1), timesteps, context.expand(3, -1, -1)).sample
+    torch.testing.assert_close(video[0].transpose(0, 1), frames, atol=1e-5, rtol=1e-5)

@@ -18,8 +18,9 @@ from model.builders import DurianComponents, inference_scheduler, training_sched
 from model.geometry import fit_similarity, retarget_keypoints
 from model.guidance import keypoint_colours, render_keypoints
 from model.pipeline import DurianPipeline, window_starts
-from model.video import ffmpeg_binary, write_mp4
-from tests.model.conftest import FACE, face_image
+from tasks.media import find_ffmpeg
+from tasks.synthetic import write_portrait_video
+from durian_testing import FACE, face_image
 
 
 @pytest.fixture
@@ -117,20 +118,12 @@ def test_render_keypoints() -> None:
 
 
 def synthetic_video(folder: Path, frames: int = 6) -> Path:
-    """A tiny video and its ground truth in the synthetic generator's layout."""
-    video = folder / "clip.mp4"
-    write_mp4(np.stack([face_image(i) for i in range(frames)]), video, fps=10)
-    masks = np.zeros((frames, 64, 64), bool)
-    masks[:, :16] = True
-    keypoints = np.repeat(FACE[None], frames, 0) + np.arange(frames)[:, None, None]
-    np.savez(folder / "clip.mp4.truth.npz", keypoints=keypoints,
-             boxes=np.tile([[16, 16, 48, 56]], (frames, 1)).astype(np.float32), masks_hair=masks,
-             masks_eyeglasses=masks, masks_hat=masks, masks_beard=masks, fps=10.0)
-    return folder / "clip.mp4.truth.npz"
+    """A tiny synthetic portrait video with its ground truth beside it."""
+    return write_portrait_video(folder / "clip.mp4", seed=0, num_frames=frames, fps=10, width=64, height=64)
 
 
 def probe_frames(path: Path) -> int:
-    ffprobe = Path(ffmpeg_binary()).with_name("ffprobe")
+    ffprobe = find_ffmpeg()[1]
     info = subprocess.run([str(ffprobe), "-v", "error", "-count_frames", "-show_entries",
                            "stream=nb_read_frames,codec_name", "-of", "json", str(path)],
                           capture_output=True, text=True, check=True)
@@ -144,9 +137,9 @@ def test_sample_command_writes_an_mp4(tmp_path: Path) -> None:
     app.command("sample")(sample)
     runner = CliRunner()
     assert "--from-truth" in runner.invoke(app, ["--help"]).output
-    truth = synthetic_video(tmp_path)
+    video = synthetic_video(tmp_path)
     out = tmp_path / "demo.mp4"
-    result = runner.invoke(app, ["--from-truth", str(truth), "--frames", "5", "--steps", "2", "--window", "4",
+    result = runner.invoke(app, ["--from-truth", str(video), "--frames", "5", "--steps", "2", "--window", "4",
                                  "--overlap", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert probe_frames(out) == 5
