@@ -78,12 +78,15 @@ def load_build_config(config: Path | None, input_source: str | None, output: Pat
 
 @app.command("build-dataset")
 def build_dataset_command(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML build config (see configs/).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML of data_specs.config.BuildConfig "
+                                                                      "(every field has a default; see the README).")] = None,
     input_source: Annotated[str | None, typer.Option("--input", "-i", help="Folder, Parquet/CSV manifest or fsspec "
                                                                           "URL of videos (inputs.source).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder (output_dir).")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a field, e.g. --set decode.fps=8 "
                                                                       "--set execution.ray_address=auto.")] = None,
+    show_config: Annotated[bool, typer.Option("--show-config", help="Print the complete validated config as YAML "
+                                                                    "and the number of videos found, then exit.")] = False,
 ) -> None:
     """Run the Prefect flow `build-dataset`: decode and clip videos on Ray, write shards and manifests.
 
@@ -98,6 +101,10 @@ def build_dataset_command(
         _fail(str(err))
     if not videos:
         _fail(f"no videos found in {cfg.inputs.source} (extensions {', '.join(cfg.inputs.extensions)})")
+    if show_config:
+        typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip())
+        typer.echo(f"# {len(videos)} videos found; config hash {cfg.output_hash()}")
+        return
     from flows.build_dataset import build_dataset
 
     summary = build_dataset(cfg)
@@ -157,7 +164,7 @@ def demo(
     video_dir = workdir / "videos"
     make_videos(video_dir, count=videos, seed=0, frames=48, size=256, fps=24.0, edge_cases=True)
     build_dataset_command(config=None, input_source=str(video_dir), output=workdir / "dataset",
-                          overrides=DEMO_OVERRIDES)
+                          overrides=DEMO_OVERRIDES, show_config=False)
     inspect_command(workdir / "dataset", verify=True, preview=workdir / "preview.png")
     # The model end: the tiny, untrained DurianPipeline animates one video's portrait with its own hair.
     sample(out=workdir / "sample.mp4", from_truth=video_dir / "portrait_0000.mp4", frames=24, steps=4,

@@ -64,3 +64,14 @@ def test_inspect_counts_verifies_previews_and_catches_a_tampered_shard(videos: P
 def test_inspect_without_a_build(tmp_path: Path):
     result = runner.invoke(app, ["inspect", str(tmp_path)])
     assert result.exit_code == 2 and "no completed build" in result.output
+
+
+def test_show_config_prints_the_full_validated_config(videos: Path, tmp_path: Path):
+    import yaml
+
+    result = runner.invoke(app, ["build-dataset", "-i", str(videos / "good"), "-o", str(tmp_path / "o"),
+                                 "--set", "decode.fps=8", "--show-config"])
+    assert result.exit_code == 0, result.output
+    shown = yaml.safe_load(result.output)
+    assert shown["decode"]["fps"] == 8 and shown["clips"]["length"] == 16 and "execution" in shown
+    assert "# 5 videos found" in result.output and not (tmp_path / "o").exists()
