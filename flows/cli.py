@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -13,6 +14,9 @@ import yaml
 
 from data_specs.config import BuildConfig, ConfigError, parse_config
 from flows.sample import sample
+
+# The embedded Prefect server would try to phone home, and log an error on machines without internet.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 app = typer.Typer(
     help="Durian: portrait videos -> WebDataset shards -> a dual-reference video diffusion model.",
