@@ -84,15 +84,15 @@ def pipeline_task(config: BuildConfig) -> tuple[float, float]:
     return elapsed, cpu
 
 
-def pipeline_flow(config: BuildConfig) -> tuple[float, float]:
-    """(whole flow wall time, span of the unit work on the Ray workers)."""
+def pipeline_flow(config: BuildConfig) -> tuple[float, float, float]:
+    """(whole flow wall time, span of the unit work on the Ray workers, sum of unit times)."""
     from flows.build_dataset import build_dataset
 
     started = time.perf_counter()
     summary = build_dataset(config)
     elapsed = time.perf_counter() - started
     assert summary.videos_failed == 0 and summary.units_skipped == 0, summary
-    return elapsed, summary.work_span_s
+    return elapsed, summary.work_span_s, summary.work_s
 
 
 def main() -> None:
@@ -124,8 +124,9 @@ def main() -> None:
                "bare ffmpeg same work": bare_same_work(ffmpeg, videos, args.size, work),
                "pipeline task (run_unit)": task_wall}
     if not args.skip_flow:
+        unit_sums = {}
         for workers in (1, 2):
-            flow_s, span_s = pipeline_flow(config(f"flow{workers}", local_ray_cpus=workers))
+            flow_s, span_s, unit_sums[workers] = pipeline_flow(config(f"flow{workers}", local_ray_cpus=workers))
             results[f"flow, {workers} Ray worker(s), whole run"] = flow_s
             results[f"flow, {workers} Ray worker(s), unit work"] = span_s
     shutil.rmtree(work)
@@ -142,6 +143,10 @@ def main() -> None:
         for part in ("whole run", "unit work"):
             one, two = results[f"flow, 1 Ray worker(s), {part}"], results[f"flow, 2 Ray worker(s), {part}"]
             print(f"scaling, 2 Ray workers vs 1 ({part}): {one / two:.2f}x")
+        for workers, unit_sum in unit_sums.items():
+            span = results[f"flow, {workers} Ray worker(s), unit work"]
+            print(f"{workers} worker(s): units busy {unit_sum / (workers * span):.0%} of the span "
+                  f"(the rest is Prefect task-run overhead and uneven units); sum of unit times {unit_sum:.2f} s")
         # The physical limit of 2 cores: every core busy at the pipeline's CPU cost per frame.
         limit_fps = 2 * frames / task_cpu
         two_fps = frames / results["flow, 2 Ray worker(s), unit work"]

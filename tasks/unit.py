@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from data_specs.config import BuildConfig
@@ -95,6 +96,9 @@ def run_unit(unit: WorkUnit, config: BuildConfig, stages: Sequence[ClipStage] = 
     if previous is not None and previous.fingerprint == unit.fingerprint:
         return previous.model_copy(update={"skipped": True})
 
+    # OpenCV's thread pool only adds scheduling overhead on single frames, and a unit is
+    # given one CPU's worth of work: colour conversion and JPEG stay on the calling thread.
+    cv2.setNumThreads(1)
     for stage in stages:
         stage.setup()
     rows = _Rows()
