@@ -131,15 +131,19 @@ class BuildConfig(Spec):
     @classmethod
     def from_yaml(cls, path: str | Path) -> BuildConfig:
         """Load and validate a YAML file; `ConfigError` names the file and each bad field."""
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"cannot read config {path}: {err}") from err
-        return parse_config(data, origin=str(path))
+        return parse_config(read_yaml(path), origin=str(path))
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message lists every problem by field."""
+
+
+def read_yaml(path: str | Path) -> dict:
+    """The mapping in a YAML file (empty file: {}); `ConfigError` when it cannot be read or parsed."""
+    try:
+        return yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read config {path}: {err}") from err
 
 
 def parse_config(data: dict, origin: str = "config") -> BuildConfig:

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from data_specs.config import BuildConfig, ConfigError, parse_config
+from data_specs.config import BuildConfig, ConfigError, parse_config, read_yaml
 from flows.sample import sample
 
 # The embedded Prefect server would try to phone home, and log an error on machines without internet.
@@ -62,12 +62,7 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 def load_build_config(config: Path | None, input_source: str | None, output: Path | None,
                       overrides: list[str]) -> BuildConfig:
     """YAML file (optional), then --input/--output, then --set key=value overrides, validated once."""
-    data: dict[str, Any] = {}
-    if config is not None:
-        try:
-            data = yaml.safe_load(config.read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"cannot read config {config}: {err}") from err
+    data: dict[str, Any] = read_yaml(config) if config is not None else {}
     if input_source is not None:
         _set_dotted(data, "inputs.source", input_source)
     if output is not None:

@@ -158,11 +158,12 @@ def _process_video(video: VideoRef, config: BuildConfig, stages: Sequence[ClipSt
                              width=probe.width, height=probe.height, rotation=probe.rotation, codec=probe.codec,
                              has_audio=probe.has_audio)
             step = "decode"
+            rate = config.decode.fps or probe.fps  # the decoder's constant output rate
             counted = _Counted(iter_frames(str(path), probe, config.decode, video.start_s, video.end_s))
             for clip_index, clip in enumerate(cut_clips(counted, config.clips.length, config.clips.stride)):
                 if config.clips.max_clips_per_video and clip_index >= config.clips.max_clips_per_video:
                     break
-                _process_clip(video, clip_index, clip, config, stages, writer, rows, lineage)
+                _process_clip(video, clip_index, clip, rate, config, stages, writer, rows, lineage)
                 video_row["num_clips"] += 1
             if video_row["num_clips"] == 0:
                 raise DataError(
@@ -182,14 +183,14 @@ def _process_video(video: VideoRef, config: BuildConfig, stages: Sequence[ClipSt
     rows.videos.append(video_row)
 
 
-def _process_clip(video: VideoRef, clip_index: int, clip: list[Frame], config: BuildConfig,
+def _process_clip(video: VideoRef, clip_index: int, clip: list[Frame], fps: float, config: BuildConfig,
                   stages: Sequence[ClipStage], writer: RotatingShardWriter, rows: _Rows, lineage: dict) -> None:
     frame_indices = [frame.index for frame in clip]
     key = clip_key(video.video_id, clip_index)
     sample = ClipSample(
         key=key,
         meta=ClipMeta(video_id=video.video_id, clip_index=clip_index, frame_indices=frame_indices,
-                      time_s=[frame.time_s for frame in clip], fps=config.decode.fps or _fps_of(clip),
+                      time_s=[frame.time_s for frame in clip], fps=fps,
                       source_path=video.uri, content_sha256=lineage["content_sha256"],
                       config_hash=lineage["config_hash"], code_version=lineage["code_version"]),
         frames=np.stack([frame.image for frame in clip]),
@@ -209,12 +210,6 @@ def _process_clip(video: VideoRef, clip_index: int, clip: list[Frame], config: B
     shard = writer.write(encode_sample(sample, config.decode.jpeg_quality))
     rows.samples.append({"sample_key": key, "clip_id": key, "video_id": video.video_id, "shard": shard,
                          "fields": sample.field_names(), "frame_indices": frame_indices, **lineage})
-
-
-def _fps_of(clip: list[Frame]) -> float:
-    """Frame rate of a clip decoded at the source rate, from its timestamps."""
-    span = clip[-1].time_s - clip[0].time_s
-    return (len(clip) - 1) / span if len(clip) > 1 and span > 0 else 1.0
 
 
 class _Counted:
