@@ -61,8 +61,12 @@ def publish_manifests(config: BuildConfig, reports: list[UnitReport], extra_fail
     for report in sorted(reports, key=lambda r: r.unit_id):
         for name in TABLES:
             tables[name].append(read_table(name, layout.root / report.parts_dir / f"{name}.parquet"))
-    if extra_failures:
+    if extra_failures:  # videos of units that never completed: a failure row and a failed video row each
         tables["failures"].append(to_table("failures", extra_failures))
+        tables["videos"].append(to_table("videos", [
+            {"video_id": row["item_id"], "status": "failed", "frames_decoded": 0, "num_clips": 0,
+             **{key: row[key] for key in ("source_path", "content_sha256", "config_hash", "code_version", "unit_id")}}
+            for row in extra_failures]))
     merged = {name: pa.concat_tables(parts) if parts else to_table(name, []) for name, parts in tables.items()}
     for name in TABLES:  # TABLES lists shards last on purpose
         write_table_atomic(merged[name], layout.manifests / f"{name}.parquet")
@@ -76,8 +80,8 @@ def publish_manifests(config: BuildConfig, reports: list[UnitReport], extra_fail
         units=len(reports) + len({row["unit_id"] for row in extra_failures}),
         units_skipped=sum(report.skipped for report in reports),
         units_failed=len({row["unit_id"] for row in extra_failures}),
-        videos=merged["videos"].num_rows + len(extra_failures),
-        videos_failed=sum(row["status"] == "failed" for row in merged["videos"].to_pylist()) + len(extra_failures),
+        videos=merged["videos"].num_rows,
+        videos_failed=merged["videos"].column("status").to_pylist().count("failed"),
         clips=merged["clips"].num_rows,
         samples=merged["samples"].num_rows,
         frames=sum(report.frames for report in reports),

@@ -117,6 +117,9 @@ def test_a_unit_that_keeps_failing_becomes_failure_rows(videos: Path, tmp_path: 
     failures = manifest(tmp_path / "out", "failures")
     assert any(Path(row["source_path"]).name == "portrait_0004.mp4" for row in failures)
     assert all(row["stage"] == "unit" and "attempt" in row["reason"] for row in failures)
+    failed_videos = [row for row in manifest(tmp_path / "out", "videos") if row["status"] == "failed"]
+    assert sorted(row["video_id"] for row in failed_videos) == sorted(row["item_id"] for row in failures)
+    assert summary.videos == 5 and summary.videos_failed == len(failures)
     assert summary.samples == 15 - 3 * len(failures)
     assert verify_shards(tmp_path / "out") == []
 
