@@ -56,6 +56,8 @@ def process_units(units: list[WorkUnit], config: BuildConfig) -> tuple[list[Unit
         try:
             report = future.result()
         except Exception as err:  # noqa: BLE001 - any worker failure becomes failure rows for its videos
+            if config.execution.on_error == "raise":
+                raise
             reason = f"unit failed after {config.execution.retries + 1} attempt(s): {type(err).__name__}: {err}"
             logger.error("[%d/%d] unit %s: %s", finished, len(units), unit.unit_id, reason)
             failures += unit_failure_rows(unit, config, reason[:500])

@@ -16,6 +16,7 @@ import webdataset as wds
 
 from data_specs.sample import decode_sample
 from data_specs.schemas import read_table
+from tasks.errors import DataError
 from tasks.manifests import verify_shards
 from tests.conftest import small_config
 from tests.test_unit import EXPECTED_FAILURES
@@ -159,3 +160,12 @@ def test_a_killed_run_leaves_no_partial_shard_and_a_rerun_completes(videos: Path
     assert verify_shards(output) == []
     assert sorted(p.name for p in (output / "shards").glob("*.tar")) == sorted(shard_digests(output))
     assert not list((output / "shards").glob(".*.partial"))
+
+
+def test_on_error_raise_fails_the_flow_at_a_bad_video(videos: Path, tmp_path: Path):
+    from flows.build_dataset import build_dataset
+
+    config = small_config(videos / "edge", tmp_path / "out", execution={"on_error": "raise", "retries": 0})
+    with pytest.raises(DataError):  # whichever bad video a worker reaches first
+        build_dataset(config)
+    assert not (tmp_path / "out" / "manifests" / "shards.parquet").exists()
