@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from data_specs.config import BuildConfig, parse_config
+
+# The test server's telemetry service writes to SQLite at start-up, racing the flows ("database is locked").
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 # Small enough for 2 cores: 96 px sources, 24 frames at 24 fps, decoded at 12 fps to 64 px, 4-frame clips.
 SMALL_BUILD = {
