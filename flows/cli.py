@@ -163,7 +163,7 @@ def demo(
     video_dir = workdir / "videos"
     make_videos(video_dir, count=videos, seed=0, frames=48, size=256, fps=24.0, edge_cases=True)
     build_dataset_command(config=None, input_source=str(video_dir), output=workdir / "dataset",
-                          overrides=DEMO_OVERRIDES, show_config=False)
+                          overrides=DEMO_OVERRIDES)
     inspect_command(workdir / "dataset", verify=True, preview=workdir / "preview.png")
     # The model end: the tiny, untrained DurianPipeline animates one video's portrait with its own hair.
     sample(out=workdir / "sample.mp4", from_truth=video_dir / "portrait_0000.mp4", frames=24, steps=4,

@@ -70,9 +70,12 @@ def read_video_frames(path: Path, indices: list[int]) -> list[np.ndarray]:
     from tasks.media import iter_frames, probe_video
 
     probe = probe_video(str(path))
-    wanted = set(indices)
-    frames = {frame.index: frame.image for frame in iter_frames(str(path), probe, DecodeConfig(size=probe.width))
-              if frame.index in wanted}
+    frames: dict[int, np.ndarray] = {}
+    for frame in iter_frames(str(path), probe, DecodeConfig(size=probe.width)):
+        if frame.index in indices:
+            frames[frame.index] = frame.image
+        if frame.index >= max(indices):  # no need to decode the rest of the video
+            break
     return [frames[i] for i in indices]
 
 

@@ -28,7 +28,6 @@ from tasks.errors import DataError
 
 STDERR_TAIL_LINES = 50
 READ_AHEAD_FRAMES = 4
-
 PIPE_BYTES = 1 << 20  # the default ceiling of /proc/sys/fs/pipe-max-size
 _ENCODER_OPTIONS = {"libx264": {"preset": "veryfast", "crf": 18}, "mpeg4": {"qscale:v": 2}}
 # Boxes an ISO-BMFF file (mp4, mov, m4a) can start with: an ffprobe failure on such a
