@@ -69,14 +69,18 @@ class ShardConfig(Spec):
 
 
 class ExecutionConfig(Spec):
-    """How the work is spread over Ray and retried by Prefect. Does not change the outputs."""
+    """How the work is spread over Ray and retried. Does not change the outputs."""
 
     ray_address: str | None = Field(
         None,
         description=(
-            "Ray cluster to run on: None starts a local Ray; 'auto' joins the cluster this "
-            "machine belongs to; or HOST:PORT of a head node."
+            "Ray cluster to run on: None always starts a private local Ray (never another cluster on the "
+            "machine); 'auto' joins the cluster this machine belongs to (RAY_ADDRESS or the last `ray start`); "
+            "or HOST:PORT of a head node."
         ),
+    )
+    ray_connect_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="Give up on an unreachable `ray_address` after this many seconds."
     )
     local_ray_cpus: int | None = Field(
         None, ge=1, description="CPUs a local Ray may use (None: all); ignored when joining a cluster."
@@ -85,7 +89,9 @@ class ExecutionConfig(Spec):
         16, ge=1, le=100_000, description="Average number of videos per unit of work (one Ray task)."
     )
     cpus_per_unit: float = Field(1.0, gt=0, description="CPUs Ray reserves for each unit of work.")
-    retries: int = Field(2, ge=0, le=10, description="Prefect retries of a unit whose worker failed.")
+    retries: int = Field(
+        2, ge=0, le=10, description="Ray re-runs of a unit whose worker died or raised (not for bad videos)."
+    )
     on_error: Literal["record", "raise"] = Field(
         "record",
         description="'record': a bad video becomes a failure row and the run goes on; 'raise': stop at the first.",

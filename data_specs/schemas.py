@@ -8,11 +8,19 @@ column cannot drift between them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from data_specs.files import publishing
+from data_specs.lineage import Lineage, Stamp
+
+VideoStatus = Literal["ok", "partial", "failed"]
 
 LINEAGE = [
     pa.field("source_path", pa.string(), nullable=False),
@@ -25,7 +33,7 @@ LINEAGE = [
 VIDEOS = pa.schema(
     [
         pa.field("video_id", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),  # ok | failed
+        pa.field("status", pa.string(), nullable=False),  # ok | partial (decoding broke after some clips) | failed
         pa.field("size_bytes", pa.int64()),
         pa.field("duration_s", pa.float64()),
         pa.field("fps", pa.float64()),
@@ -97,23 +105,88 @@ TABLES: dict[str, pa.Schema] = {
 }
 
 
-def to_table(name: str, rows: Iterable[Mapping]) -> pa.Table:
-    """Rows (dicts) to a table of the named schema; a missing or extra column is an error."""
-    schema = TABLES[name]
-    rows = list(rows)
+
+
+# ---------------------------------------------------------------- typed rows, one class per table
+
+
+@dataclass(kw_only=True)
+class VideoRow(Lineage):
+    video_id: str
+    status: VideoStatus = "failed"
+    size_bytes: int | None = None
+    duration_s: float | None = None
+    fps: float | None = None
+    variable_fps: bool | None = None
+    width: int | None = None
+    height: int | None = None
+    rotation: int | None = None
+    codec: str | None = None
+    has_audio: bool | None = None
+    frames_decoded: int = 0
+    num_clips: int = 0
+
+
+@dataclass(kw_only=True)
+class ClipRow(Lineage):
+    clip_id: str
+    video_id: str
+    clip_index: int
+    frame_indices: list[int]
+    time_start_s: float
+    time_end_s: float
+    fps: float
+
+
+@dataclass(kw_only=True)
+class SampleRow(Lineage):
+    sample_key: str
+    clip_id: str
+    video_id: str
+    shard: str
+    fields: list[str]
+    frame_indices: list[int]
+
+
+@dataclass(kw_only=True)
+class FailureRow(Lineage):
+    item_id: str
+    stage: str
+    reason: str
+    frame_indices: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.reason.strip():
+            raise ValueError(f"failure row for {self.item_id} at stage {self.stage!r} has no reason")
+
+
+@dataclass(kw_only=True)
+class ShardRow(Stamp):
+    shard: str
+    sha256: str
+    size_bytes: int
+    num_samples: int
+
+
+ROWS: dict[str, type] = {"videos": VideoRow, "clips": ClipRow, "samples": SampleRow, "failures": FailureRow,
+                         "shards": ShardRow}
+
+
+def to_table(name: str, rows: Iterable[object]) -> pa.Table:
+    """Typed rows of the named table to an Arrow table of its schema."""
+    row_type = ROWS[name]
+    plain = []
     for row in rows:
-        extra = set(row) - set(schema.names)
-        if extra:
-            raise KeyError(f"{name} row has columns not in the schema: {sorted(extra)}")
-    return pa.Table.from_pylist(rows, schema=schema)
+        if not isinstance(row, row_type):
+            raise TypeError(f"{name} rows must be {row_type.__name__}, got {type(row).__name__}")
+        plain.append({field.name: getattr(row, field.name) for field in dataclasses.fields(row)})
+    return pa.Table.from_pylist(plain, schema=TABLES[name])
 
 
 def write_table_atomic(table: pa.Table, path: Path) -> None:
-    """Write Parquet to a temporary name and rename it, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    pq.write_table(table, partial)
-    partial.replace(path)
+    """Write Parquet so that readers never see half a file."""
+    with publishing(path) as partial:
+        pq.write_table(table, partial)
 
 
 def read_table(name: str, path: Path) -> pa.Table:

@@ -1,127 +1,67 @@
 """The Prefect flow `build-dataset`: videos -> units of work on Ray -> shards and manifests.
 
-The flow only wires tasks: it lists and plans (in the flow process), runs every
-unit that is not already complete as a Prefect task on Ray (a subflow whose task
-runner is prefect-ray's `RayTaskRunner`), then publishes the manifests. A unit
-whose worker keeps failing becomes failure rows; the rest of the build completes.
+The flow only wires tasks. It plans (in the flow process), runs every unit that is
+not already complete as a Ray task, publishes the manifests and reports to Prefect
+(logs, a progress artifact, a table and a summary).
+
+Ray executes; Prefect orchestrates and shows. Units are plain Ray tasks rather than
+Prefect tasks on prefect-ray's `RayTaskRunner`: a Ray worker then imports only the
+data path (no Prefect client, no second retry layer), which removes seconds of
+start-up per worker, and retries live in one place: Ray re-runs a unit whose worker
+died or raised `retries` times. A bad video is data, not a failure: it becomes a
+failure row inside the unit and is never retried. A unit that fails on every attempt
+becomes failure rows for its videos; the rest of the build completes.
 """
 
 from __future__ import annotations
 
-import os
+import time
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
-from prefect.cache_policies import NONE as NO_CACHE
-from prefect.client.orchestration import get_client
-from prefect.futures import as_completed
-from prefect_ray import RayTaskRunner
-from prefect_ray.context import remote_options
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from data_specs.config import BuildConfig, ExecutionConfig
-from data_specs.units import UnitReport, WorkUnit
-from tasks.base import build_stages
-from tasks.manifests import BuildSummary, publish_manifests, unit_failure_rows
-from tasks.sources import list_videos, plan_units
-from tasks.unit import OutputLayout, is_complete, read_report, run_unit
-
-
-@task(name="process-unit", cache_policy=NO_CACHE, persist_result=False)
-def process_unit(unit: WorkUnit, config: BuildConfig) -> UnitReport:
-    """One unit of work on one Ray worker (see `tasks.unit.run_unit`)."""
-    return run_unit(unit, config, build_stages(config.stages))
-
-
-@flow(name="process-units", log_prints=True)
-def process_units(units: list[WorkUnit], config: BuildConfig) -> tuple[list[UnitReport], list[dict]]:
-    """Run units on Ray, updating a progress artifact as each one ends.
-
-    Returns the reports of the units that completed and failure rows for those that did not.
-    """
-    logger = get_run_logger()
-    progress = create_progress_artifact(progress=0.0, key="build-dataset-progress",
-                                        description=f"Units of work done, of {len(units)}")
-    task_with_retries = process_unit.with_options(retries=config.execution.retries, retry_delay_seconds=1)
-    # Ray re-runs a task whose worker process died; Prefect retries a task that raised.
-    with remote_options(num_cpus=config.execution.cpus_per_unit, max_retries=config.execution.retries):
-        futures = {task_with_retries.submit(unit, config): unit for unit in units}
-    reports, failures = [], []
-    for finished, future in enumerate(as_completed(list(futures)), start=1):
-        unit = futures[future]
-        try:
-            report = future.result()
-        except Exception as err:  # noqa: BLE001 - any worker failure becomes failure rows for its videos
-            if config.execution.on_error == "raise":
-                raise
-            reason = f"unit failed after {config.execution.retries + 1} attempt(s): {type(err).__name__}: {err}"
-            logger.error("[%d/%d] unit %s: %s", finished, len(units), unit.unit_id, reason)
-            failures += unit_failure_rows(unit, config, reason[:500])
-        else:
-            reports.append(report)
-            logger.info("[%d/%d] unit %s: %d videos, %d samples, %d failures in %.1fs", finished, len(units),
-                        unit.unit_id, report.videos, report.samples, sum(report.failures_by_reason.values()),
-                        report.seconds)
-        update_progress_artifact(progress, progress=100.0 * finished / len(units))
-    return reports, failures
+from data_specs.config import BuildConfig
+from data_specs.layout import BuildSummary, OutputLayout
+from flows.ray_runtime import ray_session
+from flows.ray_units import run_units
 
 
 @flow(name="build-dataset", log_prints=True)
 def build_dataset(config: BuildConfig) -> BuildSummary:
     """Build WebDataset shards and Parquet manifests from the configured videos."""
+    from tasks.manifests import publish_manifests
+    from tasks.sources import plan_build
+
     logger = get_run_logger()
+    timeline = {"flow_started": time.time()}
     # 1. List and plan: cheap, and fails before any work on a missing input.
-    videos = list_videos(config.inputs)
-    units = plan_units(videos, config)
-    layout = OutputLayout(config.output_path)
-    todo = [unit for unit in units if not is_complete(layout, unit)]
-    logger.info("%d videos in %d units: %d to run, %d unchanged since the last build", len(videos), len(units),
-                len(todo), len(units) - len(todo))
+    plan = plan_build(config)
+    logger.info("%d units: %d to run, %d unchanged since the last build", len(plan.units), len(plan.todo),
+                len(plan.done))
 
     # 2. Run the units that changed, on Ray.
-    reports, failures = [], []
-    if todo:
-        runner = process_units.with_options(task_runner=ray_task_runner(config.execution))
-        reports, failures = runner(todo, config)
-    done_ids = {report.unit_id for report in reports}
-    for unit in units:
-        if unit.unit_id not in done_ids and is_complete(layout, unit):
-            reports.append(read_report(layout, unit.unit_id).model_copy(update={"skipped": True}))
+    reports, failures, per_node = list(plan.done), [], {}
+    if plan.todo:
+        with ray_session(config.execution):
+            timeline["ray_ready"] = time.time()
+            ran, failures, per_node = run_units(plan.todo, config)
+            reports += ran
+            timeline["units_done"] = time.time()
 
     # 3. Publish the manifests and tell people what happened.
-    summary = publish_manifests(config, reports, failures)
+    summary = publish_manifests(config, reports, failures, timeline)
+    summary = summary.model_copy(update={"units_per_node": per_node})
     _publish_artifacts(summary)
+    layout = OutputLayout(config.output_path)
     logger.info("shards: %s\nmanifests: %s", layout.shards, layout.manifests)
     return summary
-
-
-def ray_task_runner(execution: ExecutionConfig) -> RayTaskRunner:
-    """A `RayTaskRunner` whose workers report to this flow's Prefect API.
-
-    Workers are separate processes: without the API URL each would start its own
-    temporary Prefect server, so it is handed over in the Ray runtime environment.
-    """
-    with get_client(sync_client=True) as client:
-        api_url = str(client.api_url)
-    env_vars = {"PREFECT_API_URL": api_url}
-    if "PYTHONPATH" in os.environ:
-        env_vars["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    init_kwargs: dict = {"runtime_env": {"env_vars": env_vars}}
-    if execution.ray_address is None:  # starting a local Ray: size it; a cluster is sized by its own config
-        init_kwargs["include_dashboard"] = False
-        if execution.local_ray_cpus is not None:
-            init_kwargs["num_cpus"] = execution.local_ray_cpus
-    return RayTaskRunner(address=execution.ray_address, init_kwargs=init_kwargs)
 
 
 def _publish_artifacts(summary: BuildSummary) -> None:
     counts = [
         {"what": "units (skipped / failed)", "count": f"{summary.units} ({summary.units_skipped} / {summary.units_failed})"},
-        {"what": "videos (failed)", "count": f"{summary.videos} ({summary.videos_failed})"},
+        {"what": "videos (failed / partial)",
+         "count": f"{summary.videos} ({summary.videos_failed} / {summary.videos_partial})"},
         {"what": "clips", "count": str(summary.clips)},
         {"what": "samples", "count": str(summary.samples)},
         {"what": "frames decoded", "count": str(summary.frames)},
@@ -135,8 +75,9 @@ def _publish_artifacts(summary: BuildSummary) -> None:
         markdown=(
             f"# Dataset build\n\n"
             f"- output: `{summary.output_dir}`\n"
-            f"- {summary.samples} samples from {summary.videos - summary.videos_failed} of {summary.videos} videos, "
-            f"in {summary.shards} shards ({summary.shard_bytes / 1e6:.1f} MB)\n"
+            f"- {summary.samples} samples from {summary.videos - summary.videos_failed} of {summary.videos} videos "
+            f"({summary.videos_partial} only partly decodable), in {summary.shards} shards "
+            f"({summary.shard_bytes / 1e6:.1f} MB)\n"
             f"- units: {summary.units} ({summary.units_skipped} unchanged and skipped, {summary.units_failed} failed)\n"
             f"- config hash `{summary.config_hash}`, code version `{summary.code_version}`\n\n"
             + (f"## Failures by reason\n\n| reason | count |\n|---|---|\n{failures}\n" if failures else "No failures.\n")

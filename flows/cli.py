@@ -13,6 +13,7 @@ import typer
 import yaml
 
 from data_specs.config import BuildConfig, ConfigError, parse_config, read_yaml
+from data_specs.layout import OutputLayout
 from flows.sample import sample
 
 # The embedded Prefect server would try to phone home, and log an error on machines without internet.
@@ -105,10 +106,13 @@ def build_dataset_command(
         typer.echo(f"# {len(videos)} videos found; config hash {cfg.output_hash()}")
         return
     from flows.build_dataset import build_dataset
+    from flows.embedded import embedded_services
 
-    summary = build_dataset(cfg)
+    with embedded_services(cfg.execution):
+        summary = build_dataset(cfg)
     typer.echo(json.dumps(summary.model_dump(), indent=2))
-    typer.echo(f"shards:    {Path(cfg.output_dir) / 'shards'}\nmanifests: {Path(cfg.output_dir) / 'manifests'}")
+    layout = OutputLayout(cfg.output_path)
+    typer.echo(f"shards:    {layout.shards}\nmanifests: {layout.manifests}")
 
 
 @app.command("inspect")
@@ -122,8 +126,9 @@ def inspect_command(
     from tasks.manifests import failures_by_reason, table_counts, verify_shards
     from tasks.preview import contact_sheet
 
-    if not (output_dir / "manifests" / "shards.parquet").exists():
-        _fail(f"{output_dir} holds no completed build (manifests/shards.parquet is missing)")
+    layout = OutputLayout(output_dir)
+    if not layout.is_complete_build():
+        _fail(f"{output_dir} holds no completed build ({layout.manifest('shards')} is missing)")
     typer.echo(f"build: {output_dir}")
     for name, rows in table_counts(output_dir).items():
         typer.echo(f"  {name:<9} {rows:>8} rows")
@@ -140,8 +145,8 @@ def inspect_command(
         typer.secho(f"verified: every shard matches the manifest ({table_counts(output_dir)['shards']} shards)",
                     fg=typer.colors.GREEN)
     if preview is not None:
-        shards = read_table("shards", output_dir / "manifests" / "shards.parquet").column("shard").to_pylist()
-        contact_sheet([output_dir / "shards" / name for name in shards], preview)
+        shards = read_table("shards", layout.manifest("shards")).column("shard").to_pylist()
+        contact_sheet([layout.shard(name) for name in shards], preview)
         typer.echo(f"preview: {preview}")
 
 
@@ -176,6 +181,10 @@ app.command("sample")(sample)
 
 
 def main() -> None:
+    """The `durian` command: whatever it starts (Prefect server, Ray) ends with it, even on `kill -9`."""
+    from flows.reaper import start_reaper
+
+    start_reaper()
     app(prog_name="durian")
 
 

@@ -8,80 +8,64 @@ current unit owns (superseded runs, runs killed mid-way) are deleted afterwards.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from data_specs.config import BuildConfig
+from data_specs.files import write_atomic
+from data_specs.layout import BuildSummary, OutputLayout
 from data_specs.lineage import code_version
-from data_specs.schemas import TABLES, read_table, to_table, write_table_atomic
+from data_specs.schemas import TABLES, FailureRow, VideoRow, read_table, to_table, write_table_atomic
 from data_specs.units import UnitReport, WorkUnit
 from tasks.errors import failure_kind
 from tasks.sources import sha256_file
-from tasks.unit import OutputLayout
+from tasks.unit import unit_stamp
 
 
-class BuildSummary(BaseModel):
-    """The outcome of one build; also written as `manifests/build.json`."""
-
-    output_dir: str
-    config_hash: str
-    code_version: str
-    units: int
-    units_skipped: int
-    units_failed: int
-    videos: int
-    videos_failed: int
-    clips: int
-    samples: int
-    frames: int
-    shards: int
-    shard_bytes: int
-    failures_by_reason: dict[str, int] = Field(default_factory=dict)
-    work_span_s: float = Field(0.0, description="From the first unit's start to the last unit's end, this run.")
-    work_s: float = Field(0.0, description="Sum of the time units took, this run.")
-
-
-def unit_failure_rows(unit: WorkUnit, config: BuildConfig, reason: str) -> list[dict]:
+def unit_failure_rows(unit: WorkUnit, config: BuildConfig, reason: str) -> list[FailureRow]:
     """Failure rows for every video of a unit whose worker could not finish it."""
-    lineage = {"config_hash": config.output_hash(), "code_version": code_version(), "unit_id": unit.unit_id}
-    return [{"item_id": video.video_id, "stage": "unit", "reason": reason, "frame_indices": None,
-             "source_path": video.uri, "content_sha256": None, **lineage} for video in unit.videos]
+    stamp = unit_stamp(unit, config)
+    return [FailureRow(item_id=video.video_id, stage="unit", reason=reason, **stamp.with_source(video.uri).columns())
+            for video in unit.videos]
 
 
-def publish_manifests(config: BuildConfig, reports: list[UnitReport], extra_failures: list[dict]) -> BuildSummary:
+def publish_manifests(config: BuildConfig, reports: list[UnitReport], extra_failures: list[FailureRow],
+                      timeline: dict[str, float] | None = None) -> BuildSummary:
     """Merge the parts of the given (completed) units into the build manifests and collect garbage."""
     layout = OutputLayout(config.output_path)
     tables: dict[str, list[pa.Table]] = {name: [] for name in TABLES}
     for report in sorted(reports, key=lambda r: r.unit_id):
         for name in TABLES:
-            tables[name].append(read_table(name, layout.root / report.parts_dir / f"{name}.parquet"))
+            tables[name].append(read_table(name, layout.part(report, name)))
     if extra_failures:  # videos of units that never completed: a failure row and a failed video row each
         tables["failures"].append(to_table("failures", extra_failures))
         tables["videos"].append(to_table("videos", [
-            {"video_id": row["item_id"], "status": "failed", "frames_decoded": 0, "num_clips": 0,
-             **{key: row[key] for key in ("source_path", "content_sha256", "config_hash", "code_version", "unit_id")}}
-            for row in extra_failures]))
+            VideoRow(video_id=row.item_id, status="failed", source_path=row.source_path,
+                     content_sha256=row.content_sha256, config_hash=row.config_hash,
+                     code_version=row.code_version, unit_id=row.unit_id) for row in extra_failures]))
     merged = {name: pa.concat_tables(parts) if parts else to_table(name, []) for name, parts in tables.items()}
     for name in TABLES:  # TABLES lists shards last on purpose
-        write_table_atomic(merged[name], layout.manifests / f"{name}.parquet")
+        write_table_atomic(merged[name], layout.manifest(name))
 
     failures = merged["failures"].to_pylist()
+    statuses = Counter(merged["videos"].column("status").to_pylist())
     ran = [report for report in reports if not report.skipped]
+    failed_units = {row.unit_id for row in extra_failures}
     summary = BuildSummary(
         output_dir=str(layout.root),
         config_hash=config.output_hash(),
         code_version=code_version(),
-        units=len(reports) + len({row["unit_id"] for row in extra_failures}),
+        units=len(reports) + len(failed_units),
         units_skipped=sum(report.skipped for report in reports),
-        units_failed=len({row["unit_id"] for row in extra_failures}),
+        units_failed=len(failed_units),
         videos=merged["videos"].num_rows,
-        videos_failed=merged["videos"].column("status").to_pylist().count("failed"),
+        videos_failed=statuses["failed"],
+        videos_partial=statuses["partial"],
         clips=merged["clips"].num_rows,
         samples=merged["samples"].num_rows,
         frames=sum(report.frames for report in reports),
@@ -91,11 +75,9 @@ def publish_manifests(config: BuildConfig, reports: list[UnitReport], extra_fail
         work_span_s=round(max((r.started_at + r.seconds for r in ran), default=0.0)
                           - min((r.started_at for r in ran), default=0.0), 3),
         work_s=round(sum(r.seconds for r in ran), 3),
+        timeline=timeline or {},
     )
-    build_file = layout.manifests / "build.json"
-    partial = build_file.with_name(".build.json.partial")
-    partial.write_text(summary.model_dump_json(indent=2))
-    partial.replace(build_file)
+    write_atomic(layout.summary_file, summary.model_dump_json(indent=2))
     _collect_garbage(layout, reports)
     return summary
 
@@ -126,10 +108,10 @@ class ShardProblem(BaseModel):
 def verify_shards(root: Path) -> list[ShardProblem]:
     """Re-hash every shard listed in the manifest; report missing, resized or altered files and strays."""
     layout = OutputLayout(root)
-    listed = read_table("shards", layout.manifests / "shards.parquet").to_pylist()
+    listed = read_table("shards", layout.manifest("shards")).to_pylist()
     problems = []
     for row in listed:
-        path = layout.shards / row["shard"]
+        path = layout.shard(row["shard"])
         if not path.is_file():
             problems.append(ShardProblem(shard=row["shard"], problem="missing"))
             continue
@@ -146,16 +128,13 @@ def verify_shards(root: Path) -> list[ShardProblem]:
 
 def table_counts(root: Path) -> dict[str, int]:
     """Rows per manifest table (without reading the data)."""
-    manifests = OutputLayout(root).manifests
-    return {name: pq.ParquetFile(manifests / f"{name}.parquet").metadata.num_rows for name in TABLES
-            if (manifests / f"{name}.parquet").exists()}
+    layout = OutputLayout(root)
+    return {name: pq.ParquetFile(layout.manifest(name)).metadata.num_rows for name in TABLES
+            if layout.manifest(name).exists()}
 
 
 def failures_by_reason(root: Path) -> list[tuple[str, int]]:
-    path = OutputLayout(root).manifests / "failures.parquet"
+    path = OutputLayout(root).manifest("failures")
     rows = read_table("failures", path).to_pylist() if path.exists() else []
     return Counter(failure_kind(row["stage"], row["reason"]) for row in rows).most_common()
 
-
-def load_summary(root: Path) -> BuildSummary:
-    return BuildSummary.model_validate(json.loads((OutputLayout(root).manifests / "build.json").read_text()))

@@ -12,6 +12,7 @@ import hashlib
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
@@ -21,7 +22,8 @@ import pyarrow.parquet as pq
 from data_specs.config import BuildConfig, InputsConfig
 from data_specs.lineage import code_version
 from data_specs.sample import safe_key
-from data_specs.units import VideoRef, WorkUnit
+from data_specs.layout import OutputLayout
+from data_specs.units import UnitReport, VideoRef, WorkUnit
 
 _MANIFEST_SUFFIXES = (".parquet", ".csv")
 
@@ -149,8 +151,29 @@ def local_copy(uri: str) -> Iterator[Path]:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What a build has to do: every unit, those to run, and the reports of those already complete."""
+
+    units: list[WorkUnit]
+    todo: list[WorkUnit]
+    done: list[UnitReport]
+
+
+def plan_build(config: BuildConfig, videos: list[VideoRef] | None = None) -> BuildPlan:
+    """List (unless `videos` are given) and plan the build; a unit whose last completed run has
+    the current fingerprint is done, every other unit is to run."""
+    units = plan_units(list_videos(config.inputs) if videos is None else videos, config)
+    layout = OutputLayout(config.output_path)
+    todo, done = [], []
+    for unit in units:
+        report = layout.read_report(unit.unit_id)
+        if report is not None and report.fingerprint == unit.fingerprint:
+            done.append(report.model_copy(update={"skipped": True}))
+        else:
+            todo.append(unit)
+    return BuildPlan(units, todo, done)

@@ -1,10 +1,4 @@
-"""Running one unit of work: videos in, shards and manifest parts out.
-
-The output folder holds:
-
-    shards/<unit>-<fp>-NNNNN.tar        complete shards (partial ones are hidden `.partial` files)
-    units/<unit>-<fp>/<table>.parquet   this unit's manifest rows, one file per table
-    units/<unit>.done.json              the `UnitReport`, written last: the unit is complete
+"""Running one unit of work: videos in, shards and manifest parts out (layout: `data_specs.layout`).
 
 A unit whose done file carries the current fingerprint is skipped. A unit redone
 because its inputs changed writes under a new fingerprint, then retires the files of
@@ -14,20 +8,22 @@ the previous manifest still describes files that exist.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from data_specs.config import BuildConfig
-from data_specs.lineage import code_version
+from data_specs.files import write_atomic
+from data_specs.layout import OutputLayout
+from data_specs.lineage import Lineage, Stamp, code_version
 from data_specs.sample import ClipMeta, ClipSample, clip_key, encode_sample
-from data_specs.schemas import to_table, write_table_atomic
+from data_specs.schemas import ClipRow, FailureRow, SampleRow, ShardRow, VideoRow, to_table, write_table_atomic
 from data_specs.units import UnitReport, VideoRef, WorkUnit
 from tasks.base import ClipStage
 from tasks.clips import cut_clips
@@ -37,179 +33,153 @@ from tasks.shards import RotatingShardWriter
 from tasks.sources import local_copy, sha256_file
 
 
-@dataclass(frozen=True)
-class OutputLayout:
-    """Where a build's files live under its output folder."""
-
-    root: Path
-
-    @property
-    def shards(self) -> Path:
-        return self.root / "shards"
-
-    @property
-    def units(self) -> Path:
-        return self.root / "units"
-
-    @property
-    def manifests(self) -> Path:
-        return self.root / "manifests"
-
-    def done_file(self, unit_id: str) -> Path:
-        return self.units / f"{unit_id}.done.json"
-
-    def parts_dir(self, unit: WorkUnit) -> Path:
-        return self.units / f"{unit.unit_id}-{unit.fingerprint[:8]}"
-
-
-def read_report(layout: OutputLayout, unit_id: str) -> UnitReport | None:
-    """The unit's last completed report, or None if it never completed."""
-    done = layout.done_file(unit_id)
-    return UnitReport.model_validate_json(done.read_text()) if done.exists() else None
-
-
-def is_complete(layout: OutputLayout, unit: WorkUnit) -> bool:
-    report = read_report(layout, unit.unit_id)
-    return report is not None and report.fingerprint == unit.fingerprint
-
-
-@dataclass
-class _Rows:
-    """Manifest rows collected while a unit runs."""
-
-    videos: list[dict] = field(default_factory=list)
-    clips: list[dict] = field(default_factory=list)
-    samples: list[dict] = field(default_factory=list)
-    failures: list[dict] = field(default_factory=list)
-    frames: int = 0
+def unit_stamp(unit: WorkUnit, config: BuildConfig) -> Stamp:
+    return Stamp(config_hash=config.output_hash(), code_version=code_version(), unit_id=unit.unit_id)
 
 
 def run_unit(unit: WorkUnit, config: BuildConfig, stages: Sequence[ClipStage] = ()) -> UnitReport:
-    """Process every video of `unit` and publish its shards and manifest parts.
+    """Process every video of `unit` and publish its shards and manifest parts (see `UnitRun`)."""
+    layout = OutputLayout(config.output_path)
+    previous = layout.read_report(unit.unit_id)
+    if previous is not None and previous.fingerprint == unit.fingerprint:
+        return previous.model_copy(update={"skipped": True})
+    for stage in stages:
+        stage.setup()
+    return UnitRun(unit, config, stages, layout).run(previous)
+
+
+@dataclass
+class UnitRun:
+    """One run of one unit: its inputs, the shard writer, and the manifest rows collected so far.
 
     Bad videos and clips become failure rows (or raise, with `on_error="raise"`);
     anything else raises, and the unit leaves no visible trace until a retry succeeds.
     """
-    started, started_at = time.perf_counter(), time.time()
-    layout = OutputLayout(config.output_path)
-    previous = read_report(layout, unit.unit_id)
-    if previous is not None and previous.fingerprint == unit.fingerprint:
-        return previous.model_copy(update={"skipped": True})
 
-    # OpenCV's thread pool only adds scheduling overhead on single frames, and a unit is
-    # given one CPU's worth of work: colour conversion and JPEG stay on the calling thread.
-    cv2.setNumThreads(1)
-    for stage in stages:
-        stage.setup()
-    rows = _Rows()
-    lineage = {"config_hash": config.output_hash(), "code_version": code_version(), "unit_id": unit.unit_id}
-    prefix = f"{unit.unit_id}-{unit.fingerprint[:8]}"
-    with RotatingShardWriter(layout.shards, prefix, config.shards.samples_per_shard,
-                             config.shards.max_shard_bytes) as writer:
-        for video in unit.videos:
-            _process_video(video, config, stages, writer, rows, lineage)
-    shard_rows = [{**record.model_dump(), "unit_id": unit.unit_id, "config_hash": lineage["config_hash"],
-                   "code_version": lineage["code_version"]} for record in writer.records]
+    unit: WorkUnit
+    config: BuildConfig
+    stages: Sequence[ClipStage]
+    layout: OutputLayout
+    videos: list[VideoRow] = field(default_factory=list)
+    clips: list[ClipRow] = field(default_factory=list)
+    samples: list[SampleRow] = field(default_factory=list)
+    failures: list[FailureRow] = field(default_factory=list)
+    frames: int = 0
 
-    parts = layout.parts_dir(unit)
-    for name, table_rows in (("videos", rows.videos), ("clips", rows.clips), ("samples", rows.samples),
-                             ("failures", rows.failures), ("shards", shard_rows)):
-        write_table_atomic(to_table(name, table_rows), parts / f"{name}.parquet")
+    def run(self, previous: UnitReport | None) -> UnitReport:
+        started, started_at = time.perf_counter(), time.time()
+        # OpenCV's thread pool only adds scheduling overhead on single frames, and a unit is
+        # given one CPU's worth of work: colour conversion and JPEG stay on the calling thread.
+        cv2.setNumThreads(1)
+        stamp = unit_stamp(self.unit, self.config)
+        prefix = self.layout.parts_dir(self.unit).name
+        shards = self.config.shards
+        with RotatingShardWriter(self.layout.shards, prefix, shards.samples_per_shard,
+                                 shards.max_shard_bytes) as self.writer:
+            for video in self.unit.videos:
+                self._process_video(video, stamp.with_source(video.uri))
+        shard_rows = [ShardRow(**record.model_dump(), **stamp.columns()) for record in self.writer.records]
 
-    report = UnitReport(
-        unit_id=unit.unit_id,
-        fingerprint=unit.fingerprint,
-        shards=[record.shard for record in writer.records],
-        parts_dir=parts.relative_to(layout.root).as_posix(),
-        videos=len(rows.videos),
-        videos_failed=sum(row["status"] == "failed" for row in rows.videos),
-        clips=len(rows.clips),
-        samples=len(rows.samples),
-        frames=rows.frames,
-        failures_by_reason=dict(Counter(failure_kind(row["stage"], row["reason"]) for row in rows.failures)),
-        started_at=started_at,
-        seconds=round(time.perf_counter() - started, 3),
-    )
-    done = layout.done_file(unit.unit_id)
-    partial = done.with_name(f".{done.name}.partial")
-    partial.write_text(report.model_dump_json(indent=2))
-    partial.replace(done)  # the unit is complete from here on
-    if previous is not None:
-        _retire(layout, previous, keep=set(report.shards), keep_parts=report.parts_dir)
-    return report
+        parts = self.layout.parts_dir(self.unit)
+        for name, rows in (("videos", self.videos), ("clips", self.clips), ("samples", self.samples),
+                           ("failures", self.failures), ("shards", shard_rows)):
+            write_table_atomic(to_table(name, rows), parts / f"{name}.parquet")
+        report = UnitReport(
+            unit_id=self.unit.unit_id,
+            fingerprint=self.unit.fingerprint,
+            shards=[record.shard for record in self.writer.records],
+            parts_dir=parts.relative_to(self.layout.root).as_posix(),
+            videos=len(self.videos),
+            videos_failed=sum(row.status == "failed" for row in self.videos),
+            clips=len(self.clips),
+            samples=len(self.samples),
+            frames=self.frames,
+            failures_by_reason=dict(Counter(failure_kind(row.stage, row.reason) for row in self.failures)),
+            started_at=started_at,
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        write_atomic(self.layout.done_file(self.unit.unit_id), report.model_dump_json(indent=2))
+        # The unit is complete from here on; what its previous run wrote can go.
+        if previous is not None:
+            self._retire(previous, report)
+        return report
 
-
-def _process_video(video: VideoRef, config: BuildConfig, stages: Sequence[ClipStage],
-                   writer: RotatingShardWriter, rows: _Rows, base_lineage: dict) -> None:
-    lineage = {**base_lineage, "source_path": video.uri, "content_sha256": None}
-    video_row = {"video_id": video.video_id, "status": "failed", "size_bytes": video.size_bytes,
-                 "frames_decoded": 0, "num_clips": 0, **lineage}
-    step = "read"
-    counted = _Counted(iter(()))
-    try:
-        with local_copy(video.uri) as path:
-            if not path.is_file():
-                raise DataError("file not found")
-            step = "probe"
-            probe = probe_video(str(path))
-            check_decodable(probe, config.decode)
-            lineage["content_sha256"] = video_row["content_sha256"] = sha256_file(path)
-            video_row.update(duration_s=probe.duration_s, fps=probe.fps, variable_fps=probe.variable_fps,
-                             width=probe.width, height=probe.height, rotation=probe.rotation, codec=probe.codec,
-                             has_audio=probe.has_audio)
-            step = "decode"
-            rate = config.decode.fps or probe.fps  # the decoder's constant output rate
-            counted = _Counted(iter_frames(str(path), probe, config.decode, video.start_s, video.end_s))
-            for clip_index, clip in enumerate(cut_clips(counted, config.clips.length, config.clips.stride)):
-                if config.clips.max_clips_per_video and clip_index >= config.clips.max_clips_per_video:
-                    break
-                _process_clip(video, clip_index, clip, rate, config, stages, writer, rows, lineage)
-                video_row["num_clips"] += 1
-            if video_row["num_clips"] == 0:
-                raise DataError(
-                    f"too short: {counted.count} frame(s) decoded, a clip needs {config.clips.length} "
-                    f"(clips.length)"
-                )
-            video_row["status"] = "ok"
-    except DataError as err:
-        if config.execution.on_error == "raise":
-            raise
-        # Clips cut before a mid-stream decode error are complete and stay in the shards.
-        video_row["status"] = "partial" if video_row["num_clips"] else "failed"
-        rows.failures.append({"item_id": video.video_id, "stage": step, "reason": str(err),
-                              "frame_indices": None, **lineage})
-    video_row["frames_decoded"] = counted.count
-    rows.frames += counted.count
-    rows.videos.append(video_row)
-
-
-def _process_clip(video: VideoRef, clip_index: int, clip: list[Frame], fps: float, config: BuildConfig,
-                  stages: Sequence[ClipStage], writer: RotatingShardWriter, rows: _Rows, lineage: dict) -> None:
-    frame_indices = [frame.index for frame in clip]
-    key = clip_key(video.video_id, clip_index)
-    sample = ClipSample(
-        key=key,
-        meta=ClipMeta(video_id=video.video_id, clip_index=clip_index, frame_indices=frame_indices,
-                      time_s=[frame.time_s for frame in clip], fps=fps,
-                      source_path=video.uri, content_sha256=lineage["content_sha256"],
-                      config_hash=lineage["config_hash"], code_version=lineage["code_version"]),
-        frames=np.stack([frame.image for frame in clip]),
-    )
-    rows.clips.append({"clip_id": key, "video_id": video.video_id, "clip_index": clip_index,
-                       "frame_indices": frame_indices, "time_start_s": clip[0].time_s,
-                       "time_end_s": clip[-1].time_s, "fps": sample.meta.fps, **lineage})
-    for stage in stages:
+    def _process_video(self, video: VideoRef, lineage: Lineage) -> None:
+        row = VideoRow(video_id=video.video_id, size_bytes=video.size_bytes, **lineage.columns())
+        step = "read"
+        counted = _Counted(iter(()))
         try:
-            sample = stage(sample)
+            with local_copy(video.uri) as path:
+                if not path.is_file():
+                    raise DataError("file not found")
+                step = "probe"
+                probe = probe_video(str(path))
+                check_decodable(probe, self.config.decode)
+                lineage = dataclasses.replace(lineage, content_sha256=sha256_file(path))
+                row.content_sha256 = lineage.content_sha256
+                row.duration_s, row.fps, row.variable_fps = probe.duration_s, probe.fps, probe.variable_fps
+                row.width, row.height, row.rotation = probe.width, probe.height, probe.rotation
+                row.codec, row.has_audio = probe.codec, probe.has_audio
+                step = "decode"
+                rate = self.config.decode.fps or probe.fps  # the decoder's constant output rate
+                counted = _Counted(iter_frames(str(path), probe, self.config.decode, video.start_s, video.end_s))
+                limit = self.config.clips.max_clips_per_video
+                for clip_index, clip in enumerate(cut_clips(counted, self.config.clips.length,
+                                                            self.config.clips.stride)):
+                    if limit and clip_index >= limit:
+                        break
+                    self._process_clip(video, clip_index, clip, rate, lineage)
+                    row.num_clips += 1
+                if row.num_clips == 0:
+                    raise DataError(f"too short: {counted.count} frame(s) decoded, a clip needs "
+                                    f"{self.config.clips.length} (clips.length)")
+                row.status = "ok"
         except DataError as err:
-            if config.execution.on_error == "raise":
+            if self.config.execution.on_error == "raise":
                 raise
-            rows.failures.append({"item_id": key, "stage": stage.name, "reason": str(err),
-                                  "frame_indices": frame_indices, **lineage})
-            return
-    shard = writer.write(encode_sample(sample, config.decode.jpeg_quality))
-    rows.samples.append({"sample_key": key, "clip_id": key, "video_id": video.video_id, "shard": shard,
-                         "fields": sample.field_names(), "frame_indices": frame_indices, **lineage})
+            # Clips cut before a mid-stream decode error are complete and stay in the shards.
+            row.status = "partial" if row.num_clips else "failed"
+            self.failures.append(FailureRow(item_id=video.video_id, stage=step, reason=str(err),
+                                            **lineage.columns()))
+        row.frames_decoded = counted.count
+        self.frames += counted.count
+        self.videos.append(row)
+
+    def _process_clip(self, video: VideoRef, clip_index: int, clip: list[Frame], fps: float,
+                      lineage: Lineage) -> None:
+        frame_indices = [frame.index for frame in clip]
+        key = clip_key(video.video_id, clip_index)
+        sample = ClipSample(
+            key=key,
+            meta=ClipMeta(video_id=video.video_id, clip_index=clip_index, frame_indices=frame_indices,
+                          time_s=[frame.time_s for frame in clip], fps=fps, source_path=video.uri,
+                          content_sha256=lineage.content_sha256, config_hash=lineage.config_hash,
+                          code_version=lineage.code_version),
+            frames=np.stack([frame.image for frame in clip]),
+        )
+        self.clips.append(ClipRow(clip_id=key, video_id=video.video_id, clip_index=clip_index,
+                                  frame_indices=frame_indices, time_start_s=clip[0].time_s,
+                                  time_end_s=clip[-1].time_s, fps=fps, **lineage.columns()))
+        for stage in self.stages:
+            try:
+                sample = stage(sample)
+            except DataError as err:
+                if self.config.execution.on_error == "raise":
+                    raise
+                self.failures.append(FailureRow(item_id=key, stage=stage.name, reason=str(err),
+                                                frame_indices=frame_indices, **lineage.columns()))
+                return
+        shard = self.writer.write(encode_sample(sample, self.config.decode.jpeg_quality))
+        self.samples.append(SampleRow(sample_key=key, clip_id=key, video_id=video.video_id, shard=shard,
+                                      fields=sample.field_names(), frame_indices=frame_indices,
+                                      **lineage.columns()))
+
+    def _retire(self, previous: UnitReport, current: UnitReport) -> None:
+        """Delete what a superseded run of this unit wrote."""
+        for shard in set(previous.shards) - set(current.shards):
+            self.layout.shard(shard).unlink(missing_ok=True)
+        if previous.parts_dir != current.parts_dir:
+            shutil.rmtree(self.layout.root / previous.parts_dir, ignore_errors=True)
 
 
 class _Counted:
@@ -223,12 +193,3 @@ class _Counted:
         for frame in self.frames:
             self.count += 1
             yield frame
-
-
-def _retire(layout: OutputLayout, previous: UnitReport, keep: set[str], keep_parts: str) -> None:
-    """Delete what a superseded run of a unit wrote."""
-    for shard in previous.shards:
-        if shard not in keep:
-            (layout.shards / shard).unlink(missing_ok=True)
-    if previous.parts_dir != keep_parts:
-        shutil.rmtree(layout.root / previous.parts_dir, ignore_errors=True)

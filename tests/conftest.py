@@ -47,6 +47,19 @@ def small_config(source: Path | str, output: Path, **overrides: dict) -> BuildCo
 
 
 @pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray for every flow test in the session (a flow reuses a Ray already running)."""
+    import ray
+
+    from data_specs.config import ExecutionConfig
+    from flows.ray_runtime import connect
+
+    connect(ExecutionConfig(local_ray_cpus=2))
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
 def prefect_server():
     """One temporary Prefect API for every flow test in the session."""
     from prefect.testing.utilities import prefect_test_harness

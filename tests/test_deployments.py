@@ -68,8 +68,8 @@ def test_deploy_run_and_worker_execute_the_scheduled_flow(video_library: Path, t
                   "decode": {"fps": 12, "size": 64}, "clips": {"length": 4, "stride": 4},
                   "execution": {"ray_address": None}}
         prefect("deployment", "run", "build-dataset/build-dataset", "--param", f"config={json.dumps(config)}")
-        prefect("worker", "start", "--pool", "durian", "--run-once")
-        assert json.loads((output / "manifests" / "build.json").read_text())["samples"] == 15
+        worker_log = prefect("worker", "start", "--pool", "durian", "--run-once")
+        assert json.loads((output / "manifests" / "build.json").read_text())["samples"] == 15, worker_log
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)

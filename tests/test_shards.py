@@ -2,6 +2,8 @@
 
 import hashlib
 import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,28 @@ def test_shard_in_progress_is_hidden_and_discarded_on_error(tmp_path: Path):
             assert [p.name for p in tmp_path.iterdir()] == [".u-00000.tar.partial"]
             raise RuntimeError("worker interrupted")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_shards_hold_the_members_webdataset_tarwriter_writes(tmp_path: Path):
+    samples = [encode_sample(make_sample(f"v_c{index:05d}"), 90) for index in range(3)]
+    with RotatingShardWriter(tmp_path, "u", 10, 1 << 30) as writer:
+        for sample in samples:
+            writer.write(sample)
+    reference = tmp_path / "reference.tar"
+    with wds.TarWriter(str(reference), mtime=0.0, encoder=False) as tar:
+        for sample in samples:
+            tar.write(sample)
+    assert members(tmp_path / "u-00000.tar") == members(reference)
+
+
+def members(path: Path) -> list[tuple]:
+    with tarfile.open(path) as tar:
+        return [(m.name, m.uname, m.gname, m.mode, int(m.mtime), tar.extractfile(m).read()) for m in tar]
+
+
+def test_the_data_path_never_imports_torch():
+    """Ray data workers and the CLI start in a fraction of a second only while torch stays out."""
+    code = ("import sys, flows.cli, flows.build_dataset, tasks.unit, tasks.manifests, tasks.sources; "
+            "print(sorted(m for m in ('torch', 'webdataset') if m in sys.modules))")
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert imported.strip() == "[]"

@@ -14,7 +14,8 @@ from tasks.base import Resources
 from tasks.errors import DataError
 from tasks.sources import list_videos, plan_units
 from data_specs.units import WorkUnit
-from tasks.unit import OutputLayout, run_unit
+from data_specs.layout import OutputLayout
+from tasks.unit import run_unit
 from tests.conftest import small_config
 
 EXPECTED_FAILURES = {

@@ -1,0 +1,82 @@
+"""Connecting a flow to Ray: a private local Ray, or a cluster reached within a bounded time.
+
+With no address the build starts its own local Ray (`address="local"`), so a stale
+`ray_current_cluster` file or a `RAY_ADDRESS` left in the environment never makes it
+join (or wait forever for) some other cluster. With an address, the head's GCS port
+must answer within `ray_connect_timeout_s`, or the flow stops with an error naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
+
+import ray
+
+from data_specs.config import ExecutionConfig
+
+# Ray would otherwise ask about (and, on a fresh machine, try to send) usage statistics.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+class RayUnavailableError(RuntimeError):
+    """The configured Ray cluster cannot be reached."""
+
+
+def resolve_address(address: str) -> str:
+    """HOST:PORT of the cluster named by `address` ('auto': RAY_ADDRESS or the last `ray start` here)."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        resolved = canonicalize_bootstrap_address(address)
+    except ConnectionError as err:
+        raise RayUnavailableError(f"execution.ray_address={address!r}: {err}") from err
+    if resolved is None:
+        raise RayUnavailableError(f"execution.ray_address={address!r}: no running Ray cluster found")
+    return resolved
+
+
+def check_reachable(address: str, timeout_s: float) -> None:
+    """Fail within `timeout_s` unless something listens on the head's HOST:PORT."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayUnavailableError(f"Ray address {address!r} is not HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise RayUnavailableError(
+            f"Ray cluster at {address} is unreachable ({err}); is `ray start --head` running there? "
+            f"(gave up after execution.ray_connect_timeout_s={timeout_s:g} s)") from err
+
+
+def worker_env() -> dict[str, str]:
+    """Environment the Ray workers need from this process (the project's import path)."""
+    return {name: os.environ[name] for name in ("PYTHONPATH",) if name in os.environ}
+
+
+def connect(execution: ExecutionConfig) -> bool:
+    """Initialise Ray for `execution` in this process, unless it already is; True if this call started it."""
+    if ray.is_initialized():
+        return False
+    runtime_env = {"env_vars": worker_env()}
+    if execution.ray_address is None:
+        ray.init(address="local", num_cpus=execution.local_ray_cpus, include_dashboard=False,
+                 runtime_env=runtime_env, logging_level="WARNING")
+    else:
+        address = resolve_address(execution.ray_address)
+        check_reachable(address, execution.ray_connect_timeout_s)
+        ray.init(address=address, runtime_env=runtime_env, logging_level="WARNING")
+    return True
+
+
+@contextlib.contextmanager
+def ray_session(execution: ExecutionConfig) -> Iterator[None]:
+    """Ray for the duration of the block; shut down afterwards only if this block started it."""
+    started = connect(execution)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,89 @@
+"""Reading PyTorch pickle checkpoints (`.pth`, `.ckpt`, `.bin`) without trusting them.
+
+Released checkpoints are pickles. Besides tensors they often carry objects of
+the training framework that wrote them: mmengine's `ConfigDict`/`HistoryBuffer`
+in Sapiens' `.pth` files, PyTorch Lightning callbacks in the original SD 1.5
+`.ckpt` (diffusers issue #8874). `torch.load(weights_only=True)` refuses those,
+and `weights_only=False` would run any code the file names.
+
+`load_torch_checkpoint` keeps PyTorch's restricted unpickler and adds one rule:
+a global whose module is in `TOLERATED_MODULES` (frameworks whose objects are
+only ever metadata) is rebuilt as an inert `OpaqueObject`, so the file loads
+without those frameworks installed and without running their code. Any other
+global outside PyTorch's allow-list is refused with a message naming it.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Frameworks whose pickled objects hold metadata (configs, callbacks, loggers), never weights.
+TOLERATED_MODULES = ("mmengine", "mmcv", "mmpretrain", "mmpose", "mmseg", "pytorch_lightning", "lightning",
+                     "lightning_fabric", "omegaconf")
+
+_CONVERT_HINT = ("If you trust the file, convert it once: `torch.save(torch.load(path, weights_only=False)"
+                 "['state_dict'], 'clean.pth')` or save it as .safetensors.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read safely (or not at all)."""
+
+
+class OpaqueObject(dict):
+    """Stand-in for a tolerated framework object: keeps its pickled state as data, runs nothing."""
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, dict):
+            self.update(state)
+        else:
+            self["__state__"] = state
+
+
+def _stand_in(qualified_name: str) -> type:
+    # One subclass per name: torch's allow-list maps each qualified name to one class.
+    return type(qualified_name.rsplit(".", 1)[-1], (OpaqueObject,), {"__module__": __name__})
+
+
+def load_torch_checkpoint(path: str | Path, tolerated_modules: tuple[str, ...] = TOLERATED_MODULES) -> Any:
+    """Load a pickle checkpoint on the CPU with PyTorch's weights-only unpickler.
+
+    Globals from `tolerated_modules` become `OpaqueObject`s; any other unknown
+    global raises `CheckpointError` naming it and saying how to convert the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if zipfile.is_zipfile(path):
+        try:
+            unknown = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception as error:  # a zip archive, but not one torch.save wrote
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(error).__name__}: {error})") from error
+    else:
+        # The legacy (pre-1.6) format cannot be scanned ahead: PyTorch's allow-list alone applies,
+        # and a refused global surfaces as the load error below, with its name.
+        unknown = []
+    refused = [name for name in unknown if not name.startswith(tuple(m + "." for m in tolerated_modules))]
+    if refused:
+        raise CheckpointError(
+            f"{path}: refusing to unpickle {', '.join(sorted(refused))} (not on the allow-list of tensor and "
+            f"metadata types). Loading it would run code named by the file. {_CONVERT_HINT}")
+    stand_ins = [(_stand_in(name), name) for name in unknown]
+    try:
+        with torch.serialization.safe_globals(stand_ins):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"{path}: cannot be read as a weights-only checkpoint: {error}. {_CONVERT_HINT}") from error
+
+
+def unwrap_state_dict(checkpoint: Any, keys: tuple[str, ...] = ("state_dict", "model", "module")) -> dict:
+    """The tensor dict inside a checkpoint: the first of `keys` that holds a dict, or the checkpoint itself."""
+    if isinstance(checkpoint, dict):
+        for key in keys:
+            if isinstance(checkpoint.get(key), dict):
+                return unwrap_state_dict(checkpoint[key], keys)
+        return {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    raise CheckpointError(f"checkpoint holds a {type(checkpoint).__name__}, not a state dict")
