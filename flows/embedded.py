@@ -29,6 +29,16 @@ def _temporary_prefect_server():
     return SubprocessASGIServer()  # a per-process singleton: the client finds this same instance
 
 
+def _drain_prefect_queues() -> None:
+    """Send the logs and events Prefect still holds, while the server can take them (else its
+    workers retry against a stopped server for a minute at exit)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=5)
+
+
 @contextlib.contextmanager
 def embedded_services(execution: ExecutionConfig) -> Iterator[None]:
     """A running temporary Prefect server (when no API is configured) and Ray, for the block."""
@@ -45,7 +55,8 @@ def embedded_services(execution: ExecutionConfig) -> Iterator[None]:
             starting.join()
             try:
                 yield
-            finally:  # the server stops while Ray shuts down
+            finally:  # the server stops while Ray shuts down, once Prefect has sent what it queued
+                _drain_prefect_queues()
                 stopping = threading.Thread(target=server.stop)
                 stopping.start()
     finally:
