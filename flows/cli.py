@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -107,9 +108,17 @@ def build_dataset_command(
         return
     from flows.build_dataset import build_dataset
     from flows.embedded import embedded_services
+    from flows.ray_runtime import RayUnavailableError
 
-    with embedded_services(cfg.execution):
-        summary = build_dataset(cfg)
+    timeline = {"command_started": time.time()}
+    try:
+        with embedded_services(cfg.execution):
+            timeline["services_ready"] = time.time()
+            summary = build_dataset(cfg)
+    except RayUnavailableError as err:
+        _fail(str(err))
+    timeline["services_stopped"] = time.time()
+    summary.timeline.update(timeline)
     typer.echo(json.dumps(summary.model_dump(), indent=2))
     layout = OutputLayout(cfg.output_path)
     typer.echo(f"shards:    {layout.shards}\nmanifests: {layout.manifests}")

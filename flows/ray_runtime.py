@@ -38,17 +38,18 @@ def resolve_address(address: str) -> str:
     return resolved
 
 
-def check_reachable(address: str, timeout_s: float) -> None:
+def check_reachable(configured: str, address: str, timeout_s: float) -> None:
     """Fail within `timeout_s` unless something listens on the head's HOST:PORT."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise RayUnavailableError(f"Ray address {address!r} is not HOST:PORT")
+        raise RayUnavailableError(f"execution.ray_address={configured!r}: {address!r} is not HOST:PORT")
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as err:
         raise RayUnavailableError(
-            f"Ray cluster at {address} is unreachable ({err}); is `ray start --head` running there? "
-            f"(gave up after execution.ray_connect_timeout_s={timeout_s:g} s)") from err
+            f"execution.ray_address={configured!r}: the Ray cluster at {address} is unreachable ({err}); is "
+            f"`ray start --head` running there? (gave up after execution.ray_connect_timeout_s={timeout_s:g} s)"
+        ) from err
 
 
 def worker_env() -> dict[str, str]:
@@ -66,7 +67,7 @@ def connect(execution: ExecutionConfig) -> bool:
                  runtime_env=runtime_env, logging_level="WARNING")
     else:
         address = resolve_address(execution.ray_address)
-        check_reachable(address, execution.ray_connect_timeout_s)
+        check_reachable(execution.ray_address, address, execution.ray_connect_timeout_s)
         ray.init(address=address, runtime_env=runtime_env, logging_level="WARNING")
     return True
 

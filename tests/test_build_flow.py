@@ -125,7 +125,36 @@ def test_a_unit_that_keeps_failing_becomes_failure_rows(videos: Path, tmp_path: 
     assert verify_shards(tmp_path / "out") == []
 
 
-def test_a_killed_run_leaves_no_partial_shard_and_a_rerun_completes(videos: Path, tmp_path: Path):
+def descendants(root: int) -> set[tuple[int, str]]:
+    """(pid, start time) of every live process below `root`, found through /proc parent links."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = (int(fields[1]), fields[19])  # ppid, start time
+    found, frontier = set(), {root}
+    while frontier:
+        children = {pid for pid, (ppid, _) in parents.items() if ppid in frontier}
+        found |= {(pid, parents[pid][1]) for pid in children}
+        frontier = children
+    return found
+
+
+def still_alive(processes: set[tuple[int, str]]) -> set[tuple[int, str]]:
+    alive = set()
+    for pid, started in processes:
+        try:
+            if (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[19] == started:
+                alive.add((pid, started))
+        except OSError:
+            continue
+    return alive
+
+
+def test_a_killed_run_leaves_no_process_and_no_partial_shard_and_a_rerun_completes(videos: Path, tmp_path: Path):
     from flows.build_dataset import build_dataset
 
     output = tmp_path / "out"
@@ -136,14 +165,18 @@ def test_a_killed_run_leaves_no_partial_shard_and_a_rerun_completes(videos: Path
                "--set", f"stages={slow}"]
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(REPO)}
     env.pop("PREFECT_API_URL", None)
-    process = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not list((output / "shards").glob("*.tar")):
         time.sleep(0.1)
-    os.killpg(process.pid, signal.SIGKILL)
+    started = descendants(process.pid)  # the Prefect server, Ray's processes and workers
+    os.kill(process.pid, signal.SIGKILL)  # as `kill -9 PID` does: nothing of the CLI runs after this
     process.wait()
-    subprocess.run(["pkill", "-9", "-f", "ray::process-unit"], check=False)
+    assert len(started) >= 4
+    deadline = time.monotonic() + 30
+    while still_alive(started) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not still_alive(started), "processes of the killed run are still running"
 
     published = list((output / "shards").glob("*.tar"))
     assert published, "the run was killed before it wrote any shard"

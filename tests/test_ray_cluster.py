@@ -1,0 +1,110 @@
+"""Where a build runs: always its own local Ray without an address; a cluster, across its nodes, with one."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from flows.reaper import RUN_TOKEN_VAR, reap
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SMALL = ["--set", "decode.fps=12", "--set", "decode.size=64", "--set", "clips.length=4", "--set", "clips.stride=4"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def durian(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def cli_env(tmp_path: Path, **extra: str) -> dict:
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(REPO), **extra}
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+@pytest.mark.slow
+def test_no_address_starts_its_own_ray_despite_a_stale_cluster_file_and_ray_address(video_library: Path,
+                                                                                   tmp_path: Path):
+    """A crashed cluster leaves `ray_current_cluster` behind; ray.init() would wait on it forever."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    (ray_tmp / "ray").mkdir()
+    dead = f"127.0.0.1:{free_port()}"
+    (ray_tmp / "ray" / "ray_current_cluster").write_text(dead)
+    env = cli_env(tmp_path, RAY_TMPDIR=str(ray_tmp), RAY_ADDRESS=dead)
+    done = durian("build-dataset", "-i", str(video_library / "good"), "-o", str(tmp_path / "out"), *SMALL,
+                  env=env, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout[done.stdout.index("{"):done.stdout.rindex("}") + 1])
+    assert summary["samples"] == 15
+
+
+def test_an_unreachable_cluster_is_a_clear_error_within_the_timeout(video_library: Path, tmp_path: Path):
+    dead = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    done = durian("build-dataset", "-i", str(video_library / "good"), "-o", str(tmp_path / "out"), "--set",
+                  f"execution.ray_address={dead}", "--set", "execution.ray_connect_timeout_s=3",
+                  env=cli_env(tmp_path), timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"execution.ray_address='{dead}': the Ray cluster at" in done.stderr and "unreachable" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert time.monotonic() - started < 60
+
+
+def test_auto_with_no_cluster_running_says_so(tmp_path: Path):
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))
+    code = ("from data_specs.config import ExecutionConfig; from flows.ray_runtime import connect, RayUnavailableError\n"
+            "try:\n    connect(ExecutionConfig(ray_address='auto'))\nexcept RayUnavailableError as err:\n"
+            "    print('ERROR', err)")
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert "ERROR execution.ray_address='auto'" in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_a_two_node_cluster_runs_units_on_both_nodes(video_library: Path, tmp_path: Path):
+    """The README's cluster steps on one machine: a head, a second node joining with the head's token."""
+    token = uuid.uuid4().hex  # tags every process of this cluster, so that exactly those are stopped
+    token_file = tmp_path / "auth_token"
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))
+    env = {**os.environ, RUN_TOKEN_VAR: token, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file),
+           "RAY_TMPDIR": str(ray_tmp), "PYTHONPATH": str(REPO)}
+    port = free_port()
+    try:
+        # `ray get-auth-token --generate` writes ~/.ray/auth_token (HOME is the test's here) and prints it.
+        generate_env = {**env, "HOME": str(tmp_path)}
+        generate_env.pop("RAY_AUTH_TOKEN_PATH")
+        token_file.write_text(subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=generate_env,
+                                             capture_output=True, text=True, check=True).stdout.strip())
+        for args in (["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false"],
+                     [f"--address=127.0.0.1:{port}", "--num-cpus=1"]):
+            started = subprocess.run([str(BIN / "ray"), "start", *args, "--disable-usage-stats"], env=env,
+                                     capture_output=True, text=True, timeout=180)
+            assert started.returncode == 0, started.stdout + started.stderr
+        done = durian("build-dataset", "-i", str(video_library / "good"), "-o", str(tmp_path / "out"), *SMALL,
+                      "--set", f"execution.ray_address=127.0.0.1:{port}", "--set", "execution.videos_per_unit=1",
+                      "--set", 'stages=[{"target": "tests.stages:Slow", "params": {"seconds": 0.3}}]',
+                      env=cli_env(tmp_path, **{k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}))
+        assert done.returncode == 0, done.stderr[-3000:]
+        summary = json.loads(done.stdout[done.stdout.index("{"):done.stdout.rindex("}") + 1])
+        assert summary["samples"] == 15
+        assert len(summary["units_per_node"]) == 2, summary["units_per_node"]
+    finally:
+        reap(token)
