@@ -13,3 +13,8 @@ class DataError(Exception):
 def failure_kind(stage: str, reason: str) -> str:
     """`stage: reason` without per-file details (after a colon or parenthesis), for tallies by reason."""
     return f"{stage}: {reason.split(':')[0].split('(')[0].strip()}"
+
+
+def failure_reason(error: Exception) -> str:
+    """The reason recorded for a failure: the message, or the error's type when it has none."""
+    return str(error).strip() or f"{type(error).__name__} (raised without a message)"

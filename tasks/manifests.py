@@ -75,7 +75,9 @@ def publish_manifests(config: BuildConfig, reports: list[UnitReport], extra_fail
         work_span_s=round(max((r.started_at + r.seconds for r in ran), default=0.0)
                           - min((r.started_at for r in ran), default=0.0), 3),
         work_s=round(sum(r.seconds for r in ran), 3),
-        timeline=timeline or {},
+        timeline={**(timeline or {}), **({"first_unit_started": min(r.started_at for r in ran),
+                                           "last_unit_ended": max(r.started_at + r.seconds for r in ran)}
+                                          if ran else {})},
     )
     write_atomic(layout.summary_file, summary.model_dump_json(indent=2))
     _collect_garbage(layout, reports)

@@ -27,7 +27,7 @@ from data_specs.schemas import ClipRow, FailureRow, SampleRow, ShardRow, VideoRo
 from data_specs.units import UnitReport, VideoRef, WorkUnit
 from tasks.base import ClipStage
 from tasks.clips import cut_clips
-from tasks.errors import DataError, failure_kind
+from tasks.errors import DataError, failure_kind, failure_reason
 from tasks.media import Frame, check_decodable, iter_frames, probe_video
 from tasks.shards import RotatingShardWriter
 from tasks.sources import local_copy, sha256_file
@@ -139,7 +139,7 @@ class UnitRun:
                 raise
             # Clips cut before a mid-stream decode error are complete and stay in the shards.
             row.status = "partial" if row.num_clips else "failed"
-            self.failures.append(FailureRow(item_id=video.video_id, stage=step, reason=str(err),
+            self.failures.append(FailureRow(item_id=video.video_id, stage=step, reason=failure_reason(err),
                                             **lineage.columns()))
         row.frames_decoded = counted.count
         self.frames += counted.count
@@ -166,7 +166,7 @@ class UnitRun:
             except DataError as err:
                 if self.config.execution.on_error == "raise":
                     raise
-                self.failures.append(FailureRow(item_id=key, stage=stage.name, reason=str(err),
+                self.failures.append(FailureRow(item_id=key, stage=stage.name, reason=failure_reason(err),
                                                 frame_indices=frame_indices, **lineage.columns()))
                 return
         shard = self.writer.write(encode_sample(sample, self.config.decode.jpeg_quality))

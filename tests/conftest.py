@@ -33,6 +33,12 @@ def video_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def edge_cases(video_library: Path) -> dict[str, Path]:
+    """The broken and awkward inputs of the library, by name."""
+    return {path.stem: path for path in (video_library / "edge").iterdir() if not path.name.endswith(".truth.npz")}
+
+
 @pytest.fixture
 def videos(video_library: Path, tmp_path: Path) -> Path:
     """A private copy of the library (tests may touch or delete files)."""

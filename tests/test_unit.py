@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import os
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from data_specs.sample import ClipSample
+from data_specs.layout import OutputLayout
+from data_specs.sample import ClipSample, clip_key
+from data_specs.schemas import FailureRow
+from data_specs.units import WorkUnit
 from tasks.base import Resources
 from tasks.errors import DataError
 from tasks.sources import list_videos, plan_units
-from data_specs.units import WorkUnit
-from data_specs.layout import OutputLayout
 from tasks.unit import run_unit
 from tests.conftest import small_config
 
@@ -100,6 +102,7 @@ def test_a_stage_failure_drops_one_clip_and_is_recorded(videos: Path, tmp_path: 
     report = run_unit(one_unit(config), config, [RejectSecondClip()])
     failures = table(config.output_path, report, "failures")
     assert len(failures) == 5 and {row["stage"] for row in failures} == {"face-check"}
+    assert {row["reason"] for row in failures} == {"no face found in 4 of 4 frames"}
     assert all(row["item_id"].endswith("_c00001") and row["frame_indices"] == [4, 5, 6, 7] for row in failures)
     samples = table(config.output_path, report, "samples")
     assert len(samples) == 10 and all("keypoints.npy" in row["fields"] for row in samples)
@@ -137,3 +140,40 @@ def test_videos_behind_an_fsspec_url_are_fetched_and_processed(videos: Path, tmp
         assert video["status"] == "ok" and video["source_path"] == ref.uri and report.samples == 3
     finally:
         memory.rm("/bucket", recursive=True)
+
+
+class RejectSilently(RejectSecondClip):
+    def __call__(self, sample: ClipSample) -> ClipSample:
+        raise DataError()
+
+
+def test_a_failure_without_a_message_still_gets_a_readable_reason(videos: Path, tmp_path: Path):
+    config = small_config(videos / "good", tmp_path / "out", execution={"videos_per_unit": 100})
+    report = run_unit(one_unit(config), config, [RejectSilently()])
+    reasons = {row["reason"] for row in table(config.output_path, report, "failures")}
+    assert reasons == {"DataError (raised without a message)"}
+    with pytest.raises(ValueError, match="has no reason"):
+        FailureRow(item_id="x", stage="s", reason=" ", source_path="p", config_hash="h", code_version="c",
+                   unit_id="u")
+
+
+def test_samples_are_written_in_video_then_clip_order(videos: Path, tmp_path: Path):
+    """Shards are byte-identical across runs only while a unit writes its samples in one fixed order."""
+    config = small_config(videos / "good", tmp_path / "out", shards={"samples_per_shard": 100})
+    unit = one_unit(config)
+    report = run_unit(unit, config)
+    with tarfile.open(config.output_path / "shards" / report.shards[0]) as tar:
+        keys = list(dict.fromkeys(name.split(".", 1)[0] for name in tar.getnames()))
+    assert keys == [clip_key(video.video_id, index) for video in unit.videos for index in range(3)]
+    assert [row["sample_key"] for row in table(config.output_path, report, "samples")] == keys
+
+
+def test_the_fingerprint_changes_with_a_video_size_or_mtime(videos: Path, tmp_path: Path):
+    config = small_config(videos / "good", tmp_path / "out", execution={"videos_per_unit": 100})
+    refs = list_videos(config.inputs)
+    (unit,) = plan_units(refs, config)
+    resized = [refs[0].model_copy(update={"size_bytes": refs[0].size_bytes + 1}), *refs[1:]]
+    touched = [refs[0].model_copy(update={"modified": refs[0].modified + "1"}), *refs[1:]]
+    for changed in (resized, touched):
+        (other,) = plan_units(changed, config)
+        assert other.unit_id == unit.unit_id and other.fingerprint != unit.fingerprint

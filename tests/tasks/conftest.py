@@ -1,16 +1,10 @@
-"""Videos shared by the media and synthetic tests, generated once per session."""
+"""Videos shared by the media and synthetic tests, generated once per session (edge cases: tests/conftest.py)."""
 
 from pathlib import Path
 
 import pytest
 
-from tasks.synthetic import write_edge_case_videos, write_portrait_video
-
-
-@pytest.fixture(scope="session")
-def edge_cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The broken and awkward inputs, by name."""
-    return write_edge_case_videos(tmp_path_factory.mktemp("edge_cases"), seed=0)
+from tasks.synthetic import write_portrait_video
 
 
 @pytest.fixture(scope="session")
