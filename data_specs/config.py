@@ -14,17 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
+from data_specs.perception import PerceptionConfig
+from data_specs.spec import Resources, Spec
 from data_specs.video import DecodeConfig
 
+__all__ = ["BuildConfig", "ConfigError", "Resources", "Spec", "parse_config", "read_yaml"]
+
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
-
-
-class Spec(BaseModel):
-    """Base for every config section: immutable, and unknown keys are errors."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class InputsConfig(Spec):
@@ -114,9 +112,10 @@ class BuildConfig(Spec):
     clips: ClipConfig = Field(default_factory=ClipConfig)
     shards: ShardConfig = Field(default_factory=ShardConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    perception: PerceptionConfig | None = Field(
+        None, description="Face crop, keypoints, pose frames and attribute masks per clip (None: frames as decoded).")
     stages: tuple[StageSpec, ...] = Field(
-        (), description="Per-clip stages run between decoding and sharding, in order (perception attaches here)."
-    )
+        (), description="Further per-clip stages by import path, run after perception, in order.")
 
     @field_validator("output_dir")
     @classmethod
@@ -127,7 +126,7 @@ class BuildConfig(Spec):
 
     def output_hash(self) -> str:
         """Hash of every setting that changes the bytes written; execution settings do not."""
-        relevant = self.model_dump(mode="json", include={"decode", "clips", "shards", "stages"})
+        relevant = self.model_dump(mode="json", include={"decode", "clips", "shards", "perception", "stages"})
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
     @property

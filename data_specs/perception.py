@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from data_specs.config import Spec
+from data_specs.spec import Resources, Spec
 
 Attribute = Literal["hair", "eyeglasses", "beard", "hat"]
 ATTRIBUTES: tuple[str, ...] = ("hair", "eyeglasses", "beard", "hat")
@@ -461,13 +461,6 @@ SapiensInput = Annotated[tuple[int, int], AfterValidator(_patch_multiple)]  # (h
 # Stage configs
 
 
-class Resources(Spec):
-    """What one instance of a model component wants from its worker (same fields as `tasks.base.Resources`)."""
-
-    cpus: float = Field(1.0, ge=0)
-    gpus: float = Field(0.0, ge=0)
-
-
 class RuntimeConfig(Spec):
     """Where and in what batches a model runs."""
 
@@ -475,8 +468,9 @@ class RuntimeConfig(Spec):
         "auto", description="'auto': CUDA when the worker sees a GPU, else the CPU."
     )
     batch_size: int = Field(8, ge=1, le=4096, description="Images per forward pass.")
-    cpus: float = Field(1.0, ge=0, description="CPUs to reserve per worker.")
-    gpus: float = Field(0.0, ge=0, description="GPUs to reserve per worker (fractions share one GPU).")
+    cpus: float = Field(0.5, ge=0, description="CPUs Ray reserves for the model's actor.")
+    gpus: float = Field(0.0, ge=0, description="GPUs Ray gives the model's actor (fractions share one GPU).")
+    replicas: int = Field(1, ge=1, le=1024, description="Actors running this model (e.g. one per GPU).")
 
     @model_validator(mode="after")
     def _device_matches_gpus(self) -> RuntimeConfig:
@@ -666,3 +660,24 @@ class PoseRenderSpec(Spec):
             if not all(0 <= c <= 255 for c in colour) or not any(colour):
                 raise ValueError(f"{region}: colour {colour} must be RGB in 0..255 and not black (the background)")
         return value
+
+
+class PerceptionConfig(Spec):
+    """The perception of a build: each clip's main face is tracked and cropped, then keypoints, pose frames and
+    attribute masks are computed on the crops. The models run in Ray actors that load once per build."""
+
+    detection: FaceDetectionConfig = Field(default_factory=FaceDetectionConfig)
+    crop: FaceCropConfig = Field(default_factory=FaceCropConfig)
+    keypoints: KeypointConfig = Field(description="Keypoint backend; 'sapiens' needs a checkpoint.")
+    segmentation: SegmentationConfig = Field(default_factory=SegmentationConfig)
+    pose_render: PoseRenderSpec = Field(default_factory=PoseRenderSpec)
+
+
+class PerceptionMeta(Spec):
+    """What perception adds to a sample's `meta.json`."""
+
+    keypoint_layout: str = Field(description="Name of the keypoint layout (`KeypointLayout.name`).")
+    crop_boxes: list[tuple[float, float, float, float]] = Field(
+        description="Per frame: the square box (x1, y1, x2, y2, decoded-frame pixels) the crop was cut from.")
+    presence: dict[str, list[bool]] = Field(description="Per attribute, per frame: is the attribute visible.")
+    provenance: dict[str, str] = Field(description="What produced each output (model and weights, or ground truth).")

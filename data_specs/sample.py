@@ -9,6 +9,12 @@ name, so keys never contain dots and every field name does:
 | `KEY.frame.NNNN.jpg`           | JPEG, RGB          | `frames[NNNN]`, uint8 (H, W, 3)             |
 | `KEY.keypoints.npy` (optional) | NumPy .npy float32 | `keypoints`, (F, K, 3): x, y, score         |
 | `KEY.mask.ATTR.NNNN.png` (opt.)| PNG, 1-bit         | `masks[ATTR][NNNN]`, bool (H, W)            |
+| `KEY.pose.NNNN.png` (optional) | PNG, RGB           | `pose_frames[NNNN]`, uint8 (H, W, 3)        |
+
+With perception on (`BuildConfig.perception`), frames are the face crops, `keypoints` are in
+crop pixels in the layout `meta.perception.keypoint_layout` names, `pose.NNNN.png` are the
+keypoints rendered for the pose guider (`data_specs.perception.PoseRenderSpec`), and
+`meta.perception` holds the crop boxes, per-frame attribute presence and provenance.
 
 Frame numbers `NNNN` are positions within the clip (0-based, 4 digits); the source
 frame indices are in `meta.json`. `encode_sample` and `decode_sample` are the only
@@ -27,14 +33,18 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from data_specs.perception import PerceptionMeta
+
 META = "meta.json"
 FRAME = "frame"
 KEYPOINTS = "keypoints.npy"
 MASK = "mask"
+POSE = "pose"
 
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _FRAME_NAME = re.compile(rf"^{FRAME}\.(\d{{4}})\.jpg$")
 _MASK_NAME = re.compile(rf"^{MASK}\.([a-z_]+)\.(\d{{4}})\.png$")
+_POSE_NAME = re.compile(rf"^{POSE}\.(\d{{4}})\.png$")
 
 
 class ClipMeta(BaseModel):
@@ -51,6 +61,7 @@ class ClipMeta(BaseModel):
     content_sha256: str
     config_hash: str
     code_version: str
+    perception: PerceptionMeta | None = None
 
 
 @dataclass
@@ -62,6 +73,7 @@ class ClipSample:
     frames: np.ndarray
     keypoints: np.ndarray | None = None  # (F, K, 3) float32
     masks: dict[str, np.ndarray] = field(default_factory=dict)  # attribute -> (F, H, W) bool
+    pose_frames: np.ndarray | None = None  # (F, H, W, 3) uint8, rendered keypoints
 
     def field_names(self) -> list[str]:
         """Member field names this sample encodes to, in write order."""
@@ -70,6 +82,8 @@ class ClipSample:
             names.append(KEYPOINTS)
         for attribute, masks in sorted(self.masks.items()):
             names += [mask_field(attribute, i) for i in range(len(masks))]
+        if self.pose_frames is not None:
+            names += [pose_field(i) for i in range(len(self.pose_frames))]
         return names
 
 
@@ -90,6 +104,10 @@ def mask_field(attribute: str, position: int) -> str:
     return f"{MASK}.{attribute}.{position:04d}.png"
 
 
+def pose_field(position: int) -> str:
+    return f"{POSE}.{position:04d}.png"
+
+
 def encode_sample(sample: ClipSample, jpeg_quality: int) -> dict[str, object]:
     """Sample -> `{"__key__": key, field: bytes}` for `webdataset.TarWriter` (which keeps bytes as they are)."""
     if "." in sample.key:
@@ -108,10 +126,21 @@ def encode_sample(sample: ClipSample, jpeg_quality: int) -> dict[str, object]:
         np.save(buffer, np.asarray(sample.keypoints, dtype=np.float32), allow_pickle=False)
         encoded[KEYPOINTS] = buffer.getvalue()
     for attribute, masks in sorted(sample.masks.items()):
+        masks = np.asarray(masks)
+        if masks.shape != frames.shape[:3] or masks.dtype != bool:
+            raise ValueError(f"mask {attribute!r} must be (F, H, W) bool like the frames {frames.shape[:3]}, "
+                             f"got {masks.shape} {masks.dtype}")
         for position, mask in enumerate(masks):
             encoded[mask_field(attribute, position)] = _encode_image(
-                ".png", np.asarray(mask, dtype=np.uint8) * 255, [cv2.IMWRITE_PNG_BILEVEL, 1]
+                ".png", mask.astype(np.uint8) * 255, [cv2.IMWRITE_PNG_BILEVEL, 1]
             )
+    if sample.pose_frames is not None:
+        pose_frames = np.asarray(sample.pose_frames)
+        if pose_frames.shape != frames.shape or pose_frames.dtype != np.uint8:
+            raise ValueError(f"pose frames must be uint8 {frames.shape} like the frames, got "
+                             f"{pose_frames.shape} {pose_frames.dtype}")
+        for position, image in enumerate(pose_frames):
+            encoded[pose_field(position)] = _encode_image(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [])
     return encoded
 
 
@@ -121,6 +150,7 @@ def decode_sample(raw: dict[str, object]) -> ClipSample:
     frames: dict[int, np.ndarray] = {}
     masks: dict[str, dict[int, np.ndarray]] = {}
     keypoints = None
+    pose: dict[int, np.ndarray] = {}
     for name, value in raw.items():
         if name.startswith("__"):
             continue
@@ -128,6 +158,8 @@ def decode_sample(raw: dict[str, object]) -> ClipSample:
             frames[int(match[1])] = cv2.cvtColor(_decode_image(_as_bytes(value), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
         elif match := _MASK_NAME.match(name):
             masks.setdefault(match[1], {})[int(match[2])] = _decode_image(_as_bytes(value), cv2.IMREAD_GRAYSCALE) > 127
+        elif match := _POSE_NAME.match(name):
+            pose[int(match[1])] = cv2.cvtColor(_decode_image(_as_bytes(value), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
         elif name == KEYPOINTS:
             keypoints = np.load(io.BytesIO(_as_bytes(value)), allow_pickle=False)
     if sorted(frames) != list(range(len(meta.frame_indices))):
@@ -138,6 +170,7 @@ def decode_sample(raw: dict[str, object]) -> ClipSample:
         frames=np.stack([frames[i] for i in sorted(frames)]),
         keypoints=keypoints,
         masks={attr: np.stack([by_pos[i] for i in sorted(by_pos)]) for attr, by_pos in masks.items()},
+        pose_frames=np.stack([pose[i] for i in sorted(pose)]) if pose else None,
     )
 
 

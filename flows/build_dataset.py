@@ -23,7 +23,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from data_specs.config import BuildConfig
 from data_specs.layout import BuildSummary, OutputLayout
 from flows.ray_runtime import ray_session
-from flows.ray_units import run_units
+from flows.ray_units import model_actors, run_units
+from tasks.base import build_stages, model_specs
 
 
 @flow(name="build-dataset", log_prints=True)
@@ -39,12 +40,14 @@ def build_dataset(config: BuildConfig) -> BuildSummary:
     logger.info("%d units: %d to run, %d unchanged since the last build", len(plan.units), len(plan.todo),
                 len(plan.done))
 
-    # 2. Run the units that changed, on Ray.
+    # 2. Run the units that changed on Ray, with the models their stages call in actors set up once.
     reports, failures, per_node = list(plan.done), [], {}
     if plan.todo:
         with ray_session(config.execution):
             timeline["ray_ready"] = time.time()
-            ran, failures, per_node = run_units(plan.todo, config)
+            with model_actors(model_specs(build_stages(config)), config) as models:
+                timeline["models_ready"] = time.time()
+                ran, failures, per_node = run_units(plan.todo, config, models)
             reports += ran
             timeline["units_done"] = time.time()
 

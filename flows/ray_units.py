@@ -1,4 +1,10 @@
-"""Units of work as Ray tasks, reported to the Prefect flow run that submitted them.
+"""Units of work as Ray tasks and models as Ray actors, reported to the Prefect flow run that submitted them.
+
+Models (`tasks.base.ModelSpec`) run in long-lived actors, created and set up once per
+build with the resources they declare (GPUs included); unit tasks (CPU: decode, crop,
+encode, shard) call them with whole clips of frames, so that many CPU units keep a GPU
+model busy. Ray's `ActorPool` serves one caller; here every unit task is a caller, so each
+client spreads its calls over the model's actors itself.
 
 Lives apart from the flow module because Prefect may load a flow from its file path
 (a deployment's entrypoint): what Ray ships to workers must be importable by its
@@ -7,7 +13,12 @@ package name.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 from prefect import get_run_logger
@@ -16,7 +27,81 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from data_specs.config import BuildConfig
 from data_specs.schemas import FailureRow
 from data_specs.units import UnitReport, WorkUnit
+from tasks.base import ModelSpec
 from tasks.errors import DataError
+
+
+class ModelLoadError(RuntimeError):
+    """A model's actor could not build or set up its model (missing weights, bad checkpoint, no GPU)."""
+
+
+class ModelActor:
+    """One model for the whole build: built and set up once, then called with batches of frames."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.model = spec.factory()
+        self.model.setup()
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.model, method)(*args, **kwargs)
+
+    def get(self, attribute: str) -> Any:
+        return getattr(self.model, attribute)
+
+
+class RayModelClient:
+    """A `tasks.base.ModelClient` over the actors of one model: calls go round the actors in turn."""
+
+    def __init__(self, actors: list) -> None:
+        self.actors = actors
+        self._turn = itertools.count()
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        actor = self.actors[next(self._turn) % len(self.actors)]
+        return ray.get(actor.call.remote(method, *args, **kwargs))
+
+    def get(self, attribute: str) -> Any:
+        return ray.get(self.actors[0].get.remote(attribute))
+
+    def __reduce__(self) -> tuple:  # a fresh turn counter in each unit task
+        return RayModelClient, (self.actors,)
+
+
+def check_capacity(specs: dict[str, ModelSpec], config: BuildConfig) -> None:
+    """Refuse, before any work, a build whose model actors and one unit do not fit the Ray cluster."""
+    available = ray.cluster_resources()
+    cpus = sum(spec.resources.cpus * spec.replicas for spec in specs.values()) + config.execution.cpus_per_unit
+    gpus = sum(spec.resources.gpus * spec.replicas for spec in specs.values())
+    if cpus > available.get("CPU", 0) or gpus > available.get("GPU", 0):
+        wanted = ", ".join(f"{name}: {spec.replicas} x {spec.resources.cpus:g} CPU + {spec.resources.gpus:g} GPU"
+                           for name, spec in specs.items())
+        raise ModelLoadError(
+            f"the models ({wanted}) and one unit (execution.cpus_per_unit={config.execution.cpus_per_unit:g}) "
+            f"need {cpus:g} CPUs and {gpus:g} GPUs; the Ray cluster has {available.get('CPU', 0):g} and "
+            f"{available.get('GPU', 0):g}: lower perception.*.runtime.cpus/gpus/replicas or add machines")
+
+
+@contextlib.contextmanager
+def model_actors(specs: dict[str, ModelSpec], config: BuildConfig) -> Iterator[dict[str, RayModelClient]]:
+    """The actors of every model for the duration of the block, each set up once; a model that cannot
+    load stops the build here, before any unit runs."""
+    check_capacity(specs, config)
+    actors = {name: [ray.remote(ModelActor).options(name=f"model-{name}-{index}-{uuid.uuid4().hex[:6]}",
+                                                    num_cpus=spec.resources.cpus, num_gpus=spec.resources.gpus)
+                     .remote(spec) for index in range(spec.replicas)]
+              for name, spec in specs.items()}
+    try:
+        for name, handles in actors.items():
+            try:
+                ray.get([handle.get.remote("provenance") for handle in handles])
+            except ray.exceptions.RayError as err:
+                cause = getattr(err, "cause", None) or err
+                raise ModelLoadError(f"model {name!r} could not be set up: {type(cause).__name__}: "
+                                     f"{str(cause).strip().splitlines()[-1]}") from err
+        yield {name: RayModelClient(handles) for name, handles in actors.items()}
+    finally:
+        for handle in itertools.chain.from_iterable(actors.values()):
+            ray.kill(handle)
 
 
 @dataclass
@@ -29,19 +114,20 @@ class UnitOutcome:
     data_error: DataError | None = None
 
 
-def _run_unit(unit: WorkUnit, config: BuildConfig) -> UnitOutcome:
-    from tasks.base import build_stages
+def _run_unit(unit: WorkUnit, config: BuildConfig, models: dict[str, RayModelClient], build_id: str) -> UnitOutcome:
+    from tasks.base import stages_for
     from tasks.unit import run_unit
 
     node_id = ray.get_runtime_context().get_node_id()
     try:
-        return UnitOutcome(run_unit(unit, config, build_stages(config.stages)), node_id)
+        return UnitOutcome(run_unit(unit, config, stages_for(config, models, build_id)), node_id)
     except DataError as err:  # only raised with on_error="raise"
         return UnitOutcome(None, node_id, err)
 
 
-def run_units(units: list[WorkUnit], config: BuildConfig) -> tuple[list[UnitReport], list[FailureRow], dict]:
-    """Run units as Ray tasks, logging and updating a progress artifact as each one ends.
+def run_units(units: list[WorkUnit], config: BuildConfig,
+              models: dict[str, RayModelClient]) -> tuple[list[UnitReport], list[FailureRow], dict]:
+    """Run units as Ray tasks calling `models`, logging and updating a progress artifact as each one ends.
 
     Returns the reports of the units that completed, failure rows for those that did
     not, and how many units each Ray node ran.
@@ -54,8 +140,8 @@ def run_units(units: list[WorkUnit], config: BuildConfig) -> tuple[list[UnitRepo
                                         description=f"Units of work done, of {len(units)}")
     remote = ray.remote(_run_unit).options(name="process-unit", num_cpus=execution.cpus_per_unit,
                                            max_retries=execution.retries, retry_exceptions=True)
-    config_ref = ray.put(config)
-    pending = {remote.remote(unit, config_ref): unit for unit in units}
+    config_ref, build_id = ray.put(config), uuid.uuid4().hex
+    pending = {remote.remote(unit, config_ref, models, build_id): unit for unit in units}
     reports, failures, per_node = [], [], {}
     while pending:
         [ref], _ = ray.wait(list(pending), num_returns=1)

@@ -1,56 +1,145 @@
-"""The one interface every per-clip processing stage implements.
+"""The interface of per-clip work: CPU stages inside the unit task, models in long-lived actors.
 
-A stage is cheap to construct, loads its models in `setup()` on the worker that
-runs it, and maps one `ClipSample` to one `ClipSample`. A problem with the clip's
-data is raised as `DataError`: the unit runner records it as a failure row for
-that clip and carries on; any other exception is infrastructure and propagates.
-Stages are named in `BuildConfig.stages` by import path, so the perception stages
-(face crop, keypoints, attribute masks) attach without touching the runner or flow.
+A *clip stage* (`ClipStage`) maps one `ClipSample` to one `ClipSample` inside the unit task,
+on the CPU that decodes and encodes. A problem with the clip's data is raised as
+`DataError`: the unit runner records it as a failure row for that clip and carries on;
+any other exception is infrastructure and propagates (and Ray retries the unit).
+
+A *model* (`ModelSpec`) is whatever a stage needs that is costly to load or wants a GPU:
+an object with `setup()` (load the weights) and batched methods over frames. The flow
+runs each model in long-lived Ray actors, created and set up once per build and sized
+from the model's `Resources` (so a GPU model gets a GPU); the unit tasks call them with
+whole clips of frames through `ModelClient`s, so several CPU units feed one GPU. Without
+Ray (tests, `LocalModel`) the same object runs in-process, set up on first use.
+
+Stages are built from the config and set up once per worker process and build
+(`stages_for`), not once per unit. Without Prefect or Ray imports here: the flow wires
+the clients in.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Protocol, runtime_checkable
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from data_specs.config import StageSpec
+from data_specs.config import BuildConfig, StageSpec
 from data_specs.sample import ClipSample
+from data_specs.spec import Resources
+
+__all__ = ["ClipStage", "LocalModel", "ModelClient", "ModelSpec", "Resources", "build_stages", "model_specs",
+           "stages_for"]
 
 
-class Resources(BaseModel):
-    """What one instance of a stage needs on its worker."""
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model a stage calls: how to build it (a picklable factory; `setup()` loads it) and what it needs."""
 
-    model_config = ConfigDict(frozen=True)
+    name: str
+    factory: Callable[[], Any]
+    resources: Resources
+    replicas: int = 1
 
-    cpus: float = Field(1.0, ge=0)
-    gpus: float = Field(0.0, ge=0)
+
+class ModelClient(Protocol):
+    """A stage's handle on a model, wherever it runs."""
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """`model.method(*args, **kwargs)`."""
+
+    def get(self, attribute: str) -> Any:
+        """`model.attribute`."""
+
+
+class LocalModel:
+    """A model run in this process, built and set up on first use (tests, a single machine without Ray)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self._model: Any = None
+
+    def _ready(self) -> Any:
+        if self._model is None:
+            self._model = self.spec.factory()
+            self._model.setup()
+        return self._model
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self._ready(), method)(*args, **kwargs)
+
+    def get(self, attribute: str) -> Any:
+        return getattr(self._ready(), attribute)
 
 
 @runtime_checkable
 class ClipStage(Protocol):
     name: str
     resources: Resources
+    models: tuple[ModelSpec, ...]  # the models this stage calls, by `ModelSpec.name`
 
-    def setup(self) -> None:
-        """Load weights and other heavy state; called once per worker before the first clip."""
+    def setup(self, models: Mapping[str, ModelClient]) -> None:
+        """Keep the model clients, load light state; called once per worker process and build."""
 
     def __call__(self, sample: ClipSample) -> ClipSample:
         """Process one clip; raise `DataError` when the clip's data is at fault."""
 
 
-def build_stages(specs: tuple[StageSpec, ...]) -> list[ClipStage]:
-    """Instantiate the configured stages, in order, failing loudly on a bad import path."""
-    stages = []
-    for spec in specs:
-        module_name, _, attribute = spec.target.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attribute)
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"stages: cannot import {spec.target!r}: {err}") from err
-        stage = factory(**spec.params)
-        if not isinstance(stage, ClipStage):
-            raise TypeError(f"stages: {spec.target!r} did not build a ClipStage (name, resources, setup, __call__)")
-        stages.append(stage)
+def build_stages(config: BuildConfig) -> list[ClipStage]:
+    """The configured stages, in order: perception (if configured), then `stages` by import path."""
+    stages: list[ClipStage] = []
+    if config.perception is not None:
+        from tasks.perception.stage import PerceptionStage
+
+        stages.append(PerceptionStage(config.perception, config.decode))
+    for spec in config.stages:
+        stages.append(_import_stage(spec))
     return stages
+
+
+def _import_stage(spec: StageSpec) -> ClipStage:
+    module_name, _, attribute = spec.target.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"stages: cannot import {spec.target!r}: {err}") from err
+    stage = factory(**spec.params)
+    if not isinstance(stage, ClipStage):
+        raise TypeError(f"stages: {spec.target!r} did not build a ClipStage (name, resources, models, setup, "
+                        "__call__)")
+    return stage
+
+
+def model_specs(stages: Sequence[ClipStage]) -> dict[str, ModelSpec]:
+    """Every model the stages call, by name; two stages naming one model must agree on it."""
+    specs: dict[str, ModelSpec] = {}
+    for stage in stages:
+        for spec in stage.models:
+            if specs.setdefault(spec.name, spec) != spec:
+                raise ValueError(f"two stages define the model {spec.name!r} differently")
+    return specs
+
+
+_WORKER_STAGES: dict[str, list[ClipStage]] = {}
+
+
+def stages_for(config: BuildConfig, models: Mapping[str, ModelClient] | None = None,
+               build_id: str = "") -> list[ClipStage]:
+    """The stages of `config`, built and set up once per process for each build (`build_id`).
+
+    A Ray worker process runs many units; its stages (and their model clients) are kept
+    between them, so a stage's `setup()` runs once per worker, not once per unit.
+    models None: every model runs in this process (`LocalModel`).
+    """
+    key = json.dumps([build_id, config.model_dump(mode="json", include={"decode", "perception", "stages"})],
+                     sort_keys=True)
+    if key not in _WORKER_STAGES:
+        stages = build_stages(config)
+        if models is None:
+            models = {name: LocalModel(spec) for name, spec in model_specs(stages).items()}
+        for stage in stages:
+            stage.setup({spec.name: models[spec.name] for spec in stage.models})
+        _WORKER_STAGES.clear()  # a worker serves one build at a time
+        _WORKER_STAGES[key] = stages
+    return _WORKER_STAGES[key]

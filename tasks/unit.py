@@ -25,7 +25,7 @@ from data_specs.lineage import Lineage, Stamp, code_version
 from data_specs.sample import ClipMeta, ClipSample, clip_key, encode_sample
 from data_specs.schemas import ClipRow, FailureRow, SampleRow, ShardRow, VideoRow, to_table, write_table_atomic
 from data_specs.units import UnitReport, VideoRef, WorkUnit
-from tasks.base import ClipStage
+from tasks.base import ClipStage, stages_for
 from tasks.clips import cut_clips
 from tasks.errors import DataError, failure_kind, failure_reason
 from tasks.media import Frame, check_decodable, iter_frames, probe_video
@@ -37,14 +37,17 @@ def unit_stamp(unit: WorkUnit, config: BuildConfig) -> Stamp:
     return Stamp(config_hash=config.output_hash(), code_version=code_version(), unit_id=unit.unit_id)
 
 
-def run_unit(unit: WorkUnit, config: BuildConfig, stages: Sequence[ClipStage] = ()) -> UnitReport:
-    """Process every video of `unit` and publish its shards and manifest parts (see `UnitRun`)."""
+def run_unit(unit: WorkUnit, config: BuildConfig, stages: Sequence[ClipStage] | None = None) -> UnitReport:
+    """Process every video of `unit` and publish its shards and manifest parts (see `UnitRun`).
+
+    stages: set up already (`tasks.base.stages_for`); None: the config's, with models in this process.
+    """
     layout = OutputLayout(config.output_path)
     previous = layout.read_report(unit.unit_id)
     if previous is not None and previous.fingerprint == unit.fingerprint:
         return previous.model_copy(update={"skipped": True})
-    for stage in stages:
-        stage.setup()
+    if stages is None:
+        stages = stages_for(config)
     return UnitRun(unit, config, stages, layout).run(previous)
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
+
 from data_specs.sample import ClipSample
-from tasks.base import Resources
+from tasks.base import ModelClient, ModelSpec, Resources
 
 
 class KillWorker:
@@ -18,13 +22,14 @@ class KillWorker:
 
     name = "kill-worker"
     resources = Resources()
+    models = ()
 
     def __init__(self, marker_dir: str, video_prefix: str, times: int = 1) -> None:
         self.marker_dir = Path(marker_dir)
         self.video_prefix = video_prefix
         self.times = times
 
-    def setup(self) -> None:
+    def setup(self, models: Mapping[str, ModelClient]) -> None:
         self.marker_dir.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, sample: ClipSample) -> ClipSample:
@@ -40,13 +45,48 @@ class Slow:
 
     name = "slow"
     resources = Resources()
+    models = ()
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
 
-    def setup(self) -> None:
+    def setup(self, models: Mapping[str, ModelClient]) -> None:
         pass
 
     def __call__(self, sample: ClipSample) -> ClipSample:
         time.sleep(self.seconds)
+        return sample
+
+
+class CountingModel:
+    """A model that leaves a file per `setup()` and per call, so a test can count both across processes."""
+
+    provenance = "counting test model"
+
+    def __init__(self, marker_dir: str) -> None:
+        self.marker_dir = Path(marker_dir)
+
+    def setup(self) -> None:
+        self.marker_dir.mkdir(parents=True, exist_ok=True)
+        (self.marker_dir / f"setup-{os.getpid()}-{time.time_ns()}").touch()
+
+    def mean(self, frames: np.ndarray) -> float:
+        (self.marker_dir / f"batch-{len(frames)}-{time.time_ns()}").touch()
+        return float(frames.mean())
+
+
+class UsesCountingModel:
+    """A clip stage that calls `CountingModel` once per clip with all of the clip's frames."""
+
+    name = "uses-counting-model"
+    resources = Resources()
+
+    def __init__(self, marker_dir: str) -> None:
+        self.models = (ModelSpec("counter", functools.partial(CountingModel, marker_dir), Resources(cpus=0.5)),)
+
+    def setup(self, models: Mapping[str, ModelClient]) -> None:
+        self.counter = models["counter"]
+
+    def __call__(self, sample: ClipSample) -> ClipSample:
+        assert self.counter.call("mean", sample.frames) >= 0
         return sample

@@ -10,7 +10,6 @@ import tarfile
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 

@@ -1,6 +1,5 @@
 """The shard sample layout: one encoder and one decoder, read back through real WebDataset."""
 
-import io
 import tarfile
 
 import numpy as np

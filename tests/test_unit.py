@@ -86,8 +86,9 @@ class RejectSecondClip:
 
     name = "face-check"
     resources = Resources(cpus=1)
+    models = ()
 
-    def setup(self) -> None:
+    def setup(self, models) -> None:
         self.calls = 0
 
     def __call__(self, sample: ClipSample) -> ClipSample:

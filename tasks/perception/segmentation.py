@@ -29,11 +29,6 @@ def attribute_masks(labels: np.ndarray, label_map: LabelMap, attributes: tuple[s
     return {attribute: np.isin(labels, label_map.attributes[attribute]) for attribute in attributes}
 
 
-def attribute_presence(masks: dict[str, np.ndarray], min_area: float) -> dict[str, np.ndarray]:
-    """{attribute: (N,) bool}: the mask covers more than `min_area` of its frame."""
-    return {attribute: mask.reshape(len(mask), -1).mean(axis=1) > min_area for attribute, mask in masks.items()}
-
-
 class _Segmenter(ModelComponent, ABC):
     """Shared batching: subclasses build `self.model` in `setup()` and turn a batch of crops into logits."""
 

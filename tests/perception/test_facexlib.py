@@ -11,7 +11,7 @@ import torch
 
 from data_specs.perception import BISENET_LABELS, FaceDetectionConfig, RuntimeConfig, SegmentationConfig
 from tasks.perception import build_face_detector, build_segmenter
-from tasks.perception.segmentation import attribute_presence
+from tasks.perception.stage import attribute_presence
 from tasks.perception.runtime import FACEXLIB_WEIGHTS
 
 CPU = RuntimeConfig(device="cpu", batch_size=2)

@@ -1,0 +1,122 @@
+"""Perception inside the real `build-dataset` flow (Prefect test server, local Ray, model actors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from perception_testing import TINY_INPUT, save_official_pth
+
+from data_specs.perception import TRUTH_5
+from data_specs.sample import decode_sample
+from data_specs.schemas import read_table
+from tasks.perception.runtime import FACEXLIB_WEIGHTS
+from tests.conftest import small_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server", "local_ray")]
+CROP = 48
+TRUTH = {"backend": "truth", "runtime": {"device": "cpu", "cpus": 0.25}}
+ATTRIBUTES = ("hair", "eyeglasses", "beard", "hat")
+
+
+def perception(**sections: dict) -> dict:
+    return {"detection": TRUTH, "crop": {"size": CROP}, "keypoints": TRUTH,
+            "segmentation": {**TRUTH, "attributes": ATTRIBUTES}, **sections}
+
+
+def read_samples(output: Path) -> list:
+    shards = read_table("shards", output / "manifests" / "shards.parquet").column("shard").to_pylist()
+    return [decode_sample(raw) for raw in wds.WebDataset([str(output / "shards" / s) for s in shards],
+                                                            shardshuffle=False)]
+
+
+def test_truth_perception_writes_crops_keypoints_pose_frames_and_masks(video_library: Path, tmp_path: Path):
+    from flows.build_dataset import build_dataset
+
+    output = tmp_path / "out"
+    summary = build_dataset(small_config(video_library / "good", output, decode={"size": 96},
+                                         perception=perception()))
+    samples = read_samples(output)
+    assert summary.samples == len(samples) == 15
+    for sample in samples:
+        assert sample.frames.shape == (4, CROP, CROP, 3)
+        assert sample.keypoints.shape == (4, len(TRUTH_5.names), 3)
+        assert sample.pose_frames.shape == (4, CROP, CROP, 3) and sample.pose_frames.any()
+        assert set(sample.masks) == set(ATTRIBUTES)
+        assert all(mask.shape == (4, CROP, CROP) and mask.dtype == bool for mask in sample.masks.values())
+        meta = sample.meta.perception
+        assert meta.keypoint_layout == TRUTH_5.name and len(meta.crop_boxes) == 4
+        assert "ground truth" in meta.provenance["keypoints"]
+        # The truth keypoints lie inside the crop, and an attribute's presence follows its mask.
+        assert (sample.keypoints[..., :2] > 0).all() and (sample.keypoints[..., :2] < CROP).all()
+        for attribute, flags in meta.presence.items():
+            assert flags == [bool(m.mean() > 0.002) for m in sample.masks[attribute]]
+
+
+def test_a_clip_without_a_face_is_a_failure_row(video_library: Path, tmp_path: Path):
+    """Crops of a tiny face are refused: the face-size rule fires and is recorded, not dropped silently."""
+    from flows.build_dataset import build_dataset
+
+    output = tmp_path / "out"
+    config = small_config(video_library / "good", output, decode={"size": 96},
+                          perception=perception(crop={"size": CROP, "min_face_fraction": 0.9}))
+    summary = build_dataset(config)
+    assert summary.samples == 0
+    failures = read_table("failures", output / "manifests" / "failures.parquet").to_pylist()
+    assert len(failures) == 15 and {row["stage"] for row in failures} == {"perception"}
+    assert all("small" in row["reason"] for row in failures), failures[0]["reason"]
+
+
+def test_real_architectures_with_random_weights_run_in_the_flow(video_library: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    """Sapiens (tiny width, official .pth layout) keypoints and facexlib BiSeNet masks, in model actors."""
+    from facexlib.parsing.bisenet import BiSeNet
+
+    from flows.build_dataset import build_dataset
+
+    sapiens = tmp_path / "sapiens_tiny_goliath.pth"
+    save_official_pth(sapiens, "pose", 308, monkeypatch)
+    weights = tmp_path / "facexlib"
+    weights.mkdir()
+    torch.manual_seed(0)
+    torch.save(BiSeNet(num_class=19).state_dict(), weights / FACEXLIB_WEIGHTS["bisenet"][0])
+    cpu = {"device": "cpu", "cpus": 0.25, "batch_size": 4}
+    output = tmp_path / "out"
+    config = small_config(video_library / "good", output, decode={"size": 96}, perception=perception(
+        keypoints={"backend": "sapiens", "checkpoint": str(sapiens), "arch": "tiny", "image_size": TINY_INPUT,
+                   "runtime": cpu},
+        segmentation={"backend": "bisenet", "weights_dir": str(weights), "attributes": ["hair", "hat"],
+                      "runtime": cpu}))
+    assert build_dataset(config).samples == 15
+    for sample in read_samples(output)[:3]:
+        assert sample.keypoints.shape == (4, 238, 3) and np.isfinite(sample.keypoints).all()
+        assert set(sample.masks) == {"hair", "hat"} and sample.masks["hair"].shape == (4, CROP, CROP)
+        assert "sapiens" in sample.meta.perception.provenance["keypoints"].lower()
+
+
+def test_model_actors_are_set_up_once_per_build_and_receive_whole_clips(video_library: Path, tmp_path: Path):
+    from flows.build_dataset import build_dataset
+
+    markers = tmp_path / "markers"
+    stage = {"target": "tests.stages:UsesCountingModel", "params": {"marker_dir": str(markers)}}
+    config = small_config(video_library / "good", tmp_path / "out", stages=[stage], execution={"videos_per_unit": 1})
+    summary = build_dataset(config)
+    assert summary.units == 5 and summary.samples == 15
+    names = [path.name for path in markers.iterdir()]
+    assert sum(name.startswith("setup-") for name in names) == 1  # one actor, set up once for 5 units
+    assert sorted(name.split("-")[1] for name in names if name.startswith("batch-")) == ["4"] * 15
+
+
+def test_a_model_that_cannot_load_stops_the_build_before_any_unit(video_library: Path, tmp_path: Path):
+    from flows.build_dataset import build_dataset
+    from flows.ray_units import ModelLoadError
+
+    config = small_config(video_library / "good", tmp_path / "out", decode={"size": 96}, perception=perception(
+        segmentation={"backend": "bisenet", "weights_dir": str(tmp_path / "empty"), "attributes": ["hair"],
+                      "runtime": {"device": "cpu", "cpus": 0.25}}))
+    with pytest.raises(ModelLoadError, match=r"segmenter.*parsing_bisenet\.pth"):
+        build_dataset(config)
+    assert not (tmp_path / "out" / "shards").exists() or not list((tmp_path / "out" / "shards").iterdir())
