@@ -36,7 +36,7 @@ class Batch:
     latents: torch.Tensor
     noise: torch.Tensor
     timesteps: torch.Tensor
-    guidance: torch.Tensor
+    pose_frames: torch.Tensor
     references: ReferenceInputs
 
 
@@ -48,15 +48,15 @@ def emit(lines: list[str], line: str) -> None:
 
 def make_batch(flavour: ModelFlavour, model: DurianModel, batch: int, frames: int, latent: int,
                device: torch.device) -> Batch:
-    """Random inputs of the real shapes: latents (B, 4, F, h, w), guidance at pixel size."""
-    pixels = latent * flavour.vae.downsample
+    """Random inputs of the real shapes: latents (B, 4, F, h, w), pose frames at pixel size."""
+    pixels = latent * flavour.vae.vae_scale_factor
     cross = flavour.unet.cross_attention_dim
     identity = model.identity_proj.in_features if isinstance(model.identity_proj, torch.nn.Linear) else cross
     return Batch(
         latents=torch.randn(batch, 4, frames, latent, latent, device=device),
         noise=torch.randn(batch, 4, frames, latent, latent, device=device),
         timesteps=torch.randint(0, 1000, (batch,), device=device),
-        guidance=torch.rand(batch, 3, frames, pixels, pixels, device=device),
+        pose_frames=torch.rand(batch, 3, frames, pixels, pixels, device=device),
         references=ReferenceInputs(
             portrait=torch.randn(batch, 5, latent, latent, device=device),
             attributes=torch.randn(batch, 1, 5, latent, latent, device=device),
@@ -71,7 +71,7 @@ def train_step(model: DurianModel, optimizer: torch.optim.Optimizer, batch: Batc
     """One optimisation step; `bare` drops the references (the bare denoiser)."""
     device_type = batch.latents.device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
-        prediction = model(batch.latents, batch.timesteps, batch.guidance, batch.references, drop_references=bare)
+        prediction = model(batch.latents, batch.timesteps, batch.pose_frames, batch.references, drop_references=bare)
         loss = torch.nn.functional.mse_loss(prediction.float(), batch.noise)
     loss.backward()
     optimizer.step()
@@ -133,7 +133,7 @@ def denoiser_forward_flops(model: DurianModel, batch: Batch) -> int:
     with torch.no_grad(), torch.autocast(batch.latents.device.type, dtype=torch.bfloat16):
         model.encode_references(batch.references)
         with FlopCounterMode(display=False) as counter:
-            model.denoise(batch.latents, batch.timesteps, batch.guidance, batch.references.attribute_embeds)
+            model.denoise(batch.latents, batch.timesteps, batch.pose_frames, batch.references.attribute_embeds)
     model.clear_references()
     return counter.get_total_flops()
 
@@ -173,7 +173,7 @@ def report_ratios(flavour: ModelFlavour, device: torch.device, gpu: bool, latent
 def report_gpu_sizes(flavour: ModelFlavour, device: torch.device, warmup: int, repeats: int) -> list[str]:
     """Step time, peak memory and MFU at the paper's sizes."""
     lines = []
-    latent = flavour.resolution // flavour.vae.downsample
+    latent = flavour.resolution // flavour.vae.vae_scale_factor
     for stage, batch, frames, checkpointing in ((1, 4, 1, False), (2, 1, 24, True)):
         model, optimizer = build(flavour, stage, device, True, checkpointing)
         data = make_batch(flavour, model, batch, frames, latent, device)

@@ -1,7 +1,8 @@
 """Model flavours: the sizes of every network in Durian, by name.
 
 `"sd15"` is the real architecture (Stable Diffusion 1.5 UNets and VAE, AnimateDiff
-`mm_sd_v15_v2` motion modules, the ViT-L/14 image encoder of sd-image-variations).
+`mm_sd_v15_v2` motion modules, the ViT-L/14 image encoder of sd-image-variations, the
+insightface iresnet100 ArcFace identity encoder).
 `"tiny"` has the same layout with small widths, so tests and the demo exercise the
 production code on a CPU in seconds. `model/` builds networks from these specs only.
 """
@@ -65,7 +66,7 @@ class MotionSpec(_Spec):
 
 
 class VAESpec(_Spec):
-    """An AutoencoderKL; the latent is `2 ** (len(block_out_channels) - 1)` times smaller."""
+    """An AutoencoderKL; the latent is `vae_scale_factor` times smaller than the image."""
 
     block_out_channels: tuple[int, ...]
     layers_per_block: int = 2
@@ -87,8 +88,8 @@ class VAESpec(_Spec):
         }
 
     @property
-    def downsample(self) -> int:
-        """Pixel-to-latent scale factor."""
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent along each side (diffusers' name): each level after the first halves the size."""
         return 2 ** (len(self.block_out_channels) - 1)
 
 
@@ -107,6 +108,15 @@ class ImageEncoderSpec(_Spec):
     def transformers_config(self) -> dict:
         """Keyword arguments of `CLIPVisionConfig`."""
         return self.model_dump()
+
+
+class IdentityEncoderSpec(_Spec):
+    """The ArcFace IResNet that embeds the portrait's identity (the paper's phi_port)."""
+
+    arch: Literal["r18", "r34", "r50", "r100"] = Field(
+        "r100", description="insightface IResNet depth (the released arcface_torch backbones are r18 to r100).")
+    embedding_dim: int = Field(512, description="Width of the identity embedding.")
+    widths: tuple[int, int, int, int] = Field((64, 128, 256, 512), description="Channels of the four stages.")
 
 
 class NoiseScheduleSpec(_Spec):
@@ -132,9 +142,8 @@ class ModelFlavour(_Spec):
         (16, 32, 96, 256),
         description="Conv widths of the pose guider; each step after the first halves the size.",
     )
-    identity_dim: int = Field(
-        512, description="Width of the ArcFace identity embedding; without ArcFace the CLIP embedding is used."
-    )
+    identity_encoder: IdentityEncoderSpec = Field(
+        IdentityEncoderSpec(), description="ArcFace encoder of the portrait's identity (the portrait net's condition).")
     noise_schedule: NoiseScheduleSpec = NoiseScheduleSpec()
 
 
@@ -184,7 +193,7 @@ FLAVOURS: dict[str, ModelFlavour] = {
             projection_dim=32,
         ),
         pose_guider_channels=(8, 16, 32),
-        identity_dim=16,
+        identity_encoder=IdentityEncoderSpec(arch="r18", embedding_dim=16, widths=(8, 8, 16, 16)),
     ),
 }
 

@@ -36,11 +36,11 @@ class SampleInputs:
 
     portrait: np.ndarray  # (H, W, 3) uint8
     portrait_mask: np.ndarray  # (H, W)
-    portrait_keypoints: np.ndarray  # (K, 2)
+    portrait_keypoints: np.ndarray  # (5, 2)
     attributes: list[np.ndarray]
     attribute_masks: list[np.ndarray]
     attribute_keypoints: list[np.ndarray]
-    driving: np.ndarray  # (F, K, 2)
+    driving: np.ndarray  # (F, 5, 2)
     fps: float
 
 
@@ -107,8 +107,7 @@ def load_pipeline(model: Path | None, flavour: str, seed: int, device: torch.dev
         return DurianPipeline.from_pretrained(str(model)).to(device)
     logger.warning("no --model given: using an UNTRAINED %s pipeline with random weights (seed %d); "
                    "the video only shows that the code path runs", flavour, seed)
-    parts = random_components(model_flavour(flavour), seed=seed)
-    return DurianPipeline(parts.model, parts.vae, parts.image_encoder, parts.scheduler).to(device)
+    return random_components(model_flavour(flavour), seed=seed).pipeline().to(device)
 
 
 def sample(
@@ -127,19 +126,20 @@ def sample(
     portrait: Annotated[Path | None, typer.Option(help="Portrait image.")] = None,
     portrait_mask: Annotated[Path | None, typer.Option(
         help="PNG mask of the portrait's own attribute region (white = attribute).")] = None,
-    portrait_keypoints: Annotated[Path | None, typer.Option(help=".npy (K, 2) portrait keypoints.")] = None,
+    portrait_keypoints: Annotated[Path | None, typer.Option(
+        help=".npy (5, 2) portrait keypoints: eyes, nose tip, mouth corners (ArcFace's order).")] = None,
     attribute: Annotated[list[Path] | None, typer.Option(
         help="Attribute image; repeat for composition (or two with --alpha).")] = None,
     attribute_mask: Annotated[list[Path] | None, typer.Option(help="PNG mask per --attribute.")] = None,
     attribute_keypoints: Annotated[list[Path] | None, typer.Option(
-        help=".npy (K, 2) keypoints per --attribute.")] = None,
+        help=".npy (5, 2) keypoints per --attribute, in the same order.")] = None,
     driving: Annotated[Path | None, typer.Option(
-        help="Driving keypoints: .npy (F, K, 2) or .npz with `keypoints` (F, K, 2).")] = None,
+        help="Driving keypoints: .npy (F, 5, 2) or .npz with `keypoints` (F, 5, 2).")] = None,
     alpha: Annotated[float | None, typer.Option(
         help="Interpolate between exactly two attributes: 0 = first, 1 = second.")] = None,
     frames: Annotated[int | None, typer.Option(help="Frames to generate (default: all driving frames).")] = None,
     steps: Annotated[int, typer.Option(help="DDIM steps.")] = 25,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 disables).")] = 3.5,
+    guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 disables).")] = 3.5,
     window: Annotated[int, typer.Option(help="Frames per denoiser call; longer clips use windows.")] = 16,
     overlap: Annotated[int, typer.Option(help="Frames shared by consecutive windows.")] = 4,
     size: Annotated[int | None, typer.Option(
@@ -184,7 +184,7 @@ def sample(
     result = pipe(
         inputs.portrait, inputs.portrait_mask, inputs.portrait_keypoints, inputs.attributes,
         inputs.attribute_masks, inputs.attribute_keypoints, inputs.driving, alpha=alpha, num_frames=frames,
-        height=size, width=size, num_inference_steps=steps, guidance_scale=guidance, window=window,
+        height=size, width=size, num_inference_steps=steps, guidance_scale=guidance_scale, window=window,
         overlap=overlap, generator=torch.Generator(device="cpu").manual_seed(seed),
     )
     frames = (np.clip(result.frames, 0, 1) * 255).round().astype(np.uint8)

@@ -8,7 +8,7 @@ from model.durian import DurianModel, ReferenceInputs
 from model.encoders import IResNet
 from model.pipeline import DurianPipeline, DurianPipelineOutput
 from model.pose_guider import PoseGuider
-from model.reference_attention import ReadMode, ReferenceBank
+from model.reference_attention import UNCONDITIONAL, ReadMode, ReferenceBank
 
-__all__ = ["DurianModel", "DurianPipeline", "DurianPipelineOutput", "IResNet", "PoseGuider", "ReadMode",
-           "ReferenceBank", "ReferenceInputs"]
+__all__ = ["UNCONDITIONAL", "DurianModel", "DurianPipeline", "DurianPipelineOutput", "IResNet", "PoseGuider",
+           "ReadMode", "ReferenceBank", "ReferenceInputs"]

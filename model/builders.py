@@ -1,33 +1,51 @@
-"""Building Durian from a flavour (random weights) or from pretrained parts.
+"""Building Durian from a flavour (random weights) or from pretrained parts, offline and within memory.
 
-Pretrained parts, from local paths or hub ids:
-  - SD 1.5: a diffusers folder (`unet/`, `vae/` subfolders) or a single-file
-    checkpoint (`.safetensors`/`.ckpt`, original LDM keys);
-  - AnimateDiff motion modules: a diffusers MotionAdapter folder, or the original
-    `mm_sd_v15_v2.ckpt` through `MotionAdapter.from_single_file`;
-  - the image encoder of sd-image-variations (`image_encoder/` subfolder or a folder
-    with the CLIPVisionModelWithProjection config);
-  - optionally ArcFace IResNet weights (local `.pth`/`.safetensors`).
+Pretrained parts, from local paths (or hub ids already in the local Hugging Face cache):
+  - SD 1.5: the original single file (`v1-5-pruned-emaonly.safetensors` or `.ckpt`, LDM keys), whose layout
+    is the flavour's, or a diffusers folder (`unet/`, `vae/` with their config.json);
+  - AnimateDiff motion modules: the original `mm_sd_v15_v2.ckpt`, or a diffusers MotionAdapter folder;
+  - the CLIP image encoder of sd-image-variations (a folder with `image_encoder/`, or the encoder's own
+    folder; `model.safetensors` or `pytorch_model.bin`);
+  - the ArcFace identity encoder: insightface's `backbone.pth` (or `.safetensors`) of the flavour's IResNet.
+
+Every network is built on the meta device and filled one tensor at a time (`model.weights`), straight in the
+requested dtype on the requested device: loading needs about the final model's memory, not a multiple of it.
+Pickles are read through the allow-listed unpickler of `model.checkpoints`.
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import init_empty_weights
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, MotionAdapter, UNet2DConditionModel
+from diffusers.models.modeling_utils import ModelMixin
+from huggingface_hub import snapshot_download
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from data_specs.model import ModelFlavour, NoiseScheduleSpec
+from data_specs.model import IdentityEncoderSpec, ModelFlavour, NoiseScheduleSpec
+from model.checkpoints import CheckpointError
 from model.durian import DurianModel
 from model.encoders import IResNet
-from model.pose_guider import PoseGuider
+from model.key_maps import (
+    LDM_UNET_PREFIX,
+    LDM_VAE_PREFIX,
+    is_position_table,
+    motion_key_map,
+    unet_key_map,
+    vae_key_map,
+)
+from model.pipeline import DurianPipeline
+from model.weights import TensorFile, load_weights, open_weights
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+# Weight file names in a diffusers / transformers folder, in order of preference.
+DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+Device = str | torch.device
 
 
 @dataclass
@@ -37,8 +55,12 @@ class DurianComponents:
     model: DurianModel
     vae: AutoencoderKL
     image_encoder: CLIPVisionModelWithProjection
+    identity_encoder: IResNet
     scheduler: DDIMScheduler
-    identity_encoder: IResNet | None = None
+
+    def pipeline(self) -> DurianPipeline:
+        """The inference pipeline over these components."""
+        return DurianPipeline(self.model, self.vae, self.image_encoder, self.identity_encoder, self.scheduler)
 
 
 # ---------------------------------------------------------------- schedulers
@@ -60,7 +82,7 @@ def training_scheduler(spec: NoiseScheduleSpec) -> DDPMScheduler:
     return DDPMScheduler(**_schedule_kwargs(spec), clip_sample=False)
 
 
-# ---------------------------------------------------------------- networks from a UNet
+# ---------------------------------------------------------------- random weights
 
 
 def identity_motion_adapter(flavour: ModelFlavour) -> MotionAdapter:
@@ -79,130 +101,137 @@ def identity_motion_adapter(flavour: ModelFlavour) -> MotionAdapter:
     return adapter
 
 
-def reference_net_from_unet(unet: UNet2DConditionModel) -> UNet2DConditionModel:
-    """A 5-channel copy of `unet`: latent + mask. The mask channel's conv_in weights
-    are zero, so the copy computes exactly what `unet` computes at init."""
-    config = dict(unet.config)
-    config["in_channels"] = unet.config.in_channels + 1
-    net = UNet2DConditionModel.from_config(config)
-    state = {k: v.clone() for k, v in unet.state_dict().items()}
-    weight = state["conv_in.weight"]
-    state["conv_in.weight"] = torch.cat([weight, weight.new_zeros(weight.shape[0], 1, *weight.shape[2:])], dim=1)
-    net.load_state_dict(state, assign=True)  # assign: the copy takes the source's dtype too
-    return net
+def _identity_encoder(spec: IdentityEncoderSpec) -> IResNet:
+    return IResNet(spec.arch, embedding_dim=spec.embedding_dim, widths=spec.widths)
 
 
-def durian_from_unet(unet: UNet2DConditionModel, motion_adapter: MotionAdapter,
-                     pose_guider_channels: tuple[int, ...], identity_dim: int) -> DurianModel:
-    """DurianModel whose three UNets start from `unet` and whose temporal layers come
-    from `motion_adapter`; the pose guider (zero output) and the identity projection
-    are freshly initialised."""
-    # 1. The pretrained networks, in their final form.
-    reference = reference_net_from_unet(unet)
-    denoiser = UNetMotionModel.from_unet2d(unet, motion_adapter)
-    # 2. An empty shell with the same configs (no second random init of 3 UNets).
-    with init_empty_weights():
-        model = DurianModel(dict(reference.config), dict(denoiser.config), pose_guider_channels, identity_dim)
-    # 3. Fill it: the shell's parameters are replaced, its processors and hook stay.
-    pose_guider = PoseGuider(channels=tuple(pose_guider_channels), out_channels=unet.config.block_out_channels[0])
-    identity_proj = torch.nn.Linear(identity_dim, unet.config.cross_attention_dim) \
-        if identity_dim != unet.config.cross_attention_dim else torch.nn.Identity()
-    state = {}
-    for prefix, part in (("attribute_net", reference), ("portrait_net", reference), ("denoiser", denoiser),
-                         ("pose_guider", pose_guider), ("identity_proj", identity_proj)):
-        state.update({f"{prefix}.{k}": v.clone() for k, v in part.state_dict().items()})
-    model.load_state_dict({k: v.to(unet.dtype) for k, v in state.items()}, strict=True, assign=True)
-    return model
-
-
-# ---------------------------------------------------------------- random weights
-
-
-def random_components(flavour: ModelFlavour, seed: int = 0, arcface: bool = False) -> DurianComponents:
-    """Every component of `flavour` with random weights (tests, demo, benchmarks).
-
-    arcface: add a random IResNet-18 identity encoder of width `flavour.identity_dim`;
-    without it the portrait identity is the CLIP embedding.
-    """
+def random_components(flavour: ModelFlavour, seed: int = 0) -> DurianComponents:
+    """Every component of `flavour` with random weights (tests, demo, benchmarks), built in the current
+    default device (`with torch.device(...)`)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**flavour.unet.diffusers_config())
         adapter = MotionAdapter(**flavour.motion.diffusers_config(flavour.unet))
-        image_encoder = CLIPVisionModelWithProjection(
-            CLIPVisionConfig(**flavour.image_encoder.transformers_config())).eval()
-        identity_encoder = IResNet("r18", embedding_dim=flavour.identity_dim).eval() if arcface else None
-        identity_dim = flavour.identity_dim if arcface else flavour.image_encoder.projection_dim
-        model = durian_from_unet(unet, adapter, flavour.pose_guider_channels, identity_dim)
-        vae = AutoencoderKL(**flavour.vae.diffusers_config()).eval()
-    return DurianComponents(model, vae, image_encoder, inference_scheduler(flavour.noise_schedule),
-                            identity_encoder)
+        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**flavour.image_encoder.transformers_config()))
+        identity_encoder = _identity_encoder(flavour.identity_encoder)
+        model = DurianModel.from_unet2d(unet, adapter, flavour.pose_guider_channels,
+                                        flavour.identity_encoder.embedding_dim)
+        vae = AutoencoderKL(**flavour.vae.diffusers_config())
+    return DurianComponents(model, vae.eval(), image_encoder.eval(), identity_encoder.eval(),
+                            inference_scheduler(flavour.noise_schedule))
 
 
 # ---------------------------------------------------------------- pretrained parts
 
 
-def _is_single_file(path: str | Path) -> bool:
-    return str(path).endswith(SINGLE_FILE_SUFFIXES)
+def _local(source: str | Path, allow_patterns: list[str]) -> Path:
+    """A local path as it is; otherwise a hub id (`namespace/name`), resolved to its snapshot of
+    `allow_patterns` (from the local cache when offline)."""
+    path = Path(source)
+    if path.exists():
+        return path
+    if isinstance(source, Path) or str(source).count("/") != 1 or str(source).startswith((".", "/")):
+        raise CheckpointError(f"not found: {source}")
+    return Path(snapshot_download(str(source), allow_patterns=allow_patterns))
 
 
-def load_sd15_unet(source: str | Path, config: str | None = None) -> UNet2DConditionModel:
-    """SD 1.5 UNet from a diffusers folder/hub id (`unet/` subfolder) or a single file.
+def _weights_in(folder: Path, names: tuple[str, ...]) -> TensorFile:
+    for name in names:
+        if (folder / name).is_file():
+            return open_weights(folder / name)
+    raise CheckpointError(f"no weights in {folder}: expected one of {', '.join(names)}")
 
-    config: for a single file offline, a local diffusers SD 1.5 folder or hub id
-    whose `unet/config.json` describes it (diffusers otherwise fetches one).
+
+def _empty(cls: type[ModelMixin], config: dict) -> ModelMixin:
+    """`cls.from_config(config)` with meta parameters (no memory, no random init)."""
+    with init_empty_weights():
+        return cls.from_config(config)
+
+
+def load_sd15(source: str | Path, flavour: ModelFlavour, dtype: torch.dtype = torch.float32,
+              device: Device = "cpu") -> tuple[UNet2DConditionModel, AutoencoderKL]:
+    """The SD 1.5 UNet and VAE from the original single file or a diffusers folder.
+
+    A single file is read once for both, with the flavour's configs (no network, no config folder).
     """
-    if _is_single_file(source):
-        return UNet2DConditionModel.from_single_file(str(source), config=config, subfolder="unet" if config else None)
-    return UNet2DConditionModel.from_pretrained(str(source), subfolder="unet")
-
-
-def load_vae(source: str | Path, config: str | None = None) -> AutoencoderKL:
-    """SD 1.5 VAE from a diffusers folder/hub id (`vae/` subfolder) or a single file."""
-    if _is_single_file(source):
-        return AutoencoderKL.from_single_file(str(source), config=config, subfolder="vae" if config else None)
-    return AutoencoderKL.from_pretrained(str(source), subfolder="vae")
-
-
-def load_motion_adapter(source: str | Path, flavour: ModelFlavour) -> MotionAdapter:
-    """AnimateDiff motion modules: a diffusers MotionAdapter folder/hub id, or an
-    original checkpoint such as `mm_sd_v15_v2.ckpt`.
-
-    For a checkpoint the adapter's config is written from the flavour into a
-    temporary folder, so nothing is fetched from the hub.
-    """
-    if not _is_single_file(source):
-        return MotionAdapter.from_pretrained(str(source))
-    with tempfile.TemporaryDirectory() as folder:
-        config = {"_class_name": "MotionAdapter", **flavour.motion.diffusers_config(flavour.unet)}
-        (Path(folder) / "config.json").write_text(json.dumps(config))
-        return MotionAdapter.from_single_file(str(source), config=folder)
-
-
-def load_image_encoder(source: str | Path) -> CLIPVisionModelWithProjection:
-    """The sd-image-variations CLIP image encoder: its repo/folder (`image_encoder/`)
-    or a folder holding the encoder itself."""
-    if Path(source, "config.json").is_file():
-        return CLIPVisionModelWithProjection.from_pretrained(str(source))
-    return CLIPVisionModelWithProjection.from_pretrained(str(source), subfolder="image_encoder")
-
-
-def pretrained_components(flavour: ModelFlavour, sd15: str, motion_adapter: str | None, image_encoder: str,
-                          arcface: str | None = None, sd15_config: str | None = None,
-                          arcface_arch: str = "r100") -> DurianComponents:
-    """Durian initialised from pretrained parts (see the module docstring).
-
-    motion_adapter None: pass-through temporal layers (`identity_motion_adapter`),
-    for stage 1. Without `arcface` the portrait identity is the CLIP embedding, so
-    the identity width is the image encoder's projection width.
-    """
-    unet = load_sd15_unet(sd15, sd15_config)
-    if motion_adapter is None:
-        adapter = identity_motion_adapter(flavour)
+    if str(source).endswith(SINGLE_FILE_SUFFIXES):
+        unet = _empty(UNet2DConditionModel, flavour.unet.diffusers_config())
+        vae = _empty(AutoencoderKL, flavour.vae.diffusers_config())
+        weights = open_weights(source)
+        if not any(key.startswith(LDM_UNET_PREFIX) for key in weights.keys()):
+            raise CheckpointError(f"{source} has no {LDM_UNET_PREFIX}* keys: not an original SD 1.x checkpoint "
+                                  "(a diffusers UNet file belongs in a folder with its config.json)")
+        load_weights(unet, weights, prefix=LDM_UNET_PREFIX, rename=unet_key_map(unet.config).to_diffusers,
+                     dtype=dtype, device=device)
+        load_weights(vae, weights, prefix=LDM_VAE_PREFIX, rename=vae_key_map(vae.config).to_diffusers,
+                     dtype=dtype, device=device)
     else:
-        adapter = load_motion_adapter(motion_adapter, flavour)
-    encoder = load_image_encoder(image_encoder)
-    identity_encoder = IResNet.from_insightface(arcface, arcface_arch) if arcface else None
-    identity_dim = identity_encoder.config.embedding_dim if identity_encoder else encoder.config.projection_dim
-    model = durian_from_unet(unet, adapter, flavour.pose_guider_channels, identity_dim)
-    return DurianComponents(model, load_vae(sd15, sd15_config).eval(), encoder.eval(),
-                            inference_scheduler(flavour.noise_schedule), identity_encoder)
+        folder = _local(source, ["unet/*.json", "unet/*.safetensors", "vae/*.json", "vae/*.safetensors"])
+        parts = []
+        for cls, name in ((UNet2DConditionModel, "unet"), (AutoencoderKL, "vae")):
+            part = _empty(cls, cls.load_config(folder / name))
+            load_weights(part, _weights_in(folder / name, DIFFUSERS_WEIGHTS), dtype=dtype, device=device)
+            parts.append(part)
+        unet, vae = parts
+    return unet.eval(), vae.eval()
+
+
+def load_motion_adapter(source: str | Path, flavour: ModelFlavour, dtype: torch.dtype = torch.float32,
+                        device: Device = "cpu") -> MotionAdapter:
+    """AnimateDiff motion modules: an original checkpoint such as `mm_sd_v15_v2.ckpt` (the adapter's layout is
+    the flavour's), or a diffusers MotionAdapter folder."""
+    if str(source).endswith(SINGLE_FILE_SUFFIXES):
+        adapter = _empty(MotionAdapter, flavour.motion.diffusers_config(flavour.unet))
+        keys = motion_key_map(adapter.config)
+        load_weights(adapter, open_weights(source), dtype=dtype, device=device,
+                     rename=lambda key: None if is_position_table(key) else keys.to_diffusers(key))
+        return adapter
+    folder = _local(source, ["*.json", "*.safetensors"])
+    adapter = _empty(MotionAdapter, MotionAdapter.load_config(folder))
+    load_weights(adapter, _weights_in(folder, DIFFUSERS_WEIGHTS), dtype=dtype, device=device)
+    return adapter
+
+
+def load_image_encoder(source: str | Path, dtype: torch.dtype = torch.float32,
+                       device: Device = "cpu") -> CLIPVisionModelWithProjection:
+    """The sd-image-variations CLIP image encoder: its repo/folder (`image_encoder/`) or the encoder's folder."""
+    folder = _local(source, ["*.json", "*.safetensors", "image_encoder/*.json", "image_encoder/*.safetensors"])
+    if not (folder / "config.json").is_file():
+        folder = folder / "image_encoder"
+    with init_empty_weights():
+        encoder = CLIPVisionModelWithProjection(CLIPVisionConfig.from_pretrained(folder))
+    load_weights(encoder, _weights_in(folder, TRANSFORMERS_WEIGHTS), dtype=dtype, device=device)
+    return encoder.eval()
+
+
+def load_identity_encoder(path: str | Path, spec: IdentityEncoderSpec, dtype: torch.dtype = torch.float32,
+                          device: Device = "cpu") -> IResNet:
+    """The ArcFace IResNet from insightface's released weights (`backbone.pth` or `.safetensors`)."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"ArcFace weights not found: {path} (the portrait identity is an insightface "
+                              f"{spec.arch} ArcFace embedding: arcface_torch's backbone.pth)")
+    with init_empty_weights():
+        encoder = _identity_encoder(spec)
+    load_weights(encoder, open_weights(path), dtype=dtype, device=device)
+    return encoder.eval()
+
+
+def pretrained_components(flavour: ModelFlavour, sd15: str | Path, motion_adapter: str | Path | None,
+                          image_encoder: str | Path, arcface: str | Path, dtype: torch.dtype = torch.float32,
+                          device: Device = "cpu") -> DurianComponents:
+    """Durian initialised from pretrained parts (see the module docstring), in `dtype` on `device`.
+
+    motion_adapter None: pass-through temporal layers (`identity_motion_adapter`), for stage 1.
+    """
+    # Each part is built once; the UNet and the adapter then move into the DurianModel (no copy).
+    encoder = load_image_encoder(image_encoder, dtype, device)
+    identity_encoder = load_identity_encoder(arcface, flavour.identity_encoder, dtype, device)
+    unet, vae = load_sd15(sd15, flavour, dtype, device)
+    if motion_adapter is None:
+        with torch.device(device):
+            adapter = identity_motion_adapter(flavour)  # float32: from_unet2d casts it tensor by tensor
+    else:
+        adapter = load_motion_adapter(motion_adapter, flavour, dtype, device)
+    model = DurianModel.from_unet2d(unet, adapter, flavour.pose_guider_channels,
+                                    flavour.identity_encoder.embedding_dim)
+    return DurianComponents(model, vae, encoder, identity_encoder, inference_scheduler(flavour.noise_schedule))

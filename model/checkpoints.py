@@ -16,14 +16,27 @@ global outside PyTorch's allow-list is refused with a message naming it.
 from __future__ import annotations
 
 import zipfile
+import collections
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 # Frameworks whose pickled objects hold metadata (configs, callbacks, loggers), never weights.
-TOLERATED_MODULES = ("mmengine", "mmcv", "mmpretrain", "mmpose", "mmseg", "pytorch_lightning", "lightning",
-                     "lightning_fabric", "omegaconf")
+TOLERATED_MODULES = ("mmengine", "mmcv", "mmpretrain", "mmpose", "mmseg", "addict", "pytorch_lightning",
+                     "lightning", "lightning_fabric", "omegaconf")
+
+# NumPy arrays and scalars in training metadata (mmengine's HistoryBuffer, Lightning's counters) are
+# rebuilt by these, which construct data and never call into the file's code.
+_NUMPY_GLOBALS = {
+    "numpy.core.multiarray._reconstruct": np.core.multiarray._reconstruct,
+    "numpy._core.multiarray._reconstruct": np.core.multiarray._reconstruct,
+    "numpy.core.multiarray.scalar": np.core.multiarray.scalar,
+    "numpy._core.multiarray.scalar": np.core.multiarray.scalar,
+    "numpy.ndarray": np.ndarray,
+    "numpy.dtype": np.dtype,
+}
 
 _CONVERT_HINT = ("If you trust the file, convert it once: `torch.save(torch.load(path, weights_only=False)"
                  "['state_dict'], 'clean.pth')` or save it as .safetensors.")
@@ -44,8 +57,25 @@ class OpaqueObject(dict):
 
 
 def _stand_in(qualified_name: str) -> type:
-    # One subclass per name: torch's allow-list maps each qualified name to one class.
-    return type(qualified_name.rsplit(".", 1)[-1], (OpaqueObject,), {"__module__": __name__})
+    """A class torch's allow-list can map `qualified_name` to (one class per name).
+
+    Dict subclasses such as mmengine's `ConfigDict` pickle their items with SETITEMS, which the
+    weights-only unpickler applies only to exact dict types: instances are plain OrderedDicts.
+    """
+
+    def new(cls: type, *args: Any, **kwargs: Any) -> collections.OrderedDict:
+        return collections.OrderedDict()
+
+    return type(qualified_name.rsplit(".", 1)[-1], (OpaqueObject,), {"__module__": __name__, "__new__": new})
+
+
+def _numpy_global(qualified_name: str) -> Any:
+    if qualified_name in _NUMPY_GLOBALS:
+        return _NUMPY_GLOBALS[qualified_name]
+    module, _, name = qualified_name.rpartition(".")
+    if module in ("numpy.dtypes", "numpy._core.dtypes"):  # dtype classes, e.g. Float64DType
+        return getattr(np.dtypes, name, None)
+    return None
 
 
 def load_torch_checkpoint(path: str | Path, tolerated_modules: tuple[str, ...] = TOLERATED_MODULES) -> Any:
@@ -66,17 +96,23 @@ def load_torch_checkpoint(path: str | Path, tolerated_modules: tuple[str, ...] =
         # The legacy (pre-1.6) format cannot be scanned ahead: PyTorch's allow-list alone applies,
         # and a refused global surfaces as the load error below, with its name.
         unknown = []
-    refused = [name for name in unknown if not name.startswith(tuple(m + "." for m in tolerated_modules))]
+    tolerated = tuple(module + "." for module in tolerated_modules)
+    refused = [name for name in unknown if _numpy_global(name) is None and not name.startswith(tolerated)]
     if refused:
         raise CheckpointError(
             f"{path}: refusing to unpickle {', '.join(sorted(refused))} (not on the allow-list of tensor and "
             f"metadata types). Loading it would run code named by the file. {_CONVERT_HINT}")
-    stand_ins = [(_stand_in(name), name) for name in unknown]
+    allowed = [(_numpy_global(name), name) if _numpy_global(name) is not None else (_stand_in(name), name)
+               for name in unknown]
+    if any(_numpy_global(name) is not None for name in unknown):
+        # A pickled array's dtype is rebuilt from its class, which the scan above does not list.
+        allowed += [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
     try:
-        with torch.serialization.safe_globals(stand_ins):
+        with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise CheckpointError(f"{path}: cannot be read as a weights-only checkpoint: {error}. {_CONVERT_HINT}") from error
+        raise CheckpointError(
+            f"{path}: cannot be read as a weights-only checkpoint: {error}. {_CONVERT_HINT}") from error
 
 
 def unwrap_state_dict(checkpoint: Any, keys: tuple[str, ...] = ("state_dict", "model", "module")) -> dict:

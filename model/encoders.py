@@ -6,14 +6,11 @@ in [0, 1] with 1 on the attribute.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
-from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 from transformers import CLIPVisionModelWithProjection
@@ -44,14 +41,6 @@ def encode_latents(vae: AutoencoderKL, images: torch.Tensor,
     posterior = vae.encode(images.to(vae.dtype) * 2 - 1).latent_dist
     latents = posterior.sample(generator) if generator is not None else posterior.mode()
     return latents * vae.config.scaling_factor
-
-
-@torch.no_grad()
-def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, chunk: int = 8) -> torch.Tensor:
-    """Scaled latents (N, c, h, w) -> images (N, 3, H, W) in [0, 1], `chunk` at a time."""
-    images = [vae.decode(part.to(vae.dtype) / vae.config.scaling_factor).sample
-              for part in latents.split(chunk)]
-    return (torch.cat(images) / 2 + 0.5).clamp(0, 1)
 
 
 def reference_input(vae: AutoencoderKL, images: torch.Tensor, masks: torch.Tensor,
@@ -117,7 +106,7 @@ IRESNET_LAYERS = {"r18": (2, 2, 2, 2), "r34": (3, 4, 6, 3), "r50": (3, 4, 14, 3)
 
 class IResNet(ModelMixin, ConfigMixin):
     """ArcFace IResNet backbone with the insightface (arcface_torch) parameter names,
-    so its released `backbone.pth` state dicts load as they are.
+    so its released `backbone.pth` state dicts load as they are (`model.builders.load_identity_encoder`).
 
     Input: aligned 112x112 faces in [-1, 1]; output: (B, embedding_dim) features.
     """
@@ -146,16 +135,6 @@ class IResNet(ModelMixin, ConfigMixin):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.features(self.fc(self.bn2(x).flatten(1)))
 
-    @classmethod
-    def from_insightface(cls, path: str | Path, arch: str = "r50") -> IResNet:
-        """Load insightface weights (`.pth` state dict or `.safetensors`) from a local file."""
-        path = Path(path)
-        state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu",
-                                                                               weights_only=True)
-        network = cls(arch=arch, embedding_dim=state["fc.weight"].shape[0])
-        network.load_state_dict(state)
-        return network.eval()
-
 
 def align_faces(images: torch.Tensor, keypoints: np.ndarray) -> torch.Tensor:
     """Crop ArcFace's 112x112 aligned faces from 5-point keypoints.
@@ -172,18 +151,11 @@ def align_faces(images: torch.Tensor, keypoints: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def identity_embeds(images: torch.Tensor, keypoints: np.ndarray | None,
-                    identity_encoder: IResNet | None,
-                    image_encoder: CLIPVisionModelWithProjection) -> torch.Tensor:
-    """The portrait net's conditioning: (B, 3, H, W) -> (B, 1, D).
+def identity_embeds(identity_encoder: IResNet, images: torch.Tensor, keypoints: np.ndarray) -> torch.Tensor:
+    """The portrait net's conditioning: the L2-normalised ArcFace embedding of each aligned face.
 
-    With an ArcFace `identity_encoder`: the L2-normalised embedding of the aligned
-    face (needs 5-point keypoints). Without one: the CLIP image embedding.
+    images: (B, 3, H, W); keypoints: (B, 5, 2) in the ArcFace order. Returns (B, 1, embedding_dim).
     """
-    if identity_encoder is None:
-        return clip_image_embeds(image_encoder, images)
-    if keypoints is None:
-        raise ValueError("the ArcFace identity encoder needs the portrait's 5 keypoints")
     faces = align_faces(images.float(), keypoints) * 2 - 1
     features = identity_encoder(faces.to(identity_encoder.dtype))
     return F.normalize(features.float(), dim=-1)[:, None].to(features.dtype)
@@ -192,26 +164,27 @@ def identity_embeds(images: torch.Tensor, keypoints: np.ndarray | None,
 # ---------------------------------------------------------------- all reference inputs
 
 
-def prepare_references(vae: AutoencoderKL, image_encoder: CLIPVisionModelWithProjection,
-                       identity_encoder: IResNet | None, portrait: torch.Tensor, portrait_mask: torch.Tensor,
-                       attributes: torch.Tensor, attribute_masks: torch.Tensor,
-                       portrait_keypoints: np.ndarray | None = None) -> ReferenceInputs:
+def prepare_references(vae: AutoencoderKL, image_encoder: CLIPVisionModelWithProjection, identity_encoder: IResNet,
+                       portrait: torch.Tensor, portrait_mask: torch.Tensor, portrait_keypoints: np.ndarray,
+                       attributes: torch.Tensor, attribute_masks: torch.Tensor) -> ReferenceInputs:
     """Encode the references of B samples with N attributes each (training and inference alike).
 
     portrait: (B, 3, H, W); portrait_mask: (B, 1, H, W), the region to regenerate;
-    attributes: (B, N, 3, H, W); attribute_masks: (B, N, 1, H, W);
-    portrait_keypoints: (B, 5, 2), needed by an ArcFace identity encoder.
-    Identity and attribute embeddings see the same masked images as the reference
-    nets, so the removed attribute cannot leak back through the embeddings.
+    portrait_keypoints: (B, 5, 2) ArcFace points of the portrait;
+    attributes: (B, N, 3, H, W); attribute_masks: (B, N, 1, H, W).
+    The reference nets and the attributes' CLIP embeddings see the masked images (the portrait without its
+    attribute, each attribute alone). The identity embedding sees the unmasked portrait: ArcFace reads a tight
+    112x112 face crop, where hair and hats barely enter, and is trained to ignore accessories, while masking
+    glasses or a beard would cut holes into the face it was never trained on and corrupt the identity; it
+    is also the paper's phi_port (an embedding of the portrait).
     """
     batch, num_attributes = attributes.shape[:2]
     flat_attributes, flat_masks = attributes.flatten(0, 1), attribute_masks.flatten(0, 1)
-    masked_portrait = portrait * (1 - portrait_mask)
     attribute_embeds = clip_image_embeds(image_encoder, flat_attributes * flat_masks)
     return ReferenceInputs(
         portrait=reference_input(vae, portrait, portrait_mask, keep_attribute=False),
         attributes=reference_input(vae, flat_attributes, flat_masks, keep_attribute=True).unflatten(
             0, (batch, num_attributes)),
-        identity_embeds=identity_embeds(masked_portrait, portrait_keypoints, identity_encoder, image_encoder),
+        identity_embeds=identity_embeds(identity_encoder, portrait, portrait_keypoints),
         attribute_embeds=attribute_embeds[:, 0].unflatten(0, (batch, num_attributes)),
     )

@@ -9,16 +9,17 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline
+from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
-from torch.nn import functional as F
+from diffusers.video_processor import VideoProcessor
 from transformers import CLIPVisionModelWithProjection
 
 from model.durian import DurianModel
-from model.encoders import IResNet, decode_latents, prepare_references
+from model.encoders import IResNet, prepare_references
 from model.geometry import fit_similarity, retarget_keypoints, warp_affine
-from model.guidance import render_keypoints
-from model.reference_attention import ReadMode
+from model.pose_frames import render_keypoints
+from model.reference_attention import UNCONDITIONAL, ReadMode
 
 ImageLike = PIL.Image.Image | np.ndarray | torch.Tensor
 
@@ -32,31 +33,19 @@ class DurianPipelineOutput(BaseOutput):
     portrait_mask: np.ndarray
 
 
-def _image_tensor(image: ImageLike) -> torch.Tensor:
-    """PIL / (H, W, 3) uint8 or float array / (3, H, W) tensor -> (3, H, W) float in [0, 1]."""
-    if isinstance(image, torch.Tensor):
-        return image.float()
-    array = np.asarray(image.convert("RGB") if isinstance(image, PIL.Image.Image) else image)
-    tensor = torch.from_numpy(np.array(array)).permute(2, 0, 1)
-    return tensor.float() / 255 if array.dtype == np.uint8 else tensor.float()
+def _image_size(image: ImageLike) -> tuple[int, int]:
+    """(H, W) of a PIL image, an (H, W[, C]) array or a ([C,] H, W) tensor."""
+    if isinstance(image, PIL.Image.Image):
+        return image.height, image.width
+    return tuple(image.shape[:2]) if isinstance(image, np.ndarray) else tuple(image.shape[-2:])
 
 
-def _mask_tensor(mask: ImageLike) -> torch.Tensor:
-    """PIL / (H, W) bool, uint8 or float / tensor -> (1, H, W) float in [0, 1]."""
-    if isinstance(mask, torch.Tensor):
-        return mask.float().reshape(1, *mask.shape[-2:])
-    array = np.asarray(mask.convert("L") if isinstance(mask, PIL.Image.Image) else mask)
-    if array.ndim == 3:
-        array = array[..., 0]
-    tensor = torch.from_numpy(np.array(array))[None]
-    return tensor.float() / 255 if array.dtype == np.uint8 else tensor.float()
-
-
-def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(C, H, W) -> (C, h, w), antialiased bilinear."""
-    if tuple(image.shape[-2:]) == size:
-        return image
-    return F.interpolate(image[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+def _processor_input(image: ImageLike) -> PIL.Image.Image | np.ndarray | torch.Tensor:
+    """uint8 and bool arrays (decoded frames, masks) in the forms diffusers' processors read:
+    a PIL image, or a float array in [0, 1]."""
+    if isinstance(image, np.ndarray):
+        return PIL.Image.fromarray(image) if image.dtype == np.uint8 else image.astype(np.float32)
+    return image
 
 
 def _scale_keypoints(keypoints: np.ndarray, source: tuple[int, int], target: tuple[int, int]) -> np.ndarray:
@@ -86,29 +75,29 @@ def window_weights(window: int, device: torch.device) -> torch.Tensor:
 class DurianPipeline(DiffusionPipeline):
     """Portrait animation with attribute transfer.
 
-    Components: the `DurianModel`, the VAE, the CLIP image encoder, a DDIM scheduler
-    (same betas as training) and an optional ArcFace `identity_encoder` (without it,
-    the portrait's identity embedding is its CLIP embedding).
+    Components: the `DurianModel`, the VAE, the CLIP image encoder (attribute embeddings), the ArcFace
+    `identity_encoder` (portrait identity) and a DDIM scheduler (same betas as training).
     """
 
-    model_cpu_offload_seq = "image_encoder->model->vae"
-    _optional_components = ["identity_encoder"]
+    model_cpu_offload_seq = "image_encoder->identity_encoder->model->vae"
 
     def __init__(self, model: DurianModel, vae: AutoencoderKL, image_encoder: CLIPVisionModelWithProjection,
-                 scheduler: DDIMScheduler, identity_encoder: IResNet | None = None) -> None:
+                 identity_encoder: IResNet, scheduler: DDIMScheduler) -> None:
         super().__init__()
-        self.register_modules(model=model, vae=vae, image_encoder=image_encoder, scheduler=scheduler,
-                              identity_encoder=identity_encoder)
-
-    @property
-    def vae_factor(self) -> int:
-        """Pixels per latent along each side."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.register_modules(model=model, vae=vae, image_encoder=image_encoder, identity_encoder=identity_encoder,
+                              scheduler=scheduler)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        # Images in [0, 1] (the encoders normalise for themselves), binary masks, and decoded video.
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=False,
+                                                 do_convert_rgb=True)
+        self.mask_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=False,
+                                                do_binarize=True, do_convert_grayscale=True)
+        self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor)
 
     @property
     def size_multiple(self) -> int:
         """Frame sizes must be multiples of this: the VAE's and the UNet's downsampling."""
-        return self.vae_factor * 2 ** (len(self.model.denoiser.config.block_out_channels) - 1)
+        return self.vae_scale_factor * 2 ** (len(self.model.denoiser.config.block_out_channels) - 1)
 
     def inference_mask(self, portrait_mask: torch.Tensor, portrait_keypoints: np.ndarray,
                        attribute_masks: list[torch.Tensor], attribute_keypoints: list[np.ndarray]) -> torch.Tensor:
@@ -125,14 +114,19 @@ class DurianPipeline(DiffusionPipeline):
             mask = torch.maximum(mask, warped)
         return mask
 
-    def _predict_noise(self, latents: torch.Tensor, t: torch.Tensor, guidance: torch.Tensor,
-                       attribute_embeds: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    def decode_latents(self, latents: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+        """Latents (B, c, F, h, w) -> video (B, 3, F, H, W) in the VAE's [-1, 1], `chunk` frames at a time."""
+        frames = latents.transpose(1, 2).flatten(0, 1) / self.vae.config.scaling_factor
+        video = torch.cat([self.vae.decode(part.to(self.vae.dtype)).sample for part in frames.split(chunk)])
+        return video.unflatten(0, latents.shape[:1] + latents.shape[2:3]).transpose(1, 2)
+
+    def _predict_noise(self, latents: torch.Tensor, t: torch.Tensor, pose_frames: torch.Tensor,
+                       attribute_embeds: torch.Tensor, read_mode: ReadMode, guidance_scale: float) -> torch.Tensor:
         """Classifier-free guided noise for one window: latents (1, c, f, h, w)."""
-        conditional = self.model.denoise(latents, t, guidance, attribute_embeds)
+        conditional = self.model.denoise(latents, t, pose_frames, attribute_embeds, read_mode)
         if guidance_scale == 1.0:
             return conditional
-        unconditional = self.model.denoise(latents, t, guidance, torch.zeros_like(attribute_embeds),
-                                           use_references=False)
+        unconditional = self.model.denoise(latents, t, pose_frames, attribute_embeds, UNCONDITIONAL)
         return unconditional + guidance_scale * (conditional - unconditional)
 
     @torch.no_grad()
@@ -160,15 +154,20 @@ class DurianPipeline(DiffusionPipeline):
         """Generate a clip of the portrait, wearing the attributes, following the driving keypoints.
 
         Args:
-            portrait, portrait_mask: the portrait and the mask of its own attribute region.
-            portrait_keypoints: (K, 2) pixel keypoints of the portrait.
+            portrait, portrait_mask: the portrait and the mask of its own attribute region. Images are PIL
+                images, uint8 arrays, or float arrays/tensors in [0, 1] (diffusers' convention); masks the
+                same, or bool arrays, white (1) on the attribute.
+            portrait_keypoints: (5, 2) pixel keypoints of the portrait in the ArcFace order (eyes, nose tip,
+                mouth corners): they align the face for the identity embedding and the attribute masks.
             attributes, attribute_masks, attribute_keypoints: one entry per attribute
-                image; several are composed, two with `alpha` are interpolated.
-            driving_keypoints: (F_drive, K, 2) keypoints of the driving video (any size).
+                image; several are composed, two with `alpha` are interpolated. The region regenerated is
+                the union of all their aligned masks, whatever `alpha` or the weights.
+            driving_keypoints: (F_drive, 5, 2) keypoints of the driving video (any size).
             alpha: interpolation between exactly two attributes (0: the first, 1: the second).
-            attribute_weights: per-attribute weights when composing.
+            attribute_weights: per-attribute weights when composing (0 removes an attribute).
             num_frames: frames to generate (default: all driving frames).
             height, width: output size (default: the portrait's, rounded down to `size_multiple`).
+            guidance_scale: classifier-free guidance scale (1 disables the unconditional branch).
             window, overlap: frames per denoiser call and their overlap, for long clips.
         """
         # 1. Check and size the inputs.
@@ -176,50 +175,50 @@ class DurianPipeline(DiffusionPipeline):
             raise ValueError("give one mask and one keypoint set per attribute image, and at least one attribute")
         if alpha is not None and len(attributes) != 2:
             raise ValueError("alpha interpolates between exactly two attributes")
+        read_mode = ReadMode(alpha=alpha, attribute_weights=None if attribute_weights is None
+                             else tuple(attribute_weights))
         driving_keypoints = np.asarray(driving_keypoints, np.float64)
         num_frames = num_frames or len(driving_keypoints)
         if num_frames > len(driving_keypoints):
             raise ValueError(f"{num_frames} frames asked, the driving keypoints have {len(driving_keypoints)}")
         device, dtype = self._execution_device, self.model.dtype
-        portrait_t = _image_tensor(portrait)
-        source_size = tuple(portrait_t.shape[-2:])
+        source_size = _image_size(portrait)
         multiple = self.size_multiple
         size = (height or source_size[0] // multiple * multiple, width or source_size[1] // multiple * multiple)
         if size[0] % multiple or size[1] % multiple or min(size) == 0:
             raise ValueError(f"height and width must be positive multiples of {multiple}, got {size}")
 
-        # 2. Bring everything to the output size, keypoints included.
-        portrait_t = _resize(portrait_t, size)
+        # 2. Bring everything to the output size, keypoints included: (1, 3, H, W) images, (1, 1, H, W) masks.
+        def image(x: ImageLike) -> torch.Tensor:
+            return self.image_processor.preprocess(_processor_input(x), *size)
+
+        def mask(x: ImageLike) -> torch.Tensor:
+            return self.mask_processor.preprocess(_processor_input(x), *size)
+
         portrait_kps = _scale_keypoints(portrait_keypoints, source_size, size)
-        portrait_mask_t = _resize(_mask_tensor(portrait_mask), size)
-        attribute_images, attribute_mask_ts, attribute_kps = [], [], []
-        for image, mask, keypoints in zip(attributes, attribute_masks, attribute_keypoints):
-            image_t = _image_tensor(image)
-            attribute_kps.append(_scale_keypoints(keypoints, tuple(image_t.shape[-2:]), size))
-            attribute_images.append(_resize(image_t, size))
-            attribute_mask_ts.append(_resize(_mask_tensor(mask), size))
+        attribute_kps = [_scale_keypoints(k, _image_size(a), size) for a, k in zip(attributes, attribute_keypoints)]
+        attribute_masks_t = [mask(m)[0] for m in attribute_masks]
 
         # 3. Inference mask: the portrait's attribute U the aligned attribute masks.
-        mask = self.inference_mask(portrait_mask_t, portrait_kps, attribute_mask_ts, attribute_kps)
+        region = self.inference_mask(mask(portrait_mask)[0], portrait_kps, attribute_masks_t, attribute_kps)
 
-        # 4. Retarget the driving motion onto the portrait and render the guidance.
+        # 4. Retarget the driving motion onto the portrait and render the pose frames.
         keypoints = retarget_keypoints(driving_keypoints[:num_frames], portrait_kps)
-        guidance = render_keypoints(keypoints, size).transpose(0, 1)[None].to(device, dtype)  # (1, 3, F, H, W)
+        pose_frames = render_keypoints(keypoints, size).transpose(0, 1)[None].to(device, dtype)  # (1, 3, F, H, W)
 
         # 5. Encode the references once for the whole clip.
         references = prepare_references(
             self.vae, self.image_encoder, self.identity_encoder,
-            portrait=portrait_t[None].to(device), portrait_mask=mask[None].to(device),
-            attributes=torch.stack(attribute_images)[None].to(device),
-            attribute_masks=torch.stack(attribute_mask_ts)[None].to(device),
-            portrait_keypoints=portrait_kps[None] if self.identity_encoder is not None else None,
+            portrait=image(portrait).to(device), portrait_mask=region[None].to(device),
+            portrait_keypoints=portrait_kps[None],
+            attributes=torch.cat([image(a) for a in attributes])[None].to(device),
+            attribute_masks=torch.stack(attribute_masks_t)[None].to(device),
         )
-        mode = ReadMode(alpha=alpha, attribute_weights=tuple(attribute_weights) if attribute_weights else None)
-        self.model.encode_references(references, mode)
+        self.model.encode_references(references)
 
         # 6. Initial noise and timesteps.
-        shape = (1, self.vae.config.latent_channels, num_frames, size[0] // self.vae_factor,
-                 size[1] // self.vae_factor)
+        shape = (1, self.vae.config.latent_channels, num_frames, size[0] // self.vae_scale_factor,
+                 size[1] // self.vae_scale_factor)
         latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         latents = latents * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -236,21 +235,15 @@ class DurianPipeline(DiffusionPipeline):
                 for start in starts:
                     frames = slice(start, start + span)
                     noise[:, :, frames] += weights[:, None, None] * self._predict_noise(
-                        model_input[:, :, frames], t, guidance[:, :, frames], references.attribute_embeds,
-                        guidance_scale).float()
+                        model_input[:, :, frames], t, pose_frames[:, :, frames], references.attribute_embeds,
+                        read_mode, guidance_scale).float()
                     total[frames] += weights
                 noise = (noise / total[:, None, None]).to(dtype)
                 latents = self.scheduler.step(noise, t, latents).prev_sample
         finally:
             self.model.clear_references()
 
-        # 8. Decode every frame.
-        video = decode_latents(self.vae, latents[0].transpose(0, 1))  # (F, 3, H, W)
+        # 8. Decode every frame and convert to `output_type`.
+        video = self.video_processor.postprocess_video(self.decode_latents(latents), output_type=output_type)
         self.maybe_free_model_hooks()
-        if output_type == "pt":
-            frames = video.cpu()
-        else:
-            frames = video.permute(0, 2, 3, 1).float().cpu().numpy()
-            if output_type == "pil":
-                frames = [PIL.Image.fromarray((frame * 255).round().astype(np.uint8)) for frame in frames]
-        return DurianPipelineOutput(frames=frames, portrait_mask=mask[0].cpu().numpy())
+        return DurianPipelineOutput(frames=video[0], portrait_mask=region[0].cpu().numpy())

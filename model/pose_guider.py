@@ -1,4 +1,4 @@
-"""The pose guider: rendered keypoint images -> features added after the denoiser's conv_in."""
+"""The pose guider: pose frames (rendered keypoints) -> features added after the denoiser's conv_in."""
 
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ class PoseGuider(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, guidance: torch.Tensor) -> torch.Tensor:
-        """guidance: (N, 3, H, W) in [0, 1] -> (N, out_channels, H / s, W / s)."""
-        x = F.silu(self.conv_in(guidance))
+    def forward(self, pose_frames: torch.Tensor) -> torch.Tensor:
+        """pose_frames: (N, 3, H, W) in [0, 1] -> (N, out_channels, H / s, W / s)."""
+        x = F.silu(self.conv_in(pose_frames))
         for block in self.blocks:
             x = F.silu(block(x))
         return self.conv_out(x)

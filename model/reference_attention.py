@@ -1,25 +1,29 @@
-"""Reference attention: how the two ReferenceNets talk to the denoiser.
+"""Reference attention: how the two ReferenceNets and the attribute embeddings reach the denoiser.
 
-The reference nets record the input of every spatial self-attention (`attn1`) in a
-`ReferenceBank`; the denoiser's spatial self-attention of the same name then attends
-to its own tokens concatenated with the portrait's and the attributes' tokens (same
-projection weights, only the key count grows). Both sides are diffusers attention
-processors installed by module name, so no UNet code is forked or patched, and the
-temporal attentions (`motion_modules`) keep their stock processor.
+The reference nets record the input of every spatial self-attention (`attn1`) in a `ReferenceBank`; the
+denoiser's spatial self-attention of the same name then attends to its own tokens concatenated with the
+portrait's and the attributes' tokens (same projection weights, only the key count grows). The denoiser's
+spatial cross-attention (`attn2`) attends to the attributes' CLIP embeddings. Both combine several attributes
+the same way, as a `ReadMode` says: composed in one softmax (optionally weighted), or two interpolated by
+blending their attention outputs with alpha (Eq. 14). All of them are diffusers attention processors installed
+by module name, so no UNet code is forked or patched, and the temporal attentions (`motion_modules`) keep their
+stock processor.
+
+The read mode travels per call, as diffusers passes attention options: `cross_attention_kwargs={"read_mode":
+mode}` reaches the processors of the denoiser's spatial transformers (never the motion modules). The bank only
+holds tensors.
 
 Contract that makes gradient checkpointing and accumulation safe:
-  * a write overwrites the slot of its (source, layer): recomputation during backward
-    and repeated steps never grow the bank;
-  * a read never consumes: a checkpointed block re-run during backward sees the same
-    tensors, so gradients still reach the reference nets;
+  * a write overwrites the slot of its (source, layer): recomputation during backward and repeated steps
+    never grow the bank;
+  * a read never consumes: a checkpointed block re-run during backward sees the same tensors, so gradients
+    still reach the reference nets (and it gets the same read mode: the mode is an argument of the call);
   * `clear()` is explicit, called by the owner after backward (or after sampling).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -29,46 +33,58 @@ from diffusers.models.attention_processor import Attention
 PORTRAIT = "portrait"
 ATTRIBUTE = "attribute"
 
+KeysValues = tuple[torch.Tensor, torch.Tensor]  # (B, heads, L, d) each
+
 
 @dataclass(frozen=True)
 class ReadMode:
-    """How the attribute references are combined in the denoiser.
+    """How the denoiser reads the references in one call.
 
-    alpha: None composes every attribute into one set of keys and values; a float
-        requires exactly two attributes and blends the two attention outputs,
-        `(1 - alpha) * out_1 + alpha * out_2`.
-    attribute_weights: optional per-attribute weights for composition, applied as a
-        `log(w)` bias on that attribute's attention logits (w = 0 removes it).
+    use_references: False only in the unconditional branch of classifier-free guidance: the spatial
+        self-attentions ignore the bank (and `DurianModel.denoise` zeroes the attribute embeddings). Anywhere
+        else a layer that finds no references raises.
+    alpha: None composes every attribute into one set of keys and values; a float in [0, 1] requires exactly
+        two attributes and blends the two attention outputs, `(1 - alpha) * out_1 + alpha * out_2`.
+    attribute_weights: optional per-attribute weights for composition, applied as a `log(w)` bias on that
+        attribute's attention logits (w = 0 removes it).
     """
 
+    use_references: bool = True
     alpha: float | None = None
     attribute_weights: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.alpha is not None and self.attribute_weights is not None:
+            raise ValueError("alpha (interpolation) and attribute_weights (composition) exclude each other")
+        if self.alpha is not None and not 0 <= self.alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.attribute_weights is not None and (min(self.attribute_weights) < 0
+                                                   or max(self.attribute_weights) <= 0):
+            raise ValueError(f"attribute weights must be >= 0, one at least > 0; got {self.attribute_weights}")
+
+
+UNCONDITIONAL = ReadMode(use_references=False)
 
 
 class ReferenceBank:
     """Reference tokens by (source, layer), shared by the write and read processors.
 
-    Portrait tokens are stored as (B, L, C); attribute tokens as (B * N, L, C) with
-    the N attributes of a sample adjacent (index b * N + n).
+    Portrait tokens are stored as (B, L, C); attribute tokens as (B * N, L, C) with the N attributes of a
+    sample adjacent (index b * N + n).
     """
 
     def __init__(self) -> None:
         self._tokens: dict[tuple[str, str], torch.Tensor] = {}
-        self.mode = ReadMode()
-        self._reading = True
 
     def write(self, source: str, layer: str, tokens: torch.Tensor) -> None:
         """Store `tokens` for (source, layer), replacing what was there."""
         self._tokens[(source, layer)] = tokens
 
     def read(self, layer: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The (portrait (B, L, C), attributes (B, N, L, C)) tokens of `layer`, or None.
+        """The (portrait (B, L, C), attributes (B, N, L, C)) tokens of `layer`, or None if none were recorded.
 
-        None when reading is suspended or nothing was recorded for the layer; the
-        tokens stay in the bank (reads never consume).
+        The tokens stay in the bank (reads never consume).
         """
-        if not self._reading:
-            return None
         portrait = self._tokens.get((PORTRAIT, layer))
         attribute = self._tokens.get((ATTRIBUTE, layer))
         if portrait is None and attribute is None:
@@ -81,18 +97,8 @@ class ReferenceBank:
         return portrait, attribute.unflatten(0, (batch, -1))
 
     def clear(self) -> None:
-        """Drop every stored tensor (and the graph it holds) and reset the read mode."""
+        """Drop every stored tensor (and the graph it holds)."""
         self._tokens.clear()
-        self.mode = ReadMode()
-
-    @contextlib.contextmanager
-    def suspended(self) -> Iterator[None]:
-        """Within this block the denoiser ignores the references (unconditional branch)."""
-        previous, self._reading = self._reading, False
-        try:
-            yield
-        finally:
-            self._reading = previous
 
     def __len__(self) -> int:
         return len(self._tokens)
@@ -107,15 +113,43 @@ def _heads(attn: Attention, x: torch.Tensor) -> torch.Tensor:
     return x.unflatten(-1, (attn.heads, -1)).transpose(1, 2)
 
 
-def _attend(attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-            bias: torch.Tensor | None = None) -> torch.Tensor:
-    """SDPA over head-split tensors, returning (B, Lq, heads * d) before `to_out`."""
+def _project(attn: Attention, tokens: torch.Tensor) -> KeysValues:
+    """Keys and values of `tokens` (B, L, C), head-split."""
+    return _heads(attn, attn.to_k(tokens)), _heads(attn, attn.to_v(tokens))
+
+
+def _attend(attn: Attention, query: torch.Tensor, groups: list[KeysValues], bias: torch.Tensor | None = None
+            ) -> torch.Tensor:
+    """SDPA of head-split `query` over the concatenated key/value groups: (B, Lq, heads * d), before `to_out`."""
+    key = torch.cat([k for k, _ in groups], dim=2)
+    value = torch.cat([v for _, v in groups], dim=2)
     if attn.norm_q is not None:
         query = attn.norm_q(query)
     if attn.norm_k is not None:
         key = attn.norm_k(key)
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=attn.scale)
     return out.transpose(1, 2).flatten(2)
+
+
+def _attend_attributes(attn: Attention, query: torch.Tensor, shared: list[KeysValues],
+                       attributes: list[KeysValues], mode: ReadMode) -> torch.Tensor:
+    """Attention over the `shared` groups plus one group per attribute, combined as `mode` says.
+
+    Interpolation blends two outputs before `to_out`: `to_out` is affine, so this equals blending after it.
+    """
+    if mode.alpha is not None:
+        if len(attributes) != 2:
+            raise ValueError(f"interpolation needs exactly 2 attributes, got {len(attributes)}")
+        first, second = (_attend(attn, query, [*shared, group]) for group in attributes)
+        return torch.lerp(first, second, mode.alpha)
+    groups = [*shared, *attributes]
+    if mode.attribute_weights is None:
+        return _attend(attn, query, groups)
+    if len(mode.attribute_weights) != len(attributes):
+        raise ValueError(f"{len(mode.attribute_weights)} weights for {len(attributes)} attributes")
+    logits = [0.0] * len(shared) + [math.log(w) if w > 0 else -math.inf for w in mode.attribute_weights]
+    bias = torch.cat([query.new_full((k.shape[2],), b) for (k, _), b in zip(groups, logits)])
+    return _attend(attn, query, groups, bias[None, None, None])  # broadcast over batch, heads, queries
 
 
 def _finish(attn: Attention, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -126,9 +160,11 @@ def _finish(attn: Attention, out: torch.Tensor, residual: torch.Tensor) -> torch
     return out / attn.rescale_output_factor
 
 
-def _check_supported(attn: Attention) -> None:
-    if attn.group_norm is not None or attn.spatial_norm is not None:
-        raise NotImplementedError("reference attention supports plain self-attention layers only")
+def _check_supported(attn: Attention, attention_mask: torch.Tensor | None) -> None:
+    if attn.group_norm is not None or attn.spatial_norm is not None or attn.norm_cross is not None:
+        raise NotImplementedError("reference attention supports plain (un-normalised) attention layers only")
+    if attention_mask is not None:
+        raise NotImplementedError("reference attention takes no attention mask")
 
 
 class ReferenceWriteProcessor:
@@ -142,110 +178,128 @@ class ReferenceWriteProcessor:
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None
                  ) -> torch.Tensor:
         """hidden_states: (B, L, C) -> (B, L, C)."""
-        _check_supported(attn)
+        _check_supported(attn, attention_mask)
         self.bank.write(self.source, self.layer, hidden_states)
-        query, key, value = (_heads(attn, proj(hidden_states)) for proj in (attn.to_q, attn.to_k, attn.to_v))
-        return _finish(attn, _attend(attn, query, key, value), hidden_states)
+        query = _heads(attn, attn.to_q(hidden_states))
+        return _finish(attn, _attend(attn, query, [_project(attn, hidden_states)]), hidden_states)
 
 
-class ReferenceReadProcessor:
+class _ReadModeProcessor:
+    """A processor of the denoiser's spatial attentions: diffusers' processor call, plus the read mode that
+    `cross_attention_kwargs` brings. Subclasses say what the query attends to (`attend`)."""
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor,
+                 encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
+                 read_mode: ReadMode = ReadMode()) -> torch.Tensor:
+        """hidden_states: (B * F, L, C) -> (B * F, L, C)."""
+        _check_supported(attn, attention_mask)
+        query = _heads(attn, attn.to_q(hidden_states))
+        out = self.attend(attn, query, hidden_states, encoder_hidden_states, read_mode)
+        return _finish(attn, out, hidden_states)
+
+    def attend(self, attn: Attention, query: torch.Tensor, hidden_states: torch.Tensor,
+               encoder_hidden_states: torch.Tensor | None, read_mode: ReadMode) -> torch.Tensor:
+        """The attention output before `to_out`: (B * F, L, heads * d)."""
+        raise NotImplementedError
+
+
+class ReferenceReadProcessor(_ReadModeProcessor):
     """Self-attention whose keys and values include the references (denoiser).
 
-    The query has B * F rows (frames of a sample adjacent, the order of
-    `UNetMotionModel`); the references have B rows and are shared by all F frames.
-    Their key/value projections run once per sample, before the expansion to frames,
-    so the reference cost of this layer does not grow with F.
+    The query has B * F rows (frames of a sample adjacent, the order of `UNetMotionModel`); the references
+    have B rows and are shared by all F frames. Their key/value projections run once per sample, before the
+    expansion to frames, so the reference cost of this layer does not grow with F.
     """
 
     def __init__(self, bank: ReferenceBank, layer: str) -> None:
         self.bank, self.layer = bank, layer
 
-    def __call__(self, attn: Attention, hidden_states: torch.Tensor,
-                 encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None
-                 ) -> torch.Tensor:
-        """hidden_states: (B * F, L, C) -> (B * F, L, C)."""
-        _check_supported(attn)
+    def attend(self, attn: Attention, query: torch.Tensor, hidden_states: torch.Tensor,
+               encoder_hidden_states: torch.Tensor | None, read_mode: ReadMode) -> torch.Tensor:
         # 1. Own tokens.
-        query = _heads(attn, attn.to_q(hidden_states))
-        key = _heads(attn, attn.to_k(hidden_states))
-        value = _heads(attn, attn.to_v(hidden_states))
+        own = _project(attn, hidden_states)
+        if not read_mode.use_references:
+            return _attend(attn, query, [own])
         references = self.bank.read(self.layer)
         if references is None:
-            return _finish(attn, _attend(attn, query, key, value), hidden_states)
+            raise RuntimeError(
+                f"reference layer {self.layer} found no recorded reference tokens: run encode_references() "
+                "before denoising (only the unconditional branch, ReadMode(use_references=False), reads none)")
 
-        # 2. Reference keys/values, projected once per sample: (B, heads, L_ref, d).
+        # 2. Reference keys/values, projected once per sample, then shared by its F frames.
         portrait, attributes = (r.to(hidden_states.dtype) for r in references)
         batch, num_attributes = attributes.shape[:2]
         if hidden_states.shape[0] % batch:
-            raise RuntimeError(f"{hidden_states.shape[0]} query rows for {batch} reference samples")
+            raise RuntimeError(f"{hidden_states.shape[0]} query rows for {batch} reference samples at {self.layer}")
         frames = hidden_states.shape[0] // batch
 
-        def project(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return _heads(attn, attn.to_k(tokens)), _heads(attn, attn.to_v(tokens))
-
-        def expand(x: torch.Tensor) -> torch.Tensor:
+        def per_frame(tokens: torch.Tensor) -> KeysValues:
             # (B, ...) -> (B * F, ...), frames of a sample adjacent, like the query.
-            return x.repeat_interleave(frames, dim=0)
+            return tuple(x.repeat_interleave(frames, dim=0) for x in _project(attn, tokens))
 
-        portrait_kv = project(portrait)
-        attribute_kv = [project(attributes[:, n]) for n in range(num_attributes)]
-
-        def attend_with(groups: list[tuple[torch.Tensor, torch.Tensor]], bias: torch.Tensor | None
-                        ) -> torch.Tensor:
-            keys = torch.cat([key] + [expand(k) for k, _ in groups], dim=2)
-            values = torch.cat([value] + [expand(v) for _, v in groups], dim=2)
-            return _attend(attn, query, keys, values, bias)
-
-        # 3. Interpolation: blend two attention outputs (to_out is affine, so blending
-        #    before it is the same as blending after it).
-        mode = self.bank.mode
-        if mode.alpha is not None:
-            if num_attributes != 2:
-                raise ValueError(f"interpolation needs exactly 2 attributes, got {num_attributes}")
-            out_1 = attend_with([portrait_kv, attribute_kv[0]], None)
-            out_2 = attend_with([portrait_kv, attribute_kv[1]], None)
-            return _finish(attn, torch.lerp(out_1, out_2, mode.alpha), hidden_states)
-
-        # 4. Composition: all attributes in the same keys/values, optionally weighted.
-        bias = None
-        if mode.attribute_weights is not None:
-            if len(mode.attribute_weights) != num_attributes:
-                raise ValueError(f"{len(mode.attribute_weights)} weights for {num_attributes} attributes")
-            lengths = [key.shape[2], portrait_kv[0].shape[2]] + [k.shape[2] for k, _ in attribute_kv]
-            logits = [0.0, 0.0] + [math.log(w) if w > 0 else -math.inf for w in mode.attribute_weights]
-            bias = torch.cat([query.new_full((n,), b) for n, b in zip(lengths, logits)])[None, None, None]
-        return _finish(attn, attend_with([portrait_kv, *attribute_kv], bias), hidden_states)
+        shared = [own, per_frame(portrait)]
+        attribute_groups = [per_frame(attributes[:, n]) for n in range(num_attributes)]
+        return _attend_attributes(attn, query, shared, attribute_groups, read_mode)
 
 
-def spatial_self_attention_layers(unet: torch.nn.Module) -> list[str]:
-    """Names (without `.processor`) of the spatial self-attentions of a diffusers UNet.
+class AttributeCrossAttnProcessor(_ReadModeProcessor):
+    """Cross-attention to the attribute embeddings that combines attributes as the read mode says (denoiser).
 
-    Chosen by name: every `attn1` outside `motion_modules` (AnimateDiff's temporal
-    attention uses the same block class, so selecting by class would hit it too).
+    The context (encoder_hidden_states, (B * F, N * T, D)) holds the N attributes' tokens in order, the
+    same count T each (one CLIP image embedding each).
     """
-    return [
-        name.removesuffix(".processor")
-        for name in unet.attn_processors
-        if name.endswith("attn1.processor") and "motion_modules" not in name
-    ]
+
+    def attend(self, attn: Attention, query: torch.Tensor, hidden_states: torch.Tensor,
+               encoder_hidden_states: torch.Tensor | None, read_mode: ReadMode) -> torch.Tensor:
+        if read_mode.alpha is not None:
+            num_attributes = 2
+        elif read_mode.attribute_weights is not None:
+            num_attributes = len(read_mode.attribute_weights)
+        else:  # plain composition: one softmax over every token
+            return _attend(attn, query, [_project(attn, encoder_hidden_states)])
+        if encoder_hidden_states.shape[1] % num_attributes:
+            raise ValueError(f"{encoder_hidden_states.shape[1]} context tokens for {num_attributes} attributes")
+        groups = [_project(attn, tokens) for tokens in encoder_hidden_states.chunk(num_attributes, dim=1)]
+        return _attend_attributes(attn, query, [], groups, read_mode)
 
 
-def install_reference_processors(unet: torch.nn.Module, bank: ReferenceBank, source: str | None) -> list[str]:
-    """Install write processors (source given: a reference net) or read processors
-    (source None: the denoiser) on every spatial self-attention of `unet`.
+def spatial_attention_layers(unet: torch.nn.Module, name: str) -> list[str]:
+    """Names (without `.processor`) of a diffusers UNet's spatial attentions called `name` (attn1: self,
+    attn2: cross).
 
-    Every other attention keeps its processor. Returns the layer names.
+    Chosen by name, outside `motion_modules`: AnimateDiff's temporal attention uses the same block class
+    (and the same attn1/attn2 names), so selecting by class would hit it too.
     """
-    layers = set(spatial_self_attention_layers(unet))
-    processors = {}
-    for name, processor in unet.attn_processors.items():
-        layer = name.removesuffix(".processor")
-        if layer not in layers:
-            processors[name] = processor
-        elif source is None:
-            processors[name] = ReferenceReadProcessor(bank, layer)
-        else:
-            processors[name] = ReferenceWriteProcessor(bank, source, layer)
+    return sorted(
+        layer.removesuffix(".processor")
+        for layer in unet.attn_processors
+        if layer.endswith(f".{name}.processor") and "motion_modules" not in layer
+    )
+
+
+def _install(unet: torch.nn.Module, replacements: dict[str, object]) -> None:
+    """Set the processors of the layers in `replacements`; every other attention keeps its processor."""
+    processors = {name: replacements.get(name.removesuffix(".processor"), processor)
+                  for name, processor in unet.attn_processors.items()}
     unet.set_attn_processor(processors)
-    return sorted(layers)
+
+
+def install_reference_writers(net: torch.nn.Module, bank: ReferenceBank, source: str) -> list[str]:
+    """Make every spatial self-attention of a reference net record its tokens under `source`.
+
+    Returns the layer names.
+    """
+    layers = spatial_attention_layers(net, "attn1")
+    _install(net, {layer: ReferenceWriteProcessor(bank, source, layer) for layer in layers})
+    return layers
+
+
+def install_reference_readers(denoiser: torch.nn.Module, bank: ReferenceBank) -> list[str]:
+    """Make the denoiser's spatial self-attentions read the bank and its spatial cross-attentions combine the
+    attributes by read mode. Returns the self-attention (reference) layer names."""
+    layers = spatial_attention_layers(denoiser, "attn1")
+    readers = {layer: ReferenceReadProcessor(bank, layer) for layer in layers}
+    cross = {layer: AttributeCrossAttnProcessor() for layer in spatial_attention_layers(denoiser, "attn2")}
+    _install(denoiser, {**readers, **cross})
+    return layers

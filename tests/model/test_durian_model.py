@@ -4,37 +4,41 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
 
 from model.durian import DurianModel, ReferenceInputs
-from model.reference_attention import ReadMode
+from model.reference_attention import UNCONDITIONAL, ReadMode
 from durian_testing import make_clip, make_references
 
 
-def predict(model: DurianModel, references: ReferenceInputs | None, frames: int = 2,
-            mode: ReadMode = ReadMode(), guidance: torch.Tensor | None = None) -> torch.Tensor:
-    latents, timesteps, default_guidance = make_clip(frames=frames)
-    guidance = default_guidance if guidance is None else guidance
+def predict(model: DurianModel, references: ReferenceInputs, frames: int = 2, mode: ReadMode = ReadMode(),
+            pose_frames: torch.Tensor | None = None) -> torch.Tensor:
+    latents, timesteps, default_pose_frames = make_clip(frames=frames)
+    pose_frames = default_pose_frames if pose_frames is None else pose_frames
     with torch.no_grad():
-        if references is None:
-            return model.denoise(latents, timesteps, guidance, torch.zeros(1, 1, 32), use_references=False)
-        model.encode_references(references, mode)
+        model.encode_references(references)
         try:
-            return model.denoise(latents, timesteps, guidance, references.attribute_embeds)
+            return model.denoise(latents, timesteps, pose_frames, references.attribute_embeds, mode)
         finally:
             model.clear_references()
+
+
+def attribute(references: ReferenceInputs, index: int) -> ReferenceInputs:
+    """The same references with attribute `index` alone."""
+    return ReferenceInputs(references.portrait, references.attributes[:, index:index + 1],
+                           references.identity_embeds, references.attribute_embeds[:, index:index + 1])
 
 
 def test_references_change_the_output(model: DurianModel) -> None:
     references = make_references()
     with_refs = predict(model, references)
     assert with_refs.shape == (1, 4, 2, 16, 16)
-    # Same cross-attention tokens, references suspended: only reference attention differs.
-    latents, timesteps, guidance = make_clip()
-    with torch.no_grad():
-        model.encode_references(references)
-        without = model.denoise(latents, timesteps, guidance, references.attribute_embeds, use_references=False)
-    assert (with_refs - without).abs().max() > 1e-3
+    assert (with_refs - predict(model, references, mode=UNCONDITIONAL)).abs().max() > 1e-3
+    other = make_references(seed=5)
+    other.attribute_embeds = references.attribute_embeds  # same cross-attention tokens, other reference latents
+    assert (with_refs - predict(model, other)).abs().max() > 1e-3
 
 
 def test_masking_the_reference_changes_the_output(model: DurianModel) -> None:
@@ -48,11 +52,11 @@ def test_masking_the_reference_changes_the_output(model: DurianModel) -> None:
 
 def test_untrained_pose_guider_adds_nothing_and_a_trained_one_does(model: DurianModel) -> None:
     references = make_references()
-    other_guidance = torch.rand(1, 3, 2, 64, 64, generator=torch.Generator().manual_seed(7))
+    other_pose = torch.rand(1, 3, 2, 64, 64, generator=torch.Generator().manual_seed(7))
     base = predict(model, references)
-    torch.testing.assert_close(predict(model, references, guidance=other_guidance), base, rtol=0, atol=0)
+    torch.testing.assert_close(predict(model, references, pose_frames=other_pose), base, rtol=0, atol=0)
     torch.nn.init.normal_(model.pose_guider.conv_out.weight, std=0.1)
-    assert (predict(model, references, guidance=other_guidance) - base).abs().max() > 1e-3
+    assert (predict(model, references, pose_frames=other_pose) - base).abs().max() > 1e-3
 
 
 def test_mask_channel_starts_at_zero_so_the_mask_alone_changes_nothing(model: DurianModel) -> None:
@@ -63,22 +67,37 @@ def test_mask_channel_starts_at_zero_so_the_mask_alone_changes_nothing(model: Du
     torch.testing.assert_close(predict(model, other_mask), predict(model, references))
 
 
-def test_composition_and_interpolation(model: DurianModel) -> None:
+def test_interpolation_ends_and_zero_weight_are_the_single_attributes(model: DurianModel) -> None:
+    """Through the whole model: reference attention and cross-attention both follow the read mode, so
+    nothing of the other attribute leaks in (its latents nor its CLIP embedding)."""
     two = make_references(attributes=2)
+    first, second = predict(model, attribute(two, 0)), predict(model, attribute(two, 1))
+    assert (first - second).abs().max() > 1e-3
+    torch.testing.assert_close(predict(model, two, mode=ReadMode(alpha=0.0)), first, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(predict(model, two, mode=ReadMode(alpha=1.0)), second, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(predict(model, two, mode=ReadMode(attribute_weights=(1.0, 0.0))), first,
+                               atol=1e-5, rtol=1e-4)
+    halfway = predict(model, two, mode=ReadMode(alpha=0.5))
     composed = predict(model, two)
-    assert composed.shape == (1, 4, 2, 16, 16) and torch.isfinite(composed).all()
-    for alpha, index in ((0.0, 0), (1.0, 1)):
-        single = ReferenceInputs(two.portrait, two.attributes[:, index:index + 1], two.identity_embeds,
-                                 two.attribute_embeds[:, index:index + 1])
-        with torch.no_grad():
-            latents, timesteps, guidance = make_clip()
-            model.encode_references(single)
-            # Same cross-attention tokens on both sides: only the reference attention differs.
-            expected = model.denoise(latents, timesteps, guidance, two.attribute_embeds)
-            model.encode_references(two, ReadMode(alpha=alpha))
-            blended = model.denoise(latents, timesteps, guidance, two.attribute_embeds)
-        torch.testing.assert_close(blended, expected, atol=1e-5, rtol=1e-4)
-    assert (composed - expected).abs().max() > 1e-4
+    for out in (halfway, composed):
+        assert torch.isfinite(out).all()
+        assert min((out - first).abs().max(), (out - second).abs().max()) > 1e-4
+
+
+def test_a_reference_layer_without_recorded_tokens_raises(model: DurianModel) -> None:
+    latents, timesteps, pose_frames = make_clip()
+    embeds = make_references().attribute_embeds
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match=f"{model.reference_layers[0]} found no recorded"):
+            model.denoise(latents, timesteps, pose_frames, embeds)  # nothing encoded
+        # Writers replaced behind the model's back (stock processors set on the reference nets): loud, not silent.
+        model.attribute_net.set_attn_processor(AttnProcessor2_0())
+        model.portrait_net.set_attn_processor(AttnProcessor2_0())
+        model.encode_references(make_references())
+        with pytest.raises(RuntimeError, match="found no recorded reference tokens"):
+            model.denoise(latents, timesteps, pose_frames, embeds)
+        # The documented unconditional branch reads none.
+        assert model.denoise(latents, timesteps, pose_frames, embeds, UNCONDITIONAL).shape == latents.shape
 
 
 def training_grads(model: DurianModel, checkpointing: bool, steps: int = 2) -> dict[str, torch.Tensor]:
@@ -89,8 +108,8 @@ def training_grads(model: DurianModel, checkpointing: bool, steps: int = 2) -> d
     model.zero_grad()
     sizes = []
     for step in range(steps):
-        latents, timesteps, guidance = make_clip(seed=10 + step)
-        loss = model(latents, timesteps, guidance, make_references(seed=step)).pow(2).mean()
+        latents, timesteps, pose_frames = make_clip(seed=10 + step)
+        loss = model(latents, timesteps, pose_frames, make_references(seed=step)).pow(2).mean()
         sizes.append(len(model.bank))
         loss.backward()
         model.clear_references()
@@ -120,8 +139,8 @@ def test_stage_selection(model: DurianModel) -> None:
     assert not any("motion_modules" in n for n in names1)
     assert {"pose_guider.conv_out.weight", "denoiser.conv_in.weight", "attribute_net.conv_in.weight"} <= names1
     # Every selected parameter really gets a gradient (DDP needs no find_unused_parameters).
-    latents, timesteps, guidance = make_clip()
-    model(latents, timesteps, guidance, make_references()).mean().backward()
+    latents, timesteps, pose_frames = make_clip()
+    model(latents, timesteps, pose_frames, make_references()).mean().backward()
     model.clear_references()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
@@ -137,6 +156,6 @@ def test_stage_selection(model: DurianModel) -> None:
 def test_dropped_references_do_not_run_the_reference_nets(model: DurianModel) -> None:
     calls = []
     model.attribute_net.register_forward_pre_hook(lambda *_: calls.append(1))
-    latents, timesteps, guidance = make_clip()
-    out = model(latents, timesteps, guidance, make_references(), drop_references=True)
+    latents, timesteps, pose_frames = make_clip()
+    out = model(latents, timesteps, pose_frames, make_references(), drop_references=True)
     assert calls == [] and len(model.bank) == 0 and out.shape == latents.shape

@@ -1,33 +1,98 @@
-"""Checkpoint compatibility: SD 1.5-layout UNets, AnimateDiff .ckpt, ArcFace, save/load round trips."""
+"""Checkpoint compatibility: building from an SD UNet, the original SD 1.5 single file, the original AnimateDiff
+.ckpt, the sd-image-variations encoder and ArcFace weights, offline and within memory; pickles read safely;
+save/load round trips."""
 
 from __future__ import annotations
 
+import copy
+import socket
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
-from diffusers import MotionAdapter, UNet2DConditionModel
+from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+from safetensors.torch import save_file
 
 from data_specs.model import ModelFlavour
 from model.builders import (
-    durian_from_unet,
+    DurianComponents,
     identity_motion_adapter,
+    load_identity_encoder,
+    load_image_encoder,
     load_motion_adapter,
+    load_sd15,
     pretrained_components,
     random_components,
-    reference_net_from_unet,
 )
+from model.checkpoints import CheckpointError
 from model.durian import DurianModel
 from model.encoders import IResNet, identity_embeds
-from durian_testing import FACE, make_clip, make_references
+from model.reference_attention import UNCONDITIONAL
+from durian_testing import (
+    FACE,
+    PeakTensorBytes,
+    ldm_single_file_state,
+    make_clip,
+    make_references,
+    module_bytes,
+    original_animatediff_state_dict,
+)
 
 
-def test_sd15_layout_unet_loads_into_every_network(tiny: ModelFlavour) -> None:
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a connection fails the test."""
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the network was used")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture
+def sd_parts(tiny: ModelFlavour) -> tuple[UNet2DConditionModel, AutoencoderKL]:
+    """A random UNet and VAE of the flavour, no tensor zero (a bad load cannot hide)."""
+    torch.manual_seed(3)
+    unet = UNet2DConditionModel(**tiny.unet.diffusers_config())
+    vae = AutoencoderKL(**tiny.vae.diffusers_config())
+    for tensor in [*unet.parameters(), *vae.parameters()]:
+        torch.nn.init.normal_(tensor.data)
+    return unet, vae
+
+
+def fake_lightning_callback(monkeypatch: pytest.MonkeyPatch) -> type:
+    """A class importable as pytorch_lightning's ModelCheckpoint, for writing a legacy-style .ckpt."""
+    names = ["pytorch_lightning", "pytorch_lightning.callbacks", "pytorch_lightning.callbacks.model_checkpoint"]
+    for name in names:
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    callback = type("ModelCheckpoint", (), {"__module__": names[-1]})
+    sys.modules[names[-1]].ModelCheckpoint = callback
+    return callback
+
+
+def assert_same_tensors(loaded: torch.nn.Module, source: dict[str, torch.Tensor]) -> None:
+    state = loaded.state_dict()
+    assert state.keys() == source.keys()
+    different = [k for k in source if not torch.equal(state[k], source[k])]
+    assert not different, different[:5]
+
+
+# ---------------------------------------------------------------- DurianModel from an SD UNet
+
+
+def test_from_unet2d_builds_every_network_once_from_the_sd_unet(tiny: ModelFlavour) -> None:
     torch.manual_seed(3)
     unet = UNet2DConditionModel(**tiny.unet.diffusers_config())  # SD 1.5 block layout, tiny widths
     adapter = MotionAdapter(**tiny.motion.diffusers_config(tiny.unet))
-    model = durian_from_unet(unet, adapter, tiny.pose_guider_channels, identity_dim=16)
-    source = unet.state_dict()
+    source, motion = copy.deepcopy(unet).state_dict(), adapter.state_dict()
+    sample, context = torch.randn(1, 4, 16, 16), torch.randn(1, 3, 32)
+    with torch.no_grad():
+        expected = unet(sample, 10, context).sample
+    model = DurianModel.from_unet2d(unet, adapter, tiny.pose_guider_channels, identity_dim=16)
+    # The sources are emptied: the denoiser took their tensors, nothing is held twice.
+    assert all(p.is_meta for p in [*unet.parameters(), *adapter.parameters()])
     for net in (model.attribute_net, model.portrait_net):
         loaded = net.state_dict()
         assert loaded.keys() == source.keys()
@@ -35,58 +100,102 @@ def test_sd15_layout_unet_loads_into_every_network(tiny: ModelFlavour) -> None:
         assert differing == ["conv_in.weight"]  # the only expected difference: the extra mask channel
         torch.testing.assert_close(loaded["conv_in.weight"][:, :4], source["conv_in.weight"], rtol=0, atol=0)
         assert loaded["conv_in.weight"].shape[1] == 5 and not loaded["conv_in.weight"][:, 4].any()
-    denoiser = model.denoiser.state_dict()
-    assert set(source) <= set(denoiser)
-    assert all("motion_modules" in k for k in set(denoiser) - set(source))
-    assert all(torch.equal(denoiser[k], source[k]) for k in source)
-    for k, v in adapter.state_dict().items():
-        block = k.split(".motion_modules.")[0]
-        torch.testing.assert_close(denoiser[f"{block}.motion_modules.{k.split('.motion_modules.')[1]}"], v)
+    assert model.attribute_net.conv_in.weight.data_ptr() != model.portrait_net.conv_in.weight.data_ptr()
+    assert_same_tensors(model.denoiser, {**source, **motion})
     # Pretrained behaviour at init: the 5-channel net computes what the SD UNet computes, whatever the mask.
-    sample, context = torch.randn(1, 4, 16, 16), torch.randn(1, 3, 32)
     with torch.no_grad():
-        expected = unet(sample, 10, context).sample
         got = model.attribute_net(torch.cat([sample, torch.rand(1, 1, 16, 16)], 1), 10, context).sample
         model.clear_references()
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def original_animatediff_state_dict(flavour: ModelFlavour, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A random motion module in the key layout of the original mm_sd_v15_v2.ckpt
-    (guoyww/AnimateDiff `VanillaTemporalModule`), for the flavour's widths."""
-    g = torch.Generator().manual_seed(seed)
-    channels = flavour.unet.block_out_channels
-    layers = flavour.unet.layers_per_block
-    modules = [(f"down_blocks.{i}", c, layers) for i, c in enumerate(channels)]
-    modules += [(f"up_blocks.{i}", c, layers + 1) for i, c in enumerate(reversed(channels))]
-    modules += [("mid_block", channels[-1], 1)]
-    state = {}
-    for block, c, count in modules:
-        for m in range(count):
-            t = f"{block}.motion_modules.{m}.temporal_transformer"
-            shapes = {f"{t}.norm.weight": (c,), f"{t}.norm.bias": (c,), f"{t}.proj_in.weight": (c, c),
-                      f"{t}.proj_in.bias": (c,), f"{t}.proj_out.weight": (c, c), f"{t}.proj_out.bias": (c,)}
-            b = f"{t}.transformer_blocks.0"
-            for a in (0, 1):
-                for proj in ("to_q", "to_k", "to_v"):
-                    shapes[f"{b}.attention_blocks.{a}.{proj}.weight"] = (c, c)
-                shapes[f"{b}.attention_blocks.{a}.to_out.0.weight"] = (c, c)
-                shapes[f"{b}.attention_blocks.{a}.to_out.0.bias"] = (c,)
-                shapes[f"{b}.attention_blocks.{a}.pos_encoder.pe"] = (1, flavour.motion.motion_max_seq_length, c)
-                shapes[f"{b}.norms.{a}.weight"] = shapes[f"{b}.norms.{a}.bias"] = (c,)
-            shapes.update({f"{b}.ff.net.0.proj.weight": (8 * c, c), f"{b}.ff.net.0.proj.bias": (8 * c,),
-                           f"{b}.ff.net.2.weight": (c, 4 * c), f"{b}.ff.net.2.bias": (c,),
-                           f"{b}.ff_norm.weight": (c,), f"{b}.ff_norm.bias": (c,)})
-            state.update({k: torch.randn(s, generator=g) for k, s in shapes.items()})
-    return state
+def test_from_unet2d_keeps_the_source_dtype(tiny: ModelFlavour) -> None:
+    unet = UNet2DConditionModel(**tiny.unet.diffusers_config()).to(torch.bfloat16)
+    model = DurianModel.from_unet2d(unet, identity_motion_adapter(tiny), tiny.pose_guider_channels, 16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
-def test_original_motion_checkpoint_loads_through_the_adapter_path(tiny: ModelFlavour, tmp_path: Path) -> None:
+def test_stage1_denoiser_without_temporal_layers_is_the_sd_unet(tiny: ModelFlavour) -> None:
+    torch.manual_seed(4)
+    unet = UNet2DConditionModel(**tiny.unet.diffusers_config())
+    reference = copy.deepcopy(unet)
+    model = DurianModel.from_unet2d(unet, identity_motion_adapter(tiny), tiny.pose_guider_channels, 16)
+    latents, timesteps, pose_frames = make_clip(frames=3)
+    with torch.no_grad():
+        video = model.denoise(latents, timesteps, pose_frames, torch.randn(1, 1, 32), UNCONDITIONAL)
+        frames = reference(latents[0].transpose(0, 1), timesteps, torch.zeros(3, 1, 32)).sample
+    torch.testing.assert_close(video[0].transpose(0, 1), frames, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- the original SD 1.5 single file
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_original_single_file_loads_offline_with_no_config(tiny: ModelFlavour, sd_parts, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch, no_network: None,
+                                                           suffix: str) -> None:
+    unet, vae = sd_parts
+    state = ldm_single_file_state(unet, vae, tiny)
+    path = tmp_path / f"v1-5-pruned-emaonly{suffix}"
+    if suffix == ".safetensors":
+        save_file(state, path)
+    else:  # the released .ckpt: a Lightning checkpoint whose callbacks are keyed by the callback class
+        callback = fake_lightning_callback(monkeypatch)
+        torch.save({"state_dict": state, "global_step": 840000, "callbacks": {callback: {"best_model_score": None}}},
+                   path)
+        for name in [n for n in sys.modules if n.startswith("pytorch_lightning")]:
+            monkeypatch.delitem(sys.modules, name)  # the loader runs without Lightning installed
+    loaded_unet, loaded_vae = load_sd15(path, tiny)
+    assert_same_tensors(loaded_unet, unet.state_dict())
+    assert_same_tensors(loaded_vae, vae.state_dict())
+    # Cross-check the key map against diffusers' own converter (given a local config, from memory).
+    config = tmp_path / "config"
+    unet.save_config(config / "unet")
+    vae.save_config(config / "vae")
+    for model_class, loaded, subfolder in ((UNet2DConditionModel, loaded_unet, "unet"),
+                                           (AutoencoderKL, loaded_vae, "vae")):
+        reference = model_class.from_single_file(dict(state), config=str(config), subfolder=subfolder)
+        assert_same_tensors(loaded, reference.state_dict())
+
+
+def test_single_file_in_bf16_on_load(tiny: ModelFlavour, sd_parts, tmp_path: Path) -> None:
+    unet, vae = sd_parts
+    save_file(ldm_single_file_state(unet, vae, tiny), tmp_path / "sd.safetensors")
+    loaded_unet, loaded_vae = load_sd15(tmp_path / "sd.safetensors", tiny, dtype=torch.bfloat16)
+    assert {p.dtype for p in [*loaded_unet.parameters(), *loaded_vae.parameters()]} == {torch.bfloat16}
+    assert torch.equal(loaded_unet.conv_out.weight, unet.conv_out.weight.to(torch.bfloat16))
+
+
+def test_a_single_file_that_does_not_match_names_the_keys(tiny: ModelFlavour, sd_parts, tmp_path: Path) -> None:
+    state = ldm_single_file_state(*sd_parts, tiny)
+    del state["model.diffusion_model.out.2.weight"]
+    state["model.diffusion_model.extra.weight"] = torch.zeros(1)
+    save_file(state, tmp_path / "sd.safetensors")
+    with pytest.raises(CheckpointError, match=r"1 missing \(conv_out.weight\), 1 unexpected \(.*extra.weight\)"):
+        load_sd15(tmp_path / "sd.safetensors", tiny)
+    save_file({"conv_in.weight": torch.zeros(1)}, tmp_path / "unet.safetensors")
+    with pytest.raises(CheckpointError, match="not an original SD 1.x checkpoint"):
+        load_sd15(tmp_path / "unet.safetensors", tiny)
+
+
+# ---------------------------------------------------------------- pickles
+
+
+def test_a_pickle_naming_a_disallowed_global_is_refused(tiny: ModelFlavour, tmp_path: Path) -> None:
+    class Payload:
+        def __reduce__(self) -> tuple:
+            return (print, ("this ran while loading",))
+
+    torch.save({"state_dict": original_animatediff_state_dict(tiny), "hook": Payload()}, tmp_path / "mm.ckpt")
+    with pytest.raises(CheckpointError, match=r"refusing to unpickle builtins\.print.*convert it once"):
+        load_motion_adapter(tmp_path / "mm.ckpt", tiny)
+
+
+def test_original_motion_checkpoint_loads_every_learned_tensor(tiny: ModelFlavour, tmp_path: Path) -> None:
     original = original_animatediff_state_dict(tiny)
-    path = tmp_path / "mm_sd_v15_v2.ckpt"
-    torch.save(original, path)
-    adapter = load_motion_adapter(path, tiny)
-    # Every learned tensor arrives (the positional encodings are fixed sinusoids diffusers recomputes).
+    torch.save(original, tmp_path / "mm_sd_v15_v2.ckpt")
+    adapter = load_motion_adapter(tmp_path / "mm_sd_v15_v2.ckpt", tiny)
+    # Every learned tensor arrives, by value (the positional tables are fixed sinusoids diffusers recomputes).
     loaded = {k: v for k, v in adapter.state_dict().items() if not k.endswith("pos_embed.pe")}
     learned = {k: v for k, v in original.items() if not k.endswith("pos_encoder.pe")}
     assert len(loaded) == len(learned)
@@ -94,31 +203,97 @@ def test_original_motion_checkpoint_loads_through_the_adapter_path(tiny: ModelFl
     for key, value in learned.items():
         match = by_value.get(value.sum().item())
         assert match is not None and torch.equal(match, value), key
-    # And it builds the denoiser.
-    unet = UNet2DConditionModel(**tiny.unet.diffusers_config())
-    model = durian_from_unet(unet, adapter, tiny.pose_guider_channels, identity_dim=16)
     torch.testing.assert_close(
-        model.denoiser.state_dict()["mid_block.motion_modules.0.proj_in.weight"],
-        original["mid_block.motion_modules.0.temporal_transformer.proj_in.weight"])
+        adapter.state_dict()["mid_block.motion_modules.0.proj_in.weight"],
+        original["mid_block.motion_modules.0.temporal_transformer.proj_in.weight"], rtol=0, atol=0)
 
 
-def test_arcface_iresnet_loads_insightface_weights(tmp_path: Path) -> None:
+def test_arcface_iresnet_loads_insightface_weights(tiny: ModelFlavour, tmp_path: Path) -> None:
+    spec = tiny.identity_encoder
     torch.manual_seed(0)
-    state = IResNet("r18", embedding_dim=16).state_dict()
+    state = IResNet(spec.arch, spec.embedding_dim, spec.widths).state_dict()
     assert {"conv1.weight", "prelu.weight", "layer1.0.bn1.weight", "layer2.0.downsample.0.weight",
             "bn2.weight", "fc.weight", "features.weight"} <= set(state)
     torch.save(state, tmp_path / "backbone.pth")
-    encoder = IResNet.from_insightface(tmp_path / "backbone.pth", "r18")
-    assert all(torch.equal(encoder.state_dict()[k], v) for k, v in state.items())
-    images = torch.rand(2, 3, 64, 64)
-    embeds = identity_embeds(images, np.stack([FACE, FACE + 1]), encoder, image_encoder=None)
+    encoder = load_identity_encoder(tmp_path / "backbone.pth", spec)
+    assert_same_tensors(encoder, state)
+    embeds = identity_embeds(encoder, torch.rand(2, 3, 64, 64), np.stack([FACE, FACE + 1]))
     assert embeds.shape == (2, 1, 16)
     torch.testing.assert_close(embeds.norm(dim=-1), torch.ones(2, 1))
+    with pytest.raises(CheckpointError, match=r"ArcFace weights not found: .*missing\.pth"):
+        load_identity_encoder(tmp_path / "missing.pth", spec)
+    # Older releases use PyTorch's legacy (pre-zip) format: read with the same allow-list.
+    torch.save(state, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    assert_same_tensors(load_identity_encoder(tmp_path / "legacy.pth", spec), state)
 
 
-def test_reference_net_keeps_the_source_dtype(tiny: ModelFlavour) -> None:
-    unet = UNet2DConditionModel(**tiny.unet.diffusers_config()).to(torch.bfloat16)
-    assert reference_net_from_unet(unet).dtype == torch.bfloat16
+# ---------------------------------------------------------------- every part, as the README loads them
+
+
+def write_original_files(tiny: ModelFlavour, sd_parts, folder: Path, encoder_form: str) -> dict[str, Path]:
+    """The files a user downloads, in their released layouts, with random weights of the tiny flavour."""
+    parts = random_components(tiny, seed=5)
+    save_file(ldm_single_file_state(*sd_parts, tiny), folder / "v1-5-pruned-emaonly.safetensors")
+    torch.save(original_animatediff_state_dict(tiny), folder / "mm_sd_v15_v2.ckpt")
+    torch.save(parts.identity_encoder.state_dict(), folder / "backbone.pth")
+    encoder = folder / "sd-image-variations" / "image_encoder"
+    if encoder_form == "folder":
+        parts.image_encoder.save_pretrained(encoder)
+    else:  # the older release: a config and a pickled state dict
+        parts.image_encoder.config.save_pretrained(encoder)
+        torch.save(parts.image_encoder.state_dict(), encoder / "pytorch_model.bin")
+    return {"sd15": folder / "v1-5-pruned-emaonly.safetensors", "motion_adapter": folder / "mm_sd_v15_v2.ckpt",
+            "image_encoder": folder / "sd-image-variations", "arcface": folder / "backbone.pth",
+            "encoder_state": parts.image_encoder.state_dict(), "arcface_state": parts.identity_encoder.state_dict()}
+
+
+@pytest.mark.parametrize("encoder_form", ["folder", "bin"])
+def test_pretrained_components_from_the_released_files(tiny: ModelFlavour, sd_parts, tmp_path: Path,
+                                                       no_network: None, encoder_form: str) -> None:
+    files = write_original_files(tiny, sd_parts, tmp_path, encoder_form)
+    unet_state = sd_parts[0].state_dict()
+    parts = pretrained_components(tiny, sd15=files["sd15"], motion_adapter=files["motion_adapter"],
+                                  image_encoder=files["image_encoder"], arcface=files["arcface"])
+    assert torch.equal(parts.model.denoiser.conv_out.weight, unet_state["conv_out.weight"])
+    assert torch.equal(parts.model.portrait_net.conv_out.weight, unet_state["conv_out.weight"])
+    assert_same_tensors(parts.image_encoder, files["encoder_state"])
+    assert_same_tensors(parts.identity_encoder, files["arcface_state"])
+    assert parts.model.identity_proj.in_features == tiny.identity_encoder.embedding_dim
+    with pytest.raises(CheckpointError, match="ArcFace weights not found"):
+        pretrained_components(tiny, sd15=files["sd15"], motion_adapter=None, image_encoder=files["image_encoder"],
+                              arcface=tmp_path / "nowhere" / "backbone.pth")
+
+
+def test_pretrained_components_from_diffusers_folders(tiny: ModelFlavour, sd_parts, tmp_path: Path) -> None:
+    unet, vae = sd_parts
+    unet.save_pretrained(tmp_path / "sd15" / "unet")
+    vae.save_pretrained(tmp_path / "sd15" / "vae")
+    adapter = MotionAdapter(**tiny.motion.diffusers_config(tiny.unet))
+    adapter.save_pretrained(tmp_path / "motion")
+    files = write_original_files(tiny, sd_parts, tmp_path, "folder")
+    parts = pretrained_components(tiny, sd15=tmp_path / "sd15", motion_adapter=tmp_path / "motion",
+                                  image_encoder=files["image_encoder"], arcface=files["arcface"])
+    assert torch.equal(parts.model.denoiser.conv_out.weight, unet.conv_out.weight)
+    assert_same_tensors(parts.vae, vae.state_dict())
+    key = "mid_block.motion_modules.0.proj_in.weight"
+    assert torch.equal(parts.model.denoiser.state_dict()[key], adapter.state_dict()[key])
+    assert_same_tensors(load_image_encoder(files["image_encoder"]), files["encoder_state"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_loading_peak_memory_is_bounded_by_the_model(tiny: ModelFlavour, sd_parts, tmp_path: Path,
+                                                     dtype: torch.dtype) -> None:
+    """Counted, not timed: the bytes of tensor storage alive at once while loading every part from the
+    released files, against the bytes of the loaded components."""
+    files = write_original_files(tiny, sd_parts, tmp_path, "folder")
+    with PeakTensorBytes() as counter:
+        parts = pretrained_components(tiny, sd15=files["sd15"], motion_adapter=files["motion_adapter"],
+                                      image_encoder=files["image_encoder"], arcface=files["arcface"], dtype=dtype)
+    final = module_bytes(parts.model, parts.vae, parts.image_encoder, parts.identity_encoder)
+    assert counter.peak <= 1.3 * final, (counter.peak, final)
+
+
+# ---------------------------------------------------------------- round trips
 
 
 def test_save_pretrained_round_trips_exactly(model: DurianModel, tmp_path: Path) -> None:
@@ -126,42 +301,14 @@ def test_save_pretrained_round_trips_exactly(model: DurianModel, tmp_path: Path)
     model.save_pretrained(tmp_path)
     assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
     loaded = DurianModel.from_pretrained(tmp_path)
-    original_state, loaded_state = model.state_dict(), loaded.state_dict()
-    assert original_state.keys() == loaded_state.keys()
-    assert all(torch.equal(original_state[k], loaded_state[k]) for k in original_state)
-    latents, timesteps, guidance = make_clip()
+    assert_same_tensors(loaded, model.state_dict())
+    latents, timesteps, pose_frames = make_clip()
     references = make_references()
     with torch.no_grad():
-        outputs = [m(latents, timesteps, guidance, references) for m in (model, loaded)]
+        outputs = [m(latents, timesteps, pose_frames, references) for m in (model, loaded)]
     torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
 
 
-def test_pretrained_components_from_local_folders(tiny: ModelFlavour, tmp_path: Path) -> None:
-    """An SD 1.5 diffusers folder, the original motion .ckpt, the sd-image-variations
-    encoder folder and ArcFace weights, all local."""
-    parts = random_components(tiny, seed=5)
-    unet = UNet2DConditionModel(**tiny.unet.diffusers_config())
-    unet.save_pretrained(tmp_path / "sd15" / "unet")
-    parts.vae.save_pretrained(tmp_path / "sd15" / "vae")
-    parts.image_encoder.save_pretrained(tmp_path / "variations" / "image_encoder")
-    torch.save(original_animatediff_state_dict(tiny), tmp_path / "mm_sd_v15_v2.ckpt")
-    torch.save(IResNet("r18", embedding_dim=16).state_dict(), tmp_path / "backbone.pth")
-    loaded = pretrained_components(
-        tiny, sd15=str(tmp_path / "sd15"), motion_adapter=str(tmp_path / "mm_sd_v15_v2.ckpt"),
-        image_encoder=str(tmp_path / "variations"), arcface=str(tmp_path / "backbone.pth"), arcface_arch="r18")
-    assert torch.equal(loaded.model.denoiser.state_dict()["conv_out.weight"], unet.state_dict()["conv_out.weight"])
-    key = "decoder.conv_out.weight"
-    assert torch.equal(loaded.vae.state_dict()[key], parts.vae.state_dict()[key])
-    assert loaded.identity_encoder is not None and loaded.model.identity_proj.in_features == 16
-
-
-def test_stage1_denoiser_without_temporal_layers_is_the_sd_unet(tiny: ModelFlavour) -> None:
-    torch.manual_seed(4)
-    unet = UNet2DConditionModel(**tiny.unet.diffusers_config())
-    model = durian_from_unet(unet, identity_motion_adapter(tiny), tiny.pose_guider_channels, identity_dim=16)
-    latents, timesteps, guidance = make_clip(frames=3)
-    context = torch.randn(1, 1, 32)
-    with torch.no_grad():
-        video = model.denoise(latents, timesteps, guidance, context, use_references=False)
-        frames = unet(latents[0].transpose(0, 1), timesteps, context.expand(3, -1, -1)).sample
-    torch.testing.assert_close(video[0].transpose(0, 1), frames, atol=1e-5, rtol=1e-5)
+def test_components_make_a_pipeline(components: DurianComponents) -> None:
+    pipe = components.pipeline()
+    assert pipe.identity_encoder is components.identity_encoder and pipe.vae_scale_factor == 4

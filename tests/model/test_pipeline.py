@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from flows.sample import sample
 from model.builders import DurianComponents, inference_scheduler, training_scheduler
 from model.geometry import fit_similarity, retarget_keypoints
-from model.guidance import keypoint_colours, render_keypoints
+from model.pose_frames import keypoint_colours, render_keypoints
 from model.pipeline import DurianPipeline, window_starts
 from tasks.media import find_ffmpeg
 from tasks.synthetic import write_portrait_video
@@ -25,16 +25,18 @@ from durian_testing import FACE, face_image
 
 @pytest.fixture
 def pipe(components: DurianComponents) -> DurianPipeline:
-    return DurianPipeline(components.model, components.vae, components.image_encoder, components.scheduler)
+    return components.pipeline()
 
 
-def run(pipe: DurianPipeline, frames: int, attributes: int = 1, **kwargs) -> object:
+def run(pipe: DurianPipeline, frames: int, attributes: int | list[np.ndarray] = 1, **kwargs) -> object:
+    """Sample `frames` frames wearing `attributes` (a count of random images, or the images), all with the
+    same mask and keypoints, so the regenerated region is the same whatever the attributes."""
+    images = [face_image(1 + i) for i in range(attributes)] if isinstance(attributes, int) else attributes
     mask = np.zeros((64, 64), bool)
     mask[:18] = True
     driving = FACE[None] + np.random.default_rng(0).normal(0, 1.5, (frames, 5, 2))
-    return pipe(face_image(0), mask, FACE, [face_image(1 + i) for i in range(attributes)], [mask] * attributes,
-                [FACE] * attributes, driving, num_inference_steps=2, window=4, overlap=2,
-                generator=torch.Generator().manual_seed(0), **kwargs)
+    return pipe(face_image(0), mask, FACE, images, [mask] * len(images), [FACE] * len(images), driving,
+                num_inference_steps=2, window=4, overlap=2, generator=torch.Generator().manual_seed(0), **kwargs)
 
 
 def count_calls(module: torch.nn.Module) -> list[int]:
@@ -56,7 +58,7 @@ def test_clip_length_and_references_once_per_clip(pipe: DurianPipeline, frames: 
     assert len(pipe.model.bank) == 0  # cleared after sampling
 
 
-def test_composition_interpolation_and_outputs(pipe: DurianPipeline, tmp_path: Path) -> None:
+def test_outputs_and_round_trip(pipe: DurianPipeline, tmp_path: Path) -> None:
     composed = run(pipe, 2, attributes=2, attribute_weights=(1.0, 0.5), output_type="pt")
     assert composed.frames.shape == (2, 3, 64, 64)
     pil = run(pipe, 2, attributes=2, alpha=0.5, output_type="pil")
@@ -66,6 +68,21 @@ def test_composition_interpolation_and_outputs(pipe: DurianPipeline, tmp_path: P
     pipe.save_pretrained(tmp_path)
     reloaded = DurianPipeline.from_pretrained(tmp_path)
     np.testing.assert_allclose(run(reloaded, 2).frames, run(pipe, 2).frames, atol=1e-5)
+
+
+def test_alpha_and_weights_reach_the_model(pipe: DurianPipeline) -> None:
+    """alpha 0 / 1 and weights (1, 0) give exactly the single-attribute videos; 0.5 and plain composition
+    give neither (so dropping alpha or the weights anywhere on the way would fail here)."""
+    first_image, second_image = face_image(1), face_image(2)
+    first, second = run(pipe, 2, [first_image]).frames, run(pipe, 2, [second_image]).frames
+    assert np.abs(first - second).max() > 1e-3
+    both = [first_image, second_image]
+    np.testing.assert_allclose(run(pipe, 2, both, alpha=0.0).frames, first, atol=1e-4)
+    np.testing.assert_allclose(run(pipe, 2, both, alpha=1.0).frames, second, atol=1e-4)
+    np.testing.assert_allclose(run(pipe, 2, both, attribute_weights=(1.0, 0.0)).frames, first, atol=1e-4)
+    for kwargs in ({"alpha": 0.5}, {}):
+        mixed = run(pipe, 2, both, **kwargs).frames
+        assert min(np.abs(mixed - first).max(), np.abs(mixed - second).max()) > 1e-3, kwargs
 
 
 def test_window_starts_cover_every_frame() -> None:

@@ -1,4 +1,4 @@
-"""Keypoint guidance images: what the pose guider sees.
+"""Pose frames: keypoints rendered as images, what the pose guider sees.
 
 Shared by the pipeline (driving keypoints) and the data pipeline (training targets),
 so both render keypoints the same way.
