@@ -468,7 +468,8 @@ class RuntimeConfig(Spec):
         "auto", description="'auto': CUDA when the worker sees a GPU, else the CPU."
     )
     batch_size: int = Field(8, ge=1, le=4096, description="Images per forward pass.")
-    cpus: float = Field(0.5, ge=0, description="CPUs Ray reserves for the model's actor.")
+    cpus: float = Field(0.25, ge=0, description="CPUs Ray reserves for the model's actor: enough for a GPU "
+                        "model or the truth backend; give a model that runs on the CPU more.")
     gpus: float = Field(0.0, ge=0, description="GPUs Ray gives the model's actor (fractions share one GPU).")
     replicas: int = Field(1, ge=1, le=1024, description="Actors running this model (e.g. one per GPU).")
 

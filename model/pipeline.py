@@ -15,10 +15,10 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import CLIPVisionModelWithProjection
 
+from data_specs.pose_frames import layout_with_points, render_pose_frames
 from model.durian import DurianModel
 from model.encoders import IResNet, prepare_references
 from model.geometry import fit_similarity, retarget_keypoints, warp_affine
-from model.pose_frames import render_keypoints
 from model.reference_attention import UNCONDITIONAL, ReadMode
 
 ImageLike = PIL.Image.Image | np.ndarray | torch.Tensor
@@ -46,6 +46,16 @@ def _processor_input(image: ImageLike) -> PIL.Image.Image | np.ndarray | torch.T
     if isinstance(image, np.ndarray):
         return PIL.Image.fromarray(image) if image.dtype == np.uint8 else image.astype(np.float32)
     return image
+
+
+def render_driving_pose(keypoints: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """(F, K, 2) pixel keypoints -> (F, 3, H, W) pose frames in [0, 1], drawn by the renderer that drew
+    the training samples' pose frames (`data_specs.pose_frames`); NaN points are not drawn."""
+    points = np.asarray(keypoints, np.float32)
+    confidence = np.isfinite(points).all(axis=-1, keepdims=True).astype(np.float32)
+    frames = render_pose_frames(np.concatenate([points, confidence], axis=-1), layout_with_points(points.shape[1]),
+                                size)
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
 
 
 def _scale_keypoints(keypoints: np.ndarray, source: tuple[int, int], target: tuple[int, int]) -> np.ndarray:
@@ -204,7 +214,7 @@ class DurianPipeline(DiffusionPipeline):
 
         # 4. Retarget the driving motion onto the portrait and render the pose frames.
         keypoints = retarget_keypoints(driving_keypoints[:num_frames], portrait_kps)
-        pose_frames = render_keypoints(keypoints, size).transpose(0, 1)[None].to(device, dtype)  # (1, 3, F, H, W)
+        pose_frames = render_driving_pose(keypoints, size).transpose(0, 1)[None].to(device, dtype)  # (1, 3, F, H, W)
 
         # 5. Encode the references once for the whole clip.
         references = prepare_references(

@@ -20,7 +20,7 @@ from data_specs.video import DecodeConfig
 from tasks.base import ModelClient, ModelSpec
 from tasks.perception import build_face_detector, build_keypoint_estimator, build_segmenter
 from tasks.perception.face_track import crop_boxes, crop_clip, to_crop_coords, track_main_face
-from tasks.perception.pose_render import render_pose_frames
+from data_specs.pose_frames import render_pose_frames
 from tasks.perception.truth import frame_refs
 
 FACE_DETECTOR, KEYPOINTS, SEGMENTER = "face_detector", "keypoints", "segmenter"

@@ -13,11 +13,12 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from flows.sample import sample
+from flows.cli.sample import sample
 from model.builders import DurianComponents, inference_scheduler, training_scheduler
 from model.geometry import fit_similarity, retarget_keypoints
-from model.pose_frames import keypoint_colours, render_keypoints
-from model.pipeline import DurianPipeline, window_starts
+from data_specs.perception import TRUTH_5
+from data_specs.pose_frames import render_pose_frames
+from model.pipeline import DurianPipeline, render_driving_pose, window_starts
 from tasks.media import find_ffmpeg
 from tasks.synthetic import write_portrait_video
 from durian_testing import FACE, face_image
@@ -125,13 +126,13 @@ def test_training_and_inference_share_the_beta_schedule(tiny) -> None:
     torch.testing.assert_close(training_scheduler(schedule).betas, inference_scheduler(schedule).betas)
 
 
-def test_render_keypoints() -> None:
-    points = np.array([[[10, 20], [40, 50], [np.nan, np.nan]]], np.float32)
-    image = render_keypoints(points, (64, 64))
-    assert image.shape == (1, 3, 64, 64) and image.max() <= 1
-    torch.testing.assert_close(image[0, :, 20, 10], keypoint_colours(3)[0])
-    torch.testing.assert_close(image[0, :, 50, 40], keypoint_colours(3)[1])
-    assert image[0, :, 0, 63].max() < 1e-3
+def test_driving_pose_is_drawn_by_the_training_renderer() -> None:
+    points = np.array([[[10, 20], [40, 50], [np.nan, np.nan], [30, 30], [12, 44]]], np.float32)
+    image = render_driving_pose(points, (64, 64))
+    expected = render_pose_frames(np.concatenate([np.nan_to_num(points), [[[1], [1], [0], [1], [1]]]], -1),
+                                  TRUTH_5, (64, 64))
+    assert image.shape == (1, 3, 64, 64)
+    torch.testing.assert_close(image, torch.from_numpy(expected).permute(0, 3, 1, 2).float() / 255)
 
 
 def synthetic_video(folder: Path, frames: int = 6) -> Path:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data_specs.perception import GOLIATH_FACE, TRUTH_5, PoseRenderSpec
-from tasks.perception.pose_render import render_pose_frames
+from data_specs.pose_frames import render_pose_frames
 
 
 def spread_points(count: int, size: int, confidence: float = 1.0) -> np.ndarray:

@@ -12,6 +12,7 @@ import numpy as np
 import typer
 
 from data_specs.model import FLAVOURS
+from flows.cli.app import app
 
 if TYPE_CHECKING:
     import torch
@@ -110,6 +111,7 @@ def load_pipeline(model: Path | None, flavour: str, seed: int, device: torch.dev
     return random_components(model_flavour(flavour), seed=seed).pipeline().to(device)
 
 
+@app.command("sample")
 def sample(
     out: Annotated[Path, typer.Option(help="Output mp4 path.")] = Path("out.mp4"),
     model: Annotated[Path | None, typer.Option(

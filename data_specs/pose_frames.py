@@ -1,5 +1,9 @@
 """Keypoints -> the pose guider's input frames: one coloured dot per confident point on black.
 
+The one renderer of pose frames: the data pipeline draws the training samples' pose frames
+with it and `DurianPipeline` draws the driving keypoints with it, so the pose guider sees at
+inference exactly what it was trained on.
+
 The colour of a point is its facial region's colour in `PoseRenderSpec.region_colours`, so
 the same layout always renders the same way; drawing is aliased (no blending), so every
 drawn pixel has exactly its region's colour. Points are drawn in layout order.
@@ -10,7 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from data_specs.perception import KeypointLayout, PoseRenderSpec
+from data_specs.perception import KEYPOINT_LAYOUTS, KeypointLayout, PoseRenderSpec
 
 
 def render_pose_frames(keypoints: np.ndarray, layout: KeypointLayout, size: int | tuple[int, int],
@@ -42,3 +46,12 @@ def render_pose_frames(keypoints: np.ndarray, layout: KeypointLayout, size: int 
                 else:
                     cv2.circle(frame, (x, y), radius, colours[index], thickness=-1, lineType=cv2.LINE_8)
     return frames
+
+
+def layout_with_points(num_points: int) -> KeypointLayout:
+    """The known keypoint layout with `num_points` points (5: `truth_5`, 238: `goliath_face`)."""
+    for layout in KEYPOINT_LAYOUTS.values():
+        if layout.num_points == num_points:
+            return layout
+    known = ", ".join(f"{name} ({layout.num_points})" for name, layout in KEYPOINT_LAYOUTS.items())
+    raise ValueError(f"no keypoint layout has {num_points} points; known layouts: {known}")

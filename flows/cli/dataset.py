@@ -1,11 +1,9 @@
-"""The `durian` command line. Each command validates its inputs first, then calls a flow or task."""
+"""Dataset commands: `make-videos`, `build-dataset`, `inspect`. Each validates its inputs first, then calls a
+flow or task."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,22 +13,7 @@ import yaml
 
 from data_specs.config import BuildConfig, ConfigError, parse_config, read_yaml
 from data_specs.layout import OutputLayout
-from flows.sample import sample
-
-# The embedded Prefect server would try to phone home, and log an error on machines without internet.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-app = typer.Typer(
-    help="Durian: portrait videos -> WebDataset shards -> a dual-reference video diffusion model.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-def _fail(message: str) -> None:
-    typer.secho(message, fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
+from flows.cli.app import app, fail
 
 
 @app.command("make-videos")
@@ -99,9 +82,9 @@ def build_dataset_command(
         cfg = load_build_config(config, input_source, output, overrides or [])
         videos = list_videos(cfg.inputs)
     except (ConfigError, InputError) as err:
-        _fail(str(err))
+        fail(str(err))
     if not videos:
-        _fail(f"no videos found in {cfg.inputs.source} (extensions {', '.join(cfg.inputs.extensions)})")
+        fail(f"no videos found in {cfg.inputs.source} (extensions {', '.join(cfg.inputs.extensions)})")
     if show_config:
         typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip())
         typer.echo(f"# {len(videos)} videos found; config hash {cfg.output_hash()}")
@@ -116,7 +99,7 @@ def build_dataset_command(
             timeline["services_ready"] = time.time()
             summary = build_dataset(cfg)
     except RayUnavailableError as err:
-        _fail(str(err))
+        fail(str(err))
     timeline["services_stopped"] = time.time()
     summary.timeline.update(timeline)
     typer.echo(json.dumps(summary.model_dump(), indent=2))
@@ -137,7 +120,7 @@ def inspect_command(
 
     layout = OutputLayout(output_dir)
     if not layout.is_complete_build():
-        _fail(f"{output_dir} holds no completed build ({layout.manifest('shards')} is missing)")
+        fail(f"{output_dir} holds no completed build ({layout.manifest('shards')} is missing)")
     typer.echo(f"build: {output_dir}")
     for name, rows in table_counts(output_dir).items():
         typer.echo(f"  {name:<9} {rows:>8} rows")
@@ -159,43 +142,3 @@ def inspect_command(
         typer.echo(f"preview: {preview}")
 
 
-# Small enough for a laptop in a couple of minutes: 12 fps, 128 px, 8-frame clips, 4 videos per unit.
-DEMO_OVERRIDES = ["decode.fps=12", "decode.size=128", "clips.length=8", "clips.stride=8",
-                  "shards.samples_per_shard=16", "execution.videos_per_unit=4"]
-
-
-@app.command("demo")
-def demo(
-    workdir: Annotated[Path, typer.Option(help="Folder for the demo's videos and outputs.")] = Path("out/demo"),
-    videos: Annotated[int, typer.Option(min=1, help="Synthetic videos to generate.")] = 12,
-    fresh: Annotated[bool, typer.Option(help="Delete the work folder first.")] = False,
-) -> None:
-    """The main job on the embedded default: synthetic videos (with broken ones mixed in) -> build-dataset on a
-    local Ray under an ephemeral Prefect -> inspect and verify."""
-    if fresh and workdir.exists():
-        shutil.rmtree(workdir)
-    video_dir = workdir / "videos"
-    make_videos(video_dir, count=videos, seed=0, frames=48, size=256, fps=24.0, edge_cases=True)
-    build_dataset_command(config=None, input_source=str(video_dir), output=workdir / "dataset",
-                          overrides=DEMO_OVERRIDES)
-    inspect_command(workdir / "dataset", verify=True, preview=workdir / "preview.png")
-    # The model end: the tiny, untrained DurianPipeline animates one video's portrait with its own hair.
-    sample(out=workdir / "sample.mp4", from_truth=video_dir / "portrait_0000.mp4", frames=24, steps=4,
-           size=64, fps=12.0)
-    typer.echo(f"\ndemo done.\n  videos:  {video_dir}\n  dataset: {workdir / 'dataset'}\n"
-               f"  preview: {workdir / 'preview.png'}\n  sample:  {workdir / 'sample.mp4'} (untrained tiny model)")
-
-
-app.command("sample")(sample)
-
-
-def main() -> None:
-    """The `durian` command: whatever it starts (Prefect server, Ray) ends with it, even on `kill -9`."""
-    from flows.reaper import start_reaper
-
-    start_reaper()
-    app(prog_name="durian")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
