@@ -6,17 +6,21 @@ Measured in one run, on the same generated 720p clips:
 2. bare same work:  `ffmpeg -threads 1 -i X -vf scale,crop -q:v 2 -f image2 DIR/%05d.jpg`
                     (the same resize, JPEG frames like the shards hold, no framework)
 3. pipeline task:   `tasks.unit.run_unit` over every video (probe, hash, decode, clip, JPEG, tar)
-4. pipeline flow:   the Prefect flow `build-dataset` on a local Ray, 1 worker then 2 workers
-                    (ffmpeg held to one thread per worker), for the scaling ratio: once for the
-                    whole run (Prefect and Ray start-up included) and once for the unit work alone
-                    (first unit start to last unit end).
+4. pipeline flow:   the Prefect flow `build-dataset` on a local Ray with 1, 2, ... workers
+                    (`--workers`, ffmpeg held to one thread per worker): once for the whole run
+                    (Prefect and Ray start-up included) and once for the unit work alone (first
+                    unit start to last unit end).
 
-Prints frames/s and the ratios; `--markdown` prints a table for BENCHMARKS.md.
+The scaling curve compares each worker count's unit-work throughput with the core limit:
+every core of the machine busy at the pipeline task's CPU cost per frame (`--cores`
+cores, default all). Prints frames/s and the ratios; `--markdown` prints tables for
+BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
 import subprocess
@@ -103,6 +107,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="output frame size (default 512)")
     parser.add_argument("--cache", type=Path, default=Path("out/bench/videos"), help="where the clips are kept")
     parser.add_argument("--skip-flow", action="store_true", help="skip the Prefect + Ray runs")
+    parser.add_argument("--workers", default="1,2", help="Ray worker counts for the scaling curve (default 1,2)")
+    parser.add_argument("--cores", type=int, default=os.cpu_count(), help="cores of the core limit (default all)")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     args = parser.parse_args()
 
@@ -123,12 +129,12 @@ def main() -> None:
     results = {"bare ffmpeg decode": bare_decode(ffmpeg, videos),
                "bare ffmpeg same work": bare_same_work(ffmpeg, videos, args.size, work),
                "pipeline task (run_unit)": task_wall}
-    if not args.skip_flow:
-        unit_sums = {}
-        for workers in (1, 2):
-            flow_s, span_s, unit_sums[workers] = pipeline_flow(config(f"flow{workers}", local_ray_cpus=workers))
-            results[f"flow, {workers} Ray worker(s), whole run"] = flow_s
-            results[f"flow, {workers} Ray worker(s), unit work"] = span_s
+    worker_counts = [] if args.skip_flow else [int(w) for w in args.workers.split(",")]
+    unit_sums = {}
+    for workers in worker_counts:
+        flow_s, span_s, unit_sums[workers] = pipeline_flow(config(f"flow{workers}", local_ray_cpus=workers))
+        results[f"flow, {workers} Ray worker(s), whole run"] = flow_s
+        results[f"flow, {workers} Ray worker(s), unit work"] = span_s
     shutil.rmtree(work)
 
     decode, same = results["bare ffmpeg decode"], results["bare ffmpeg same work"]
@@ -139,23 +145,27 @@ def main() -> None:
         print(f"{name:<32}{seconds:>9.2f}{fps:>10.1f}{vs_decode:>10.2f}{vs_same:>13.2f}")
     print(f"pipeline task CPU: {task_cpu:.2f} s ({1000 * task_cpu / frames:.2f} ms/frame, ffmpeg included), "
           f"{task_cpu / task_wall:.2f} cores busy on average (decode and encode overlap)")
-    if not args.skip_flow:
-        for part in ("whole run", "unit work"):
-            one, two = results[f"flow, 1 Ray worker(s), {part}"], results[f"flow, 2 Ray worker(s), {part}"]
-            print(f"scaling, 2 Ray workers vs 1 ({part}): {one / two:.2f}x")
-        for workers, unit_sum in unit_sums.items():
-            span = results[f"flow, {workers} Ray worker(s), unit work"]
-            print(f"{workers} worker(s): units busy {unit_sum / (workers * span):.0%} of the span "
-                  f"(the rest is Prefect task-run overhead and uneven units); sum of unit times {unit_sum:.2f} s")
-        # The physical limit of 2 cores: every core busy at the pipeline's CPU cost per frame.
-        limit_fps = 2 * frames / task_cpu
-        two_fps = frames / results["flow, 2 Ray worker(s), unit work"]
-        print(f"2 Ray workers reach {two_fps:.0f} frames/s = {two_fps / limit_fps:.2f} of the 2-core limit "
-              f"({limit_fps:.0f} frames/s at {1000 * task_cpu / frames:.2f} CPU-ms per frame)")
+    # The physical limit: every core busy at the pipeline task's CPU cost per frame.
+    limit_fps = args.cores * frames / task_cpu
+    curve = []
+    for workers, unit_sum in unit_sums.items():
+        span = results[f"flow, {workers} Ray worker(s), unit work"]
+        fps = frames / span
+        overhead = 1 - unit_sum / (workers * span)  # worker time not spent inside a unit
+        curve.append((workers, fps, fps / limit_fps, fps / (frames / results["flow, 1 Ray worker(s), unit work"])
+                      if 1 in unit_sums else float("nan"), overhead))
+        print(f"{workers} worker(s): {fps:.0f} frames/s = {fps / limit_fps:.2f} of the {args.cores}-core limit "
+              f"({limit_fps:.0f} frames/s at {1000 * task_cpu / frames:.2f} CPU-ms per frame); workers idle "
+              f"outside units {overhead:.0%} of the span; sum of unit times {unit_sum:.2f} s")
     if args.markdown:
         print("\n| run | wall s | frames/s | × bare decode | × bare same work |\n|---|---|---|---|---|")
         for name, seconds, fps, vs_decode, vs_same in rows:
             print(f"| {name} | {seconds:.2f} | {fps:.0f} | {vs_decode:.2f} | {vs_same:.2f} |")
+        if curve:
+            print(f"\n| Ray workers | unit-work frames/s | × {args.cores}-core limit | × 1 worker | "
+                  "idle outside units |\n|---|---|---|---|---|")
+            for workers, fps, of_limit, speedup, overhead in curve:
+                print(f"| {workers} | {fps:.0f} | {of_limit:.2f} | {speedup:.2f} | {overhead:.0%} |")
 
 
 if __name__ == "__main__":

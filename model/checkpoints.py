@@ -8,15 +8,16 @@ and `weights_only=False` would run any code the file names.
 
 `load_torch_checkpoint` keeps PyTorch's restricted unpickler and adds one rule:
 a global whose module is in `TOLERATED_MODULES` (frameworks whose objects are
-only ever metadata) is rebuilt as an inert `OpaqueObject`, so the file loads
-without those frameworks installed and without running their code. Any other
-global outside PyTorch's allow-list is refused with a message naming it.
+only ever metadata) is rebuilt as inert data (an `OrderedDict` holding its items, with
+its pickled attributes), so the file loads without those frameworks installed and
+without running their code. NumPy arrays and scalars in such metadata are rebuilt too.
+Any other global outside PyTorch's allow-list is refused with a message naming it.
 """
 
 from __future__ import annotations
 
-import zipfile
 import collections
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +47,6 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be read safely (or not at all)."""
 
 
-class OpaqueObject(dict):
-    """Stand-in for a tolerated framework object: keeps its pickled state as data, runs nothing."""
-
-    def __setstate__(self, state: Any) -> None:
-        if isinstance(state, dict):
-            self.update(state)
-        else:
-            self["__state__"] = state
-
-
 def _stand_in(qualified_name: str) -> type:
     """A class torch's allow-list can map `qualified_name` to (one class per name).
 
@@ -66,7 +57,7 @@ def _stand_in(qualified_name: str) -> type:
     def new(cls: type, *args: Any, **kwargs: Any) -> collections.OrderedDict:
         return collections.OrderedDict()
 
-    return type(qualified_name.rsplit(".", 1)[-1], (OpaqueObject,), {"__module__": __name__, "__new__": new})
+    return type(qualified_name.rsplit(".", 1)[-1], (), {"__module__": __name__, "__new__": new})
 
 
 def _numpy_global(qualified_name: str) -> Any:
@@ -81,7 +72,7 @@ def _numpy_global(qualified_name: str) -> Any:
 def load_torch_checkpoint(path: str | Path, tolerated_modules: tuple[str, ...] = TOLERATED_MODULES) -> Any:
     """Load a pickle checkpoint on the CPU with PyTorch's weights-only unpickler.
 
-    Globals from `tolerated_modules` become `OpaqueObject`s; any other unknown
+    Globals from `tolerated_modules` become inert data; any other unknown
     global raises `CheckpointError` naming it and saying how to convert the file.
     """
     path = Path(path)
