@@ -71,6 +71,17 @@ def _publish_artifacts(summary: BuildSummary) -> None:
         {"what": "shards", "count": f"{summary.shards} ({summary.shard_bytes / 1e6:.1f} MB)"},
     ] + [{"what": f"failed - {reason}", "count": str(count)} for reason, count in summary.failures_by_reason.items()]
     create_table_artifact(key="build-dataset-counts", table=counts, description="Counts and failures by reason")
+    rejected: dict[str, int] = {}
+    for kind, count in summary.failures_by_reason.items():  # kinds read "stage: reason"
+        stage = kind.split(":", 1)[0]
+        rejected[stage] = rejected.get(stage, 0) + count
+    create_table_artifact(
+        key="build-dataset-stages",
+        table=[{"stage": stage, "rejected": str(count),
+                "reasons": "; ".join(f"{kind.split(': ', 1)[1]} ({n})" for kind, n in summary.failures_by_reason.items()
+                                     if kind.startswith(f"{stage}:"))} for stage, count in rejected.items()]
+        + [{"stage": "written", "rejected": "", "reasons": f"{summary.samples} samples of {summary.clips} clips"}],
+        description="Per stage: how many videos or clips it rejected, and why")
     failures = "\n".join(f"| {reason} | {count} |" for reason, count in summary.failures_by_reason.items())
     create_markdown_artifact(
         key="build-dataset-summary",

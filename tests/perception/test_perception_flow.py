@@ -68,6 +68,10 @@ def test_a_clip_without_a_face_is_a_failure_row(video_library: Path, tmp_path: P
     failures = read_table("failures", output / "manifests" / "failures.parquet").to_pylist()
     assert len(failures) == 15 and {row["stage"] for row in failures} == {"perception"}
     assert all("small" in row["reason"] for row in failures), failures[0]["reason"]
+    from prefect.artifacts import Artifact
+
+    stages = str(Artifact.get("build-dataset-stages").data)
+    assert '"stage": "perception", "rejected": "15"' in stages and "small" in stages
 
 
 def test_real_architectures_with_random_weights_run_in_the_flow(video_library: Path, tmp_path: Path,
