@@ -53,7 +53,7 @@ def check_reachable(configured: str, address: str, timeout_s: float) -> None:
 
 
 def worker_env() -> dict[str, str]:
-    """Environment the Ray workers need from this process (the project's import path)."""
+    """Environment the Ray workers of a cluster need from this process (the project's import path)."""
     return {name: os.environ[name] for name in ("PYTHONPATH",) if name in os.environ}
 
 
@@ -61,14 +61,15 @@ def connect(execution: ExecutionConfig) -> bool:
     """Initialise Ray for `execution` in this process, unless it already is; True if this call started it."""
     if ray.is_initialized():
         return False
-    runtime_env = {"env_vars": worker_env()}
     if execution.ray_address is None:
+        # A local Ray's workers inherit this process's environment. A runtime_env would make Ray start
+        # every worker through its runtime-env agent instead of using the ones it pre-starts (seconds).
         ray.init(address="local", num_cpus=execution.local_ray_cpus, include_dashboard=False,
-                 runtime_env=runtime_env, logging_level="WARNING")
+                 logging_level="WARNING")
     else:
         address = resolve_address(execution.ray_address)
         check_reachable(execution.ray_address, address, execution.ray_connect_timeout_s)
-        ray.init(address=address, runtime_env=runtime_env, logging_level="WARNING")
+        ray.init(address=address, runtime_env={"env_vars": worker_env()}, logging_level="WARNING")
     return True
 
 
