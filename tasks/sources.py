@@ -59,10 +59,21 @@ def _from_listing(source: str, extensions: tuple[str, ...]) -> list[VideoRef]:
             raise InputError(f"input {source!r} matches nothing")
     wanted = tuple(ext.lower() for ext in extensions)
     return [
-        _ref(fs, info["name"], info)
+        _ref(fs, info["name"], _followed(fs, info))
         for info in infos
-        if info.get("type") == "file" and info["name"].lower().endswith(wanted)
+        if info["name"].lower().endswith(wanted) and _followed(fs, info).get("type") == "file"
     ]
+
+
+def _followed(fs: fsspec.AbstractFileSystem, info: dict) -> dict:
+    """A listing entry with a symbolic link replaced by what it points to (fsspec lists links as 'other');
+    a dangling link lists as nothing."""
+    if not info.get("islink"):
+        return info
+    try:
+        return fs.info(info["name"])
+    except FileNotFoundError:
+        return {}
 
 
 def _from_manifest(source: str) -> list[VideoRef]:

@@ -28,6 +28,15 @@ def test_folder_listing_is_sorted_recursive_and_filtered(tmp_path: Path):
     assert all("." not in r.video_id and " " not in r.video_id for r in refs)
 
 
+def test_symbolic_links_to_videos_are_listed_and_broken_ones_skipped(tmp_path: Path):
+    touch_videos(tmp_path / "store", ["real.mp4"])
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "linked.mp4").symlink_to(tmp_path / "store" / "real.mp4")
+    (tmp_path / "in" / "dangling.mp4").symlink_to(tmp_path / "store" / "gone.mp4")
+    (ref,) = list_videos(config(tmp_path / "in").inputs)
+    assert Path(ref.uri).name == "linked.mp4" and ref.size_bytes == 10
+
+
 def test_fsspec_url_and_glob(tmp_path: Path):
     touch_videos(tmp_path, ["a.mp4", "b.mp4", "c.webm"])
     assert len(list_videos(config(f"file://{tmp_path}").inputs)) == 3

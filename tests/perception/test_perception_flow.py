@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,7 @@ def test_a_clip_without_a_face_is_a_failure_row(video_library: Path, tmp_path: P
 def test_real_architectures_with_random_weights_run_in_the_flow(video_library: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch):
     """Sapiens (tiny width, official .pth layout) keypoints and facexlib BiSeNet masks, in model actors."""
+    from facexlib.detection.retinaface import RetinaFace
     from facexlib.parsing.bisenet import BiSeNet
 
     from flows.build_dataset import build_dataset
@@ -87,6 +89,9 @@ def test_real_architectures_with_random_weights_run_in_the_flow(video_library: P
     weights.mkdir()
     torch.manual_seed(0)
     torch.save(BiSeNet(num_class=19).state_dict(), weights / FACEXLIB_WEIGHTS["bisenet"][0])
+    detector = RetinaFace("mobile0.25", device="cpu")  # released files hold DataParallel ("module.") keys
+    torch.save({f"module.{k}": v for k, v in detector.state_dict().items()},
+               weights / FACEXLIB_WEIGHTS["retinaface_mobile0.25"][0])
     cpu = {"device": "cpu", "cpus": 0.25, "batch_size": 4}
     output = tmp_path / "out"
     config = small_config(video_library / "good", output, decode={"size": 96}, perception=perception(
@@ -99,6 +104,18 @@ def test_real_architectures_with_random_weights_run_in_the_flow(video_library: P
         assert sample.keypoints.shape == (4, 238, 3) and np.isfinite(sample.keypoints).all()
         assert set(sample.masks) == {"hair", "hat"} and sample.masks["hair"].shape == (4, CROP, CROP)
         assert "sapiens" in sample.meta.perception.provenance["keypoints"].lower()
+
+    # RetinaFace with random weights finds no real face: every clip is a recorded rejection, none is lost.
+    detect = {"backend": "retinaface_mobile0.25", "weights_dir": str(weights), "runtime": cpu}
+    one_video = tmp_path / "one"
+    one_video.mkdir()
+    shutil.copy(video_library / "good" / "portrait_0000.mp4", one_video)
+    config = small_config(one_video, tmp_path / "out2", decode={"size": 96}, perception={
+        **config.perception.model_dump(mode="json"), "detection": detect})
+    summary = build_dataset(config)
+    failures = read_table("failures", tmp_path / "out2" / "manifests" / "failures.parquet").to_pylist()
+    assert summary.clips == 3 and summary.samples + len(failures) == 3
+    assert all(row["stage"] == "perception" for row in failures)
 
 
 def test_model_actors_are_set_up_once_per_build_and_receive_whole_clips(video_library: Path, tmp_path: Path):
