@@ -31,7 +31,9 @@ PHASES = [  # (label, from, to) over the timeline; "process_started"/"process_ex
     ("Ray ready -> first unit starts", "ray_ready", "first_unit_started"),
     ("unit work (first start -> last end)", "first_unit_started", "last_unit_ended"),
     ("results collected", "last_unit_ended", "units_done"),
-    ("manifests, artifacts, stop services", "units_done", "services_stopped"),
+    ("manifests and artifacts", "units_done", "published"),
+    ("flow run finished", "published", "flow_returned"),
+    ("Prefect server and Ray stopped", "flow_returned", "services_stopped"),
     ("process exit", "services_stopped", "process_exited"),
 ]
 

@@ -53,8 +53,9 @@ def build_dataset(config: BuildConfig) -> BuildSummary:
 
     # 3. Publish the manifests and tell people what happened.
     summary = publish_manifests(config, reports, failures, timeline)
-    summary = summary.model_copy(update={"units_per_node": per_node})
     _publish_artifacts(summary)
+    summary.timeline["published"] = time.time()
+    summary = summary.model_copy(update={"units_per_node": per_node})
     layout = OutputLayout(config.output_path)
     logger.info("shards: %s\nmanifests: %s", layout.shards, layout.manifests)
     return summary

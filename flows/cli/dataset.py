@@ -98,6 +98,7 @@ def build_dataset_command(
         with embedded_services(cfg.execution):
             timeline["services_ready"] = time.time()
             summary = build_dataset(cfg)
+            timeline["flow_returned"] = time.time()
     except RayUnavailableError as err:
         fail(str(err))
     timeline["services_stopped"] = time.time()
