@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 
 from data_specs.config import BuildConfig, parse_config
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # the temporary server must not phone home
 from data_specs.units import WorkUnit
 from tasks.media import find_ffmpeg
 from tasks.sources import list_videos

@@ -141,3 +141,15 @@ def test_a_model_that_cannot_load_stops_the_build_before_any_unit(video_library:
     with pytest.raises(ModelLoadError, match=r"segmenter.*parsing_bisenet\.pth"):
         build_dataset(config)
     assert not (tmp_path / "out" / "shards").exists() or not list((tmp_path / "out" / "shards").iterdir())
+
+
+def test_model_resources_reach_ray_a_gpu_model_on_a_cpu_cluster_is_refused_up_front(video_library: Path,
+                                                                                   tmp_path: Path):
+    from flows.build_dataset import build_dataset
+    from flows.ray_units import ModelLoadError
+
+    gpu = {"backend": "truth", "runtime": {"device": "cuda", "gpus": 1, "cpus": 0.25}}
+    config = small_config(video_library / "good", tmp_path / "out", decode={"size": 96},
+                          perception=perception(keypoints=gpu))
+    with pytest.raises(ModelLoadError, match=r"keypoints: 1 x 0.25 CPU \+ 1 GPU.*need .* and 1 GPUs"):
+        build_dataset(config)
