@@ -12,6 +12,7 @@ import contextlib
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import ray
 
@@ -26,16 +27,23 @@ class RayUnavailableError(RuntimeError):
 
 
 def resolve_address(address: str) -> str:
-    """HOST:PORT of the cluster named by `address` ('auto': RAY_ADDRESS or the last `ray start` here)."""
-    from ray._private.services import canonicalize_bootstrap_address
+    """HOST:PORT of the cluster named by `address`.
 
-    try:
-        resolved = canonicalize_bootstrap_address(address)
-    except ConnectionError as err:
-        raise RayUnavailableError(f"execution.ray_address={address!r}: {err}") from err
-    if resolved is None:
-        raise RayUnavailableError(f"execution.ray_address={address!r}: no running Ray cluster found")
-    return resolved
+    'auto' means RAY_ADDRESS, else the cluster the last `ray start` on this machine recorded
+    (`ray_current_cluster` in Ray's temp folder). Unlike Ray's own 'auto', it never falls back to
+    whichever Ray processes happen to run on the machine.
+    """
+    if address != "auto":
+        return address
+    from ray._common.utils import get_ray_address_file
+
+    if os.environ.get("RAY_ADDRESS", "") not in ("", "auto"):
+        return os.environ["RAY_ADDRESS"]
+    record = Path(get_ray_address_file(None))
+    if not record.is_file() or not record.read_text().strip():
+        raise RayUnavailableError("execution.ray_address='auto': no Ray cluster recorded on this machine (no "
+                                  f"RAY_ADDRESS and no {record}); run `ray start --address=HEAD:6379` first")
+    return record.read_text().strip()
 
 
 def check_reachable(configured: str, address: str, timeout_s: float) -> None:
