@@ -74,7 +74,10 @@ def build_dataset_command(
 ) -> None:
     """Run the Prefect flow `build-dataset`: decode and clip videos on Ray, write shards and manifests.
 
-    Units whose videos, config and code are unchanged since the last run are skipped.
+    With a `perception:` section, each clip's main face is cropped and the samples get keypoints, pose
+    frames and attribute masks (models in Ray actors, loaded once). Units whose videos, config and code
+    are unchanged since the last run are skipped. Without `execution.ray_address` a private local Ray is
+    started; everything the command starts is stopped when it ends, even on `kill -9`.
     """
     from tasks.sources import InputError, list_videos
 
