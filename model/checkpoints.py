@@ -88,14 +88,14 @@ def load_torch_checkpoint(path: str | Path, tolerated_modules: tuple[str, ...] =
         # and a refused global surfaces as the load error below, with its name.
         unknown = []
     tolerated = tuple(module + "." for module in tolerated_modules)
-    refused = [name for name in unknown if _numpy_global(name) is None and not name.startswith(tolerated)]
+    numpy_globals = {name: found for name in unknown if (found := _numpy_global(name)) is not None}
+    refused = [name for name in unknown if name not in numpy_globals and not name.startswith(tolerated)]
     if refused:
         raise CheckpointError(
             f"{path}: refusing to unpickle {', '.join(sorted(refused))} (not on the allow-list of tensor and "
             f"metadata types). Loading it would run code named by the file. {_CONVERT_HINT}")
-    allowed = [(_numpy_global(name), name) if _numpy_global(name) is not None else (_stand_in(name), name)
-               for name in unknown]
-    if any(_numpy_global(name) is not None for name in unknown):
+    allowed = [(numpy_globals.get(name) or _stand_in(name), name) for name in unknown]
+    if numpy_globals:
         # A pickled array's dtype is rebuilt from its class, which the scan above does not list.
         allowed += [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
     try:

@@ -58,11 +58,8 @@ def _from_listing(source: str, extensions: tuple[str, ...]) -> list[VideoRef]:
         if not infos:
             raise InputError(f"input {source!r} matches nothing")
     wanted = tuple(ext.lower() for ext in extensions)
-    return [
-        _ref(fs, info["name"], _followed(fs, info))
-        for info in infos
-        if info["name"].lower().endswith(wanted) and _followed(fs, info).get("type") == "file"
-    ]
+    candidates = (_followed(fs, info) for info in infos if info["name"].lower().endswith(wanted))
+    return [_ref(fs, info["name"], info) for info in candidates if info.get("type") == "file"]
 
 
 def _followed(fs: fsspec.AbstractFileSystem, info: dict) -> dict:
