@@ -52,10 +52,9 @@ def build_dataset(config: BuildConfig) -> BuildSummary:
             timeline["units_done"] = time.time()
 
     # 3. Publish the manifests and tell people what happened.
-    summary = publish_manifests(config, reports, failures, timeline)
+    summary = publish_manifests(config, reports, failures, timeline, per_node)
     _publish_artifacts(summary)
     summary.timeline["published"] = time.time()
-    summary = summary.model_copy(update={"units_per_node": per_node})
     layout = OutputLayout(config.output_path)
     logger.info("shards: %s\nmanifests: %s", layout.shards, layout.manifests)
     return summary

@@ -35,7 +35,8 @@ def unit_failure_rows(unit: WorkUnit, config: BuildConfig, reason: str) -> list[
 
 
 def publish_manifests(config: BuildConfig, reports: list[UnitReport], extra_failures: list[FailureRow],
-                      timeline: dict[str, float] | None = None) -> BuildSummary:
+                      timeline: dict[str, float] | None = None,
+                      units_per_node: dict[str, int] | None = None) -> BuildSummary:
     """Merge the parts of the given (completed) units into the build manifests and collect garbage."""
     layout = OutputLayout(config.output_path)
     tables: dict[str, list[pa.Table]] = {name: [] for name in TABLES}
@@ -75,6 +76,7 @@ def publish_manifests(config: BuildConfig, reports: list[UnitReport], extra_fail
         work_span_s=round(max((r.started_at + r.seconds for r in ran), default=0.0)
                           - min((r.started_at for r in ran), default=0.0), 3),
         work_s=round(sum(r.seconds for r in ran), 3),
+        units_per_node=units_per_node or {},
         timeline={**(timeline or {}), **({"first_unit_started": min(r.started_at for r in ran),
                                            "last_unit_ended": max(r.started_at + r.seconds for r in ran)}
                                           if ran else {})},
