@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from data_specs.perception import PerceptionConfig
 from data_specs.spec import Resources, Spec
+from data_specs.training_samples import TrainingSamplesConfig
 from data_specs.video import DecodeConfig
 
 __all__ = ["BuildConfig", "ConfigError", "Resources", "Spec", "parse_config", "read_yaml"]
@@ -116,6 +117,9 @@ class BuildConfig(Spec):
         None, description="Face crop, keypoints, pose frames and attribute masks per clip (None: frames as decoded).")
     stages: tuple[StageSpec, ...] = Field(
         (), description="Further per-clip stages by import path, run after perception, in order.")
+    training_samples: TrainingSamplesConfig | None = Field(
+        None, description="Turn each perceived clip into self-reconstruction pairs, the samples training reads "
+        "(None: one sample per clip). Needs `perception`.")
 
     @field_validator("output_dir")
     @classmethod
@@ -124,9 +128,27 @@ class BuildConfig(Spec):
             raise ValueError("must be a local folder (remote outputs are not supported yet)")
         return value.removeprefix("file://")
 
+    @model_validator(mode="after")
+    def _training_samples_fit(self) -> BuildConfig:
+        samples = self.training_samples
+        if samples is None:
+            return self
+        if self.perception is None:
+            raise ValueError("training_samples needs `perception` (crops, pose frames and attribute masks)")
+        needed = samples.pairs.frames_needed()
+        if self.clips.length < needed:
+            raise ValueError(f"clips.length {self.clips.length} is shorter than the {needed} frames a pair needs "
+                             f"(training_samples.pairs: frames, frame_stride, min_ref_distance)")
+        samples.check_attributes(self.perception.segmentation.attributes)
+        if samples.expansion.mode == "generate" and self.perception.segmentation.backend == "truth":
+            raise ValueError("expansion.mode 'generate' segments generated images: the 'truth' segmenter knows "
+                             "only the test videos; choose a segmentation model")
+        return self
+
     def output_hash(self) -> str:
         """Hash of every setting that changes the bytes written; execution settings do not."""
-        relevant = self.model_dump(mode="json", include={"decode", "clips", "shards", "perception", "stages"})
+        relevant = self.model_dump(mode="json", include={"decode", "clips", "shards", "perception", "stages",
+                                                         "training_samples"})
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -164,6 +186,6 @@ def format_validation_error(err: ValidationError, origin: str) -> str:
     lines = [f"invalid {origin}:"]
     for problem in err.errors():
         field = ".".join(str(part) for part in problem["loc"]) or "(top level)"
-        message = "unknown field" if problem["type"] == "extra_forbidden" else problem["msg"]
+        message = "unknown field" if problem["type"] == "extra_forbidden" else problem["msg"].removeprefix("Value error, ")
         lines.append(f"  {field}: {message}")
     return "\n".join(lines)

@@ -6,6 +6,8 @@
       units/<unit>.done.json              the unit's `UnitReport`, written last: the unit is complete
       manifests/<table>.parquet           the build's merged manifests (`shards` written last)
       manifests/build.json                the `BuildSummary` of the last run
+      card/README.md, card/*.png          the dataset card (counts, distributions, rejections)
+      card/contact_sheet.png              a contact sheet of the first samples
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ class OutputLayout:
     @property
     def summary_file(self) -> Path:
         return self.manifests / "build.json"
+
+    @property
+    def card(self) -> Path:
+        return self.root / "card"
 
     def manifest(self, table: str) -> Path:
         return self.manifests / f"{table}.parquet"

@@ -70,6 +70,16 @@ SAMPLES = pa.schema(
         pa.field("shard", pa.string(), nullable=False),
         pa.field("fields", pa.list_(pa.string()), nullable=False),
         pa.field("frame_indices", pa.list_(pa.int32()), nullable=False),
+        # Training samples (kind "pair") only; null for clip samples. What a loader needs to filter by training
+        # stage and rebalance attributes, and what the dataset card plots, without opening a shard.
+        pa.field("kind", pa.string(), nullable=False),  # clip | pair
+        pa.field("training_stage", pa.int32()),
+        pa.field("attribute", pa.string()),
+        pa.field("pair_index", pa.int32()),
+        pa.field("attribute_mask_area", pa.float32()),  # fraction of the attribute reference M_attr covers
+        pa.field("expanded_mask_area", pa.float32()),  # fraction of the portrait reference M_port_train covers
+        pa.field("expansion", pa.string()),  # none | dilate | generate
+        pa.field("face_size", pa.float32()),  # median crop-box side, decoded-frame pixels
         *LINEAGE,
     ]
 )
@@ -103,8 +113,6 @@ TABLES: dict[str, pa.Schema] = {
     "failures": FAILURES,
     "shards": SHARDS,  # last: the shards manifest is what marks a build complete
 }
-
-
 
 
 # ---------------------------------------------------------------- typed rows, one class per table
@@ -146,6 +154,14 @@ class SampleRow(Lineage):
     shard: str
     fields: list[str]
     frame_indices: list[int]
+    kind: str = "clip"
+    training_stage: int | None = None
+    attribute: str | None = None
+    pair_index: int | None = None
+    attribute_mask_area: float | None = None
+    expanded_mask_area: float | None = None
+    expansion: str | None = None
+    face_size: float | None = None
 
 
 @dataclass(kw_only=True)

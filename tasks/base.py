@@ -1,8 +1,10 @@
 """The interface of per-clip work: CPU stages inside the unit task, models in long-lived actors.
 
-A *clip stage* (`ClipStage`) maps one `ClipSample` to one `ClipSample` inside the unit task,
-on the CPU that decodes and encodes. A problem with the clip's data is raised as
-`DataError`: the unit runner records it as a failure row for that clip and carries on;
+A *clip stage* (`ClipStage`) maps one sample to a list of samples inside the unit task, on
+the CPU that decodes and encodes: records in, records out. Most stages return one sample
+(perception crops a clip); the training-sample stage returns a clip's K pairs; an empty list
+drops the record. A problem with the record's data is raised as `DataError`: the unit
+runner records it as a failure row for that record and carries on;
 any other exception is infrastructure and propagates (and Ray retries the unit).
 
 A *model* (`ModelSpec`) is whatever a stage needs that is costly to load or wants a GPU:
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from data_specs.config import BuildConfig, StageSpec
-from data_specs.sample import ClipSample
+from data_specs.sample import Sample
 from data_specs.spec import Resources
 
 __all__ = ["ClipStage", "LocalModel", "ModelClient", "ModelSpec", "Resources", "build_stages", "model_specs",
@@ -82,19 +84,25 @@ class ClipStage(Protocol):
     def setup(self, models: Mapping[str, ModelClient]) -> None:
         """Keep the model clients, load light state; called once per worker process and build."""
 
-    def __call__(self, sample: ClipSample) -> ClipSample:
-        """Process one clip; raise `DataError` when the clip's data is at fault."""
+    def __call__(self, sample: Sample) -> list[Sample]:
+        """Process one record; raise `DataError` when its data is at fault."""
 
 
 def build_stages(config: BuildConfig) -> list[ClipStage]:
-    """The configured stages, in order: perception (if configured), then `stages` by import path."""
+    """The configured stages, in order: perception (if configured), `stages` by import path, then the
+    training samples (if configured)."""
     stages: list[ClipStage] = []
     if config.perception is not None:
         from tasks.perception.stage import PerceptionStage
 
-        stages.append(PerceptionStage(config.perception, config.decode))
+        perception = PerceptionStage(config.perception, config.decode)
+        stages.append(perception)
     for spec in config.stages:
         stages.append(_import_stage(spec))
+    if config.training_samples is not None:
+        from tasks.samples.stage import TrainingSampleStage
+
+        stages.append(TrainingSampleStage(config.training_samples, perception.segmenter))
     return stages
 
 
@@ -132,7 +140,8 @@ def stages_for(config: BuildConfig, models: Mapping[str, ModelClient] | None = N
     between them, so a stage's `setup()` runs once per worker, not once per unit.
     models None: every model runs in this process (`LocalModel`).
     """
-    key = json.dumps([build_id, config.model_dump(mode="json", include={"decode", "perception", "stages"})],
+    key = json.dumps([build_id, config.model_dump(mode="json", include={"decode", "perception", "stages",
+                                                                              "training_samples"})],
                      sort_keys=True)
     if key not in _WORKER_STAGES:
         stages = build_stages(config)

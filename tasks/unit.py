@@ -22,7 +22,7 @@ from data_specs.config import BuildConfig
 from data_specs.files import write_atomic
 from data_specs.layout import OutputLayout
 from data_specs.lineage import Lineage, Stamp, code_version
-from data_specs.sample import ClipMeta, ClipSample, clip_key, encode_sample
+from data_specs.sample import ClipMeta, ClipSample, PairSample, Sample, clip_key, encode_sample
 from data_specs.schemas import ClipRow, FailureRow, SampleRow, ShardRow, VideoRow, to_table, write_table_atomic
 from data_specs.units import UnitReport, VideoRef, WorkUnit
 from tasks.base import ClipStage, stages_for
@@ -163,19 +163,21 @@ class UnitRun:
         self.clips.append(ClipRow(clip_id=key, video_id=video.video_id, clip_index=clip_index,
                                   frame_indices=frame_indices, time_start_s=clip[0].time_s,
                                   time_end_s=clip[-1].time_s, fps=fps, **lineage.columns()))
+        records: list[Sample] = [sample]
         for stage in self.stages:
-            try:
-                sample = stage(sample)
-            except DataError as err:
-                if self.config.execution.on_error == "raise":
-                    raise
-                self.failures.append(FailureRow(item_id=key, stage=stage.name, reason=failure_reason(err),
-                                                frame_indices=frame_indices, **lineage.columns()))
-                return
-        shard = self.writer.write(encode_sample(sample, self.config.decode.jpeg_quality))
-        self.samples.append(SampleRow(sample_key=key, clip_id=key, video_id=video.video_id, shard=shard,
-                                      fields=sample.field_names(), frame_indices=frame_indices,
-                                      **lineage.columns()))
+            passed = []
+            for record in records:
+                try:
+                    passed += stage(record)
+                except DataError as err:
+                    if self.config.execution.on_error == "raise":
+                        raise
+                    self.failures.append(FailureRow(item_id=record.key, stage=stage.name, reason=failure_reason(err),
+                                                    frame_indices=frame_indices, **lineage.columns()))
+            records = passed
+        for record in records:
+            shard = self.writer.write(encode_sample(record, self.config.decode.jpeg_quality))
+            self.samples.append(sample_row(record, shard, lineage))
 
     def _retire(self, previous: UnitReport, current: UnitReport) -> None:
         """Delete what a superseded run of this unit wrote."""
@@ -183,6 +185,20 @@ class UnitRun:
             self.layout.shard(shard).unlink(missing_ok=True)
         if previous.parts_dir != current.parts_dir:
             shutil.rmtree(self.layout.root / previous.parts_dir, ignore_errors=True)
+
+
+def sample_row(sample: Sample, shard: str, lineage: Lineage) -> SampleRow:
+    """The samples-manifest row of a written sample; pairs also carry what a loader filters and rebalances by."""
+    meta = sample.meta
+    if not isinstance(sample, PairSample):
+        return SampleRow(sample_key=sample.key, clip_id=sample.key, video_id=meta.video_id, shard=shard,
+                         fields=sample.field_names(), frame_indices=meta.frame_indices, **lineage.columns())
+    return SampleRow(sample_key=sample.key, clip_id=meta.clip_key, video_id=meta.video_id, shard=shard,
+                     fields=sample.field_names(), frame_indices=meta.target_frame_indices, kind="pair",
+                     training_stage=meta.training_stage, attribute=meta.attribute, pair_index=meta.pair_index,
+                     attribute_mask_area=meta.attribute_ref.mask_area,
+                     expanded_mask_area=meta.portrait_ref.mask_area, expansion=meta.expansion.mode,
+                     face_size=meta.face_size, **lineage.columns())
 
 
 class _Counted:

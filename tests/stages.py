@@ -32,12 +32,12 @@ class KillWorker:
     def setup(self, models: Mapping[str, ModelClient]) -> None:
         self.marker_dir.mkdir(parents=True, exist_ok=True)
 
-    def __call__(self, sample: ClipSample) -> ClipSample:
+    def __call__(self, sample: ClipSample) -> list[ClipSample]:
         deaths = len(list(self.marker_dir.iterdir()))
         if sample.meta.video_id.startswith(self.video_prefix) and deaths < self.times:
             (self.marker_dir / f"death-{deaths}").write_text(str(os.getpid()))
             os._exit(137)
-        return sample
+        return [sample]
 
 
 class Slow:
@@ -53,9 +53,9 @@ class Slow:
     def setup(self, models: Mapping[str, ModelClient]) -> None:
         pass
 
-    def __call__(self, sample: ClipSample) -> ClipSample:
+    def __call__(self, sample: ClipSample) -> list[ClipSample]:
         time.sleep(self.seconds)
-        return sample
+        return [sample]
 
 
 class CountingModel:
@@ -87,6 +87,6 @@ class UsesCountingModel:
     def setup(self, models: Mapping[str, ModelClient]) -> None:
         self.counter = models["counter"]
 
-    def __call__(self, sample: ClipSample) -> ClipSample:
+    def __call__(self, sample: ClipSample) -> list[ClipSample]:
         assert self.counter.call("mean", sample.frames) >= 0
-        return sample
+        return [sample]

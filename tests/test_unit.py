@@ -91,11 +91,11 @@ class RejectSecondClip:
     def setup(self, models) -> None:
         self.calls = 0
 
-    def __call__(self, sample: ClipSample) -> ClipSample:
+    def __call__(self, sample: ClipSample) -> list[ClipSample]:
         if sample.meta.clip_index == 1:
             raise DataError("no face found in 4 of 4 frames")
         sample.keypoints = np.zeros((len(sample.frames), 5, 3), np.float32)
-        return sample
+        return [sample]
 
 
 def test_a_stage_failure_drops_one_clip_and_is_recorded(videos: Path, tmp_path: Path):
@@ -144,7 +144,7 @@ def test_videos_behind_an_fsspec_url_are_fetched_and_processed(videos: Path, tmp
 
 
 class RejectSilently(RejectSecondClip):
-    def __call__(self, sample: ClipSample) -> ClipSample:
+    def __call__(self, sample: ClipSample) -> list[ClipSample]:
         raise DataError()
 
 

@@ -63,11 +63,16 @@ class PerceptionStage:
         self._clients: Mapping[str, ModelClient] = {}
         self._provenance: dict[str, str] = {}
 
+    @property
+    def segmenter(self) -> ModelSpec:
+        """The attribute segmenter, which later stages call on images of their own."""
+        return self.models[2]
+
     def setup(self, models: Mapping[str, ModelClient]) -> None:
         self._clients = models
         self._provenance = {name: client.get("provenance") for name, client in models.items()}
 
-    def __call__(self, sample: ClipSample) -> ClipSample:
+    def __call__(self, sample: ClipSample) -> list[ClipSample]:
         frames, meta = sample.frames, sample.meta
         height, width = frames.shape[1:3]
         size = self.config.crop.size
@@ -95,5 +100,5 @@ class PerceptionStage:
             presence={attribute: flags.tolist() for attribute, flags in presence.items()},
             provenance=self._provenance,
         )
-        return ClipSample(key=sample.key, meta=meta.model_copy(update={"perception": perception}), frames=crops,
-                          keypoints=np.asarray(keypoints, np.float32), masks=masks, pose_frames=pose_frames)
+        return [ClipSample(key=sample.key, meta=meta.model_copy(update={"perception": perception}), frames=crops,
+                           keypoints=np.asarray(keypoints, np.float32), masks=masks, pose_frames=pose_frames)]

@@ -1,0 +1,1 @@
+"""Training samples: pair sampling, mask expansion, augmentation and the models they call."""

@@ -1,0 +1,240 @@
+"""The training-sample stage: one annotated clip in, its self-reconstruction pairs out.
+
+Per clip and training stage it plans K pairs (`pairs.plan_pairs`), grows each portrait mask
+(`expansion`, or a ControlNet image segmented by the perception segmenter), augments both
+references (`augment`), masks them complementarily and, when asked, encodes VAE latents. The
+models run in the flow's actors and are called once per clip with every pair's images, so a
+GPU sees batches. No torch here: the data workers stay light.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from data_specs.perception import PerceptionMeta
+from data_specs.sample import GENERATED, ClipSample, PairSample
+from data_specs.training_samples import (AugmentParams, ExpansionMeta, GenerateConfig, InpaintConfig, LatentConfig,
+                                         PairMeta, ReferenceMeta, TrainingSamplesConfig)
+from tasks.base import ModelClient, ModelSpec, Resources
+from tasks.errors import DataError
+from tasks.samples import augment
+from tasks.samples.expansion import dilate_erode, draw_dilation, expand
+from tasks.samples.pairs import PairPlan, clip_rng, plan_pairs
+
+MASK_GENERATOR, INPAINTER, LATENT_ENCODER = "mask_generator", "inpainter", "latent_encoder"
+
+
+def build_mask_generator(config: GenerateConfig) -> Any:
+    from tasks.samples.diffusion import MaskGenerator
+
+    return MaskGenerator(config)
+
+
+def build_inpainter(config: InpaintConfig) -> Any:
+    from tasks.samples.diffusion import Inpainter
+
+    return Inpainter(config)
+
+
+def build_latent_encoder(config: LatentConfig) -> Any:
+    from tasks.samples.diffusion import LatentEncoder
+
+    return LatentEncoder(config)
+
+
+def pair_key(clip_key: str, stage: int, pair_index: int) -> str:
+    return f"{clip_key}_s{stage}_p{pair_index:02d}"
+
+
+@dataclass
+class _Draft:
+    """A pair while it is being built: what was drawn, and the images so far."""
+
+    stage: int
+    plan: PairPlan
+    expansion: ExpansionMeta
+    extra_mask: np.ndarray  # what the expansion adds to M_attr of the portrait reference
+    attribute_params: AugmentParams
+    portrait_params: AugmentParams
+
+
+class TrainingSampleStage:
+    """Turns a perceived clip (crops, pose frames, masks) into `PairSample`s.
+
+    A clip that cannot give the requested pairs (too short, the attribute visible nowhere, no
+    two frames far enough apart) is a `DataError`: a failure row, and the build goes on.
+    """
+
+    name = "training-samples"
+    resources = Resources(cpus=1)
+
+    def __init__(self, config: TrainingSamplesConfig, segmenter: ModelSpec) -> None:
+        self.config = config
+        models = []
+        if config.expansion.mode == "generate":
+            generate = config.expansion.generate
+            models += [ModelSpec(MASK_GENERATOR, functools.partial(build_mask_generator, generate),
+                                 generate.runtime.resources, generate.runtime.replicas), segmenter]
+        if config.augment.enabled and config.augment.fill == "inpaint":
+            inpaint = config.augment.inpaint
+            models.append(ModelSpec(INPAINTER, functools.partial(build_inpainter, inpaint),
+                                    inpaint.runtime.resources, inpaint.runtime.replicas))
+        if config.latents is not None:
+            models.append(ModelSpec(LATENT_ENCODER, functools.partial(build_latent_encoder, config.latents),
+                                    config.latents.runtime.resources, config.latents.runtime.replicas))
+        self.segmenter = segmenter.name
+        self.models = tuple(models)
+        self._clients: Mapping[str, ModelClient] = {}
+        self._provenance: dict[str, str] = {}
+
+    def setup(self, models: Mapping[str, ModelClient]) -> None:
+        self._clients = models
+        self._provenance = {name: client.get("provenance") for name, client in models.items()}
+
+    def __call__(self, sample: ClipSample) -> list[PairSample]:
+        perception = sample.meta.perception
+        if perception is None or sample.pose_frames is None or not sample.masks:
+            raise ValueError("training samples need perception's crops, pose frames and masks "
+                             "(set `perception` in the build config)")
+        presence = {attribute: np.asarray(flags, bool) for attribute, flags in perception.presence.items()}
+        drafts = []
+        for stage in self.config.pairs.stages:
+            rng = clip_rng(self.config.pairs.seed, sample.key, stage)
+            for plan in plan_pairs(len(sample.frames), presence, self.config.pairs, stage, rng):
+                drafts.append(self._draw(sample, stage, plan, rng))
+        generated = self._generate(sample, drafts)
+        references = self._references(sample, drafts)
+        latents = self._latents(sample, drafts, references)
+        return [self._pair(sample, perception, draft, refs, generated.get(i), latents[i])
+                for i, (draft, refs) in enumerate(zip(drafts, references))]
+
+    # -------------------------------------------------------------- steps
+
+    def _draw(self, sample: ClipSample, stage: int, plan: PairPlan, rng: np.random.Generator) -> _Draft:
+        """Every random choice of one pair, in a fixed order."""
+        mask = sample.masks[plan.attribute][plan.portrait_ref]
+        side = sample.frames.shape[1]
+        expansion = self.config.expansion
+        extra = np.zeros_like(mask)
+        meta: dict[str, Any] = {"mode": expansion.mode}
+        if expansion.mode == "dilate":
+            meta["dilate_px"], meta["erode_px"] = draw_dilation(rng, expansion.dilate, side)
+            extra = dilate_erode(mask, meta["dilate_px"], meta["erode_px"])
+        elif expansion.mode == "generate":
+            templates = expansion.generate.prompts[plan.attribute]
+            meta["prompt"] = templates[int(rng.integers(len(templates)))]
+            meta["seed"] = int(rng.integers(2**31))
+        config = self.config.augment
+        draw = (lambda: augment.draw(rng, config, side)) if config.enabled else augment.identity_params
+        attribute_params, portrait_params = draw(), draw()
+        area = float(mask.mean())
+        return _Draft(stage, plan, ExpansionMeta(attribute_area=area, expanded_area=area, **meta), extra,
+                      attribute_params, portrait_params)
+
+    def _generate(self, sample: ClipSample, drafts: list[_Draft]) -> dict[int, np.ndarray]:
+        """ControlNet images of the portrait references' keypoints; their attribute masks join the expansion."""
+        if self.config.expansion.mode != "generate":
+            return {}
+        conditions = np.stack([sample.pose_frames[d.plan.portrait_ref] for d in drafts])
+        images = self._clients[MASK_GENERATOR].call("generate", conditions, [d.expansion.prompt for d in drafts],
+                                                    [d.expansion.seed for d in drafts])
+        masks = self._clients[self.segmenter].call("__call__", np.asarray(images, np.uint8))
+        for i, draft in enumerate(drafts):
+            draft.extra_mask = masks[draft.plan.attribute][i]
+        return {i: np.asarray(image, np.uint8) for i, image in enumerate(images)}
+
+    def _references(self, sample: ClipSample, drafts: list[_Draft]) -> list[tuple[np.ndarray, ...]]:
+        """Per pair: (attribute ref, M_attr, portrait ref, M_port_train), augmented and masked.
+
+        The steps of `augment.apply`, with the inpainting fill batched over the clip's references.
+        """
+        images, masks, exposed, params = [], [], [], []  # attribute then portrait reference of each pair
+        for draft in drafts:
+            plan = draft.plan
+            portrait_mask = expand(sample.masks[plan.attribute][plan.portrait_ref], draft.extra_mask)
+            draft.expansion = draft.expansion.model_copy(update={"expanded_area": float(portrait_mask.mean())})
+            for position, mask, drawn in ((plan.attribute_ref, sample.masks[plan.attribute][plan.attribute_ref],
+                                           draft.attribute_params),
+                                          (plan.portrait_ref, portrait_mask, draft.portrait_params)):
+                image, warped_mask, outside = augment.warp(sample.frames[position], mask, drawn)
+                images.append(image)
+                masks.append(warped_mask)
+                exposed.append(outside)
+                params.append(drawn.model_copy(update={"exposed_area": float(outside.mean())}))
+        to_paint = [i for i, p in enumerate(params) if p.fill == "inpaint" and exposed[i].any()]
+        if to_paint:
+            painted = self._clients[INPAINTER].call("inpaint", np.stack([images[i] for i in to_paint]),
+                                                    np.stack([exposed[i] for i in to_paint]),
+                                                    [params[i].inpaint_seed or 0 for i in to_paint])
+            for i, image in zip(to_paint, painted):
+                images[i] = np.asarray(image, np.uint8)
+        out = []
+        for k, draft in enumerate(drafts):
+            a, p = 2 * k, 2 * k + 1
+            draft.attribute_params, draft.portrait_params = params[a], params[p]
+            attribute_ref = augment.jitter(images[a], params[a]) * masks[a][..., None]
+            portrait_ref = augment.jitter(images[p], params[p]) * ~masks[p][..., None]
+            out.append((attribute_ref, masks[a], portrait_ref, masks[p]))
+        return out
+
+    def _latents(self, sample: ClipSample, drafts: list[_Draft],
+                 references: list[tuple[np.ndarray, ...]]) -> list[dict[str, np.ndarray]]:
+        """VAE latents of every pair's targets and masked references, in one call per clip."""
+        if self.config.latents is None:
+            return [{} for _ in drafts]
+        images = [sample.frames[list(d.plan.targets)] for d in drafts]
+        images += [np.stack([refs[0], refs[2]]) for refs in references]
+        encoded = self._clients[LATENT_ENCODER].call("encode", np.concatenate(images))
+        out, start = [], 0
+        for draft in drafts:
+            out.append({"target": encoded[start:start + len(draft.plan.targets)]})
+            start += len(draft.plan.targets)
+        for latents in out:
+            latents["attr_ref"], latents["port_ref"] = encoded[start], encoded[start + 1]
+            start += 2
+        return out
+
+    def _pair(self, sample: ClipSample, perception: PerceptionMeta, draft: _Draft, refs: tuple[np.ndarray, ...],
+              generated: np.ndarray | None, latents: dict[str, np.ndarray]) -> PairSample:
+        plan, meta = draft.plan, sample.meta
+        attribute_ref, attribute_mask, portrait_ref, portrait_mask = refs
+        expansion = draft.expansion
+        if generated is not None:
+            expansion = expansion.model_copy(update={"generated_image": GENERATED,
+                                                     "generator": self._provenance.get(MASK_GENERATOR)})
+        targets = list(plan.targets)
+        sides = [box[2] - box[0] for box in perception.crop_boxes]
+        pair_meta = PairMeta(
+            video_id=meta.video_id, clip_key=sample.key, clip_index=meta.clip_index, source_path=meta.source_path,
+            content_sha256=meta.content_sha256, config_hash=meta.config_hash, code_version=meta.code_version,
+            fps=meta.fps, training_stage=draft.stage, pair_index=plan.pair_index, attribute=plan.attribute,
+            target_positions=targets, target_frame_indices=[meta.frame_indices[t] for t in targets],
+            attribute_ref=ReferenceMeta(position=plan.attribute_ref, frame_index=meta.frame_indices[plan.attribute_ref],
+                                        mask_area=float(attribute_mask.mean()), augmentation=draft.attribute_params),
+            portrait_ref=ReferenceMeta(position=plan.portrait_ref, frame_index=meta.frame_indices[plan.portrait_ref],
+                                       mask_area=float(portrait_mask.mean()), augmentation=draft.portrait_params),
+            expansion=expansion,
+            keypoint_layout=perception.keypoint_layout,
+            face_size=float(np.median(sides)),
+            seed=self.config.pairs.seed,
+            provenance={**perception.provenance, **self._provenance},
+            latents_vae=self._provenance.get(LATENT_ENCODER) if latents else None,
+        )
+        return PairSample(
+            key=pair_key(sample.key, draft.stage, plan.pair_index),
+            meta=pair_meta,
+            targets=sample.frames[targets],
+            pose_frames=sample.pose_frames[targets],
+            keypoints=sample.keypoints[targets] if sample.keypoints is not None else None,
+            attribute_ref=attribute_ref.astype(np.uint8),
+            attribute_mask=attribute_mask,
+            portrait_ref=portrait_ref.astype(np.uint8),
+            portrait_mask=portrait_mask,
+            generated=generated,
+            latents=latents,
+        )

@@ -1,0 +1,54 @@
+"""A perceived clip built by hand (crops, masks, pose frames, perception meta) for the sample-stage tests."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from data_specs.perception import KeypointConfig, PerceptionConfig, PerceptionMeta, SegmentationConfig
+from data_specs.sample import ClipMeta, ClipSample
+from data_specs.training_samples import TrainingSamplesConfig
+from data_specs.video import DecodeConfig
+from tasks.base import LocalModel
+from tasks.perception.stage import PerceptionStage
+from tasks.samples.stage import TrainingSampleStage
+
+TRUTH_PERCEPTION = PerceptionConfig(keypoints=KeypointConfig(backend="truth"),
+                                    segmentation=SegmentationConfig(backend="truth", attributes=("hair", "hat")))
+
+
+def perceived_clip(frames: int = 12, size: int = 64, hat_frames: tuple[int, ...] = (), seed: int = 0,
+                   key: str = "vid_c00000") -> ClipSample:
+    """A textured clip with a hair mask (a disc moving right) in every frame and a hat mask in `hat_frames`."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 255, (frames, size, size, 3), dtype=np.uint8)
+    images = np.stack([cv2.GaussianBlur(image, (5, 5), 1.5) for image in images])
+    hair = np.zeros((frames, size, size), np.uint8)
+    hat = np.zeros_like(hair)
+    for i in range(frames):
+        cv2.circle(hair[i], (size // 3 + i, size // 3), size // 5, 1, -1)
+        if i in hat_frames:
+            cv2.rectangle(hat[i], (size // 4, 0), (3 * size // 4, size // 8), 1, -1)
+    masks = {"hair": hair.astype(bool), "hat": hat.astype(bool)}
+    keypoints = rng.uniform(size * 0.3, size * 0.7, (frames, 5, 3)).astype(np.float32)
+    keypoints[..., 2] = 1
+    pose = np.zeros_like(images)
+    for i in range(frames):
+        for x, y, _ in keypoints[i]:
+            cv2.circle(pose[i], (int(x), int(y)), 2, (255, 0, 0), -1)
+    perception = PerceptionMeta(
+        keypoint_layout="truth_5", crop_boxes=[(10.0, 20.0, 10.0 + 2 * size, 20.0 + 2 * size)] * frames,
+        presence={name: (m.reshape(frames, -1).mean(1) > 0.002).tolist() for name, m in masks.items()},
+        provenance={"segmenter": "hand-made masks"})
+    meta = ClipMeta(video_id=key.split("_c")[0], clip_index=0, frame_indices=list(range(100, 100 + frames)),
+                    time_s=[i / 25 for i in range(frames)], fps=25.0, source_path="/videos/vid.mp4",
+                    content_sha256="ab" * 32, config_hash="c0ffee", code_version="test", perception=perception)
+    return ClipSample(key=key, meta=meta, frames=images, keypoints=keypoints, masks=masks, pose_frames=pose)
+
+
+def sample_stage(config: TrainingSamplesConfig, perception: PerceptionConfig = TRUTH_PERCEPTION
+                 ) -> TrainingSampleStage:
+    """The stage with its models run in this process."""
+    stage = TrainingSampleStage(config, PerceptionStage(perception, DecodeConfig()).segmenter)
+    stage.setup({spec.name: LocalModel(spec) for spec in stage.models})
+    return stage
