@@ -15,7 +15,10 @@ becomes failure rows for its videos; the rest of the build completes.
 
 from __future__ import annotations
 
+import base64
+import re
 import time
+from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -30,7 +33,9 @@ from tasks.base import build_stages, model_specs
 @flow(name="build-dataset", log_prints=True)
 def build_dataset(config: BuildConfig) -> BuildSummary:
     """Build WebDataset shards and Parquet manifests from the configured videos."""
+    from tasks.card import write_dataset_card
     from tasks.manifests import publish_manifests
+    from tasks.preview import contact_sheet
     from tasks.sources import plan_build
 
     logger = get_run_logger()
@@ -57,7 +62,35 @@ def build_dataset(config: BuildConfig) -> BuildSummary:
     summary.timeline["published"] = time.time()
     layout = OutputLayout(config.output_path)
     logger.info("shards: %s\nmanifests: %s", layout.shards, layout.manifests)
+
+    # 4. A look at the data: the dataset card and a contact sheet, on disk and in the UI.
+    card = write_dataset_card(config.output_path)
+    shards = sorted(shard for report in reports for shard in report.shards)
+    sheet = contact_sheet([layout.shard(s) for s in shards], layout.card / "contact_sheet.png", max_samples=6) \
+        if summary.samples else None
+    _publish_card(card.markdown, layout.card, sheet)
+    logger.info("dataset card: %s", card.markdown_path)
     return summary
+
+
+def _inline_images(markdown: str, folder: Path) -> str:
+    """Markdown with its local PNG links embedded as data URIs: the Prefect UI cannot read the build's disk."""
+    def embed(match: re.Match) -> str:
+        path = folder / match[2]
+        if not path.is_file():
+            return match[0]
+        return f"![{match[1]}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+    return re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", embed, markdown)
+
+
+def _publish_card(markdown: str, folder: Path, sheet: Path | None) -> None:
+    create_markdown_artifact(key="build-dataset-card", markdown=_inline_images(markdown, folder),
+                             description=f"Dataset card ({folder / 'README.md'})")
+    if sheet is not None:
+        create_markdown_artifact(
+            key="build-dataset-preview", description=f"Contact sheet of the first samples ({sheet})",
+            markdown=_inline_images(f"# Contact sheet\n\n![contact sheet]({sheet.name})\n", sheet.parent))
 
 
 def _publish_artifacts(summary: BuildSummary) -> None:

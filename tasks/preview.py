@@ -1,5 +1,8 @@
-"""A contact sheet of a build's samples: per sample a row of frames and, when present, a row of pose
-frames and a row of the frames with their attribute masks overlaid (one colour per attribute)."""
+"""A contact sheet of a build's samples.
+
+Clip samples: a row of frames and, when present, a row of pose frames and a row of the frames with
+their attribute masks overlaid (one colour per attribute). Training pairs: the attribute reference
+and its mask, the portrait reference and its mask, then a few targets, then their guidance frames."""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ import cv2
 import numpy as np
 import webdataset as wds
 
-from data_specs.sample import ClipSample, decode_sample
+from data_specs.files import write_atomic
+from data_specs.sample import ClipSample, PairSample, decode_sample
 
 MASK_COLOURS = {"hair": (255, 80, 0), "eyeglasses": (0, 200, 255), "beard": (120, 255, 0), "hat": (255, 0, 200)}
 
@@ -21,34 +25,60 @@ def _tiles(images: np.ndarray, max_frames: int, tile: int) -> np.ndarray:
     return np.concatenate(tiles, axis=1)
 
 
-def _overlay(sample: ClipSample) -> np.ndarray:
-    """The frames with each attribute's mask blended in its colour."""
-    images = sample.frames.astype(np.float32)
-    for attribute, masks in sorted(sample.masks.items()):
+def _overlay(images: np.ndarray, masks: dict[str, np.ndarray]) -> np.ndarray:
+    """The images with each attribute's mask blended in its colour."""
+    images = images.astype(np.float32)
+    for attribute, mask in sorted(masks.items()):
         colour = np.array(MASK_COLOURS.get(attribute, (255, 255, 255)), np.float32)
-        images[masks] = 0.45 * images[masks] + 0.55 * colour
+        images[mask] = 0.45 * images[mask] + 0.55 * colour
     return images.astype(np.uint8)
 
 
+def _clip_rows(sample: ClipSample, max_frames: int, tile: int) -> list[np.ndarray]:
+    rows = [_label(_tiles(sample.frames, max_frames, tile), sample.key)]
+    if sample.pose_frames is not None:
+        rows.append(_label(_tiles(sample.pose_frames, max_frames, tile), "pose frames"))
+    if sample.masks:
+        rows.append(_label(_tiles(_overlay(sample.frames, sample.masks), max_frames, tile),
+                           "masks: " + ", ".join(sorted(sample.masks))))
+    return rows
+
+
+def _pair_rows(sample: PairSample, max_frames: int, tile: int) -> list[np.ndarray]:
+    """References and masks, then targets; their guidance frames below."""
+    meta = sample.meta
+    masks = np.stack([sample.attribute_mask, sample.portrait_mask])
+    shown = [sample.attribute_ref, np.repeat(masks[0, ..., None], 3, -1).astype(np.uint8) * 255,
+             sample.portrait_ref, _overlay(sample.targets[:1], {meta.attribute: masks[1:]})[0]]
+    targets = max(max_frames - len(shown), 1)
+    top = np.concatenate([_tiles(np.stack(shown), len(shown), tile), _tiles(sample.targets, targets, tile)], axis=1)
+    blank = np.zeros((len(shown), *sample.targets.shape[1:]), np.uint8)
+    bottom = np.concatenate([_tiles(blank, len(shown), tile), _tiles(sample.pose_frames, targets, tile)], axis=1)
+    title = (f"{sample.key} | {meta.attribute} | stage {meta.training_stage} | refs {meta.attribute_ref.position},"
+             f"{meta.portrait_ref.position} | {meta.expansion.mode}")
+    return [_label(top, title), _label(bottom, "attr ref, M_attr, port ref, M_port_train | targets / guidance")]
+
+
 def _label(row: np.ndarray, text: str) -> np.ndarray:
-    cv2.putText(row, text[:48], (4, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.putText(row, text[:96], (4, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
     return row
 
 
 def contact_sheet(shards: list[Path], path: Path, max_samples: int = 8, max_frames: int = 8,
                   tile: int = 96) -> Path:
-    """Write a PNG of the first samples (frames, pose frames, masks); returns its path."""
+    """Write a PNG of the first samples; returns its path."""
     rows = []
     raw_samples = wds.WebDataset([str(s) for s in shards], shardshuffle=False, empty_check=False)
     for raw in itertools.islice(raw_samples, max_samples):
         sample = decode_sample(raw)
-        rows.append(_label(_tiles(sample.frames, max_frames, tile), sample.key))
-        if sample.pose_frames is not None:
-            rows.append(_label(_tiles(sample.pose_frames, max_frames, tile), "pose frames"))
-        if sample.masks:
-            rows.append(_label(_tiles(_overlay(sample), max_frames, tile), "masks: " + ", ".join(sorted(sample.masks))))
+        if isinstance(sample, PairSample):
+            rows += _pair_rows(sample, max_frames, tile)
+        else:
+            rows += _clip_rows(sample, max_frames, tile)
     if not rows:
         raise ValueError("the shards hold no samples")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))
+    ok, png = cv2.imencode(".png", cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("could not encode the contact sheet")
+    write_atomic(path, png.tobytes())
     return path

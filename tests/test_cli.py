@@ -48,7 +48,7 @@ def test_inspect_counts_verifies_previews_and_catches_a_tampered_shard(videos: P
     reports = [run_unit(unit, config) for unit in plan_units(list_videos(config.inputs), config)]
     publish_manifests(config, reports, [])
 
-    result = runner.invoke(app, ["inspect", str(tmp_path / "out"), "--preview", str(tmp_path / "sheet.png")])
+    result = runner.invoke(app, ["inspect", str(tmp_path / "out"), "--preview", "4", "--preview-to", str(tmp_path / "sheet.png")])
     assert result.exit_code == 0, result.output
     assert "samples         15 rows" in result.output and "verified" in result.output
     assert (tmp_path / "sheet.png").stat().st_size > 1000

@@ -115,9 +115,17 @@ def build_dataset_command(
 def inspect_command(
     output_dir: Annotated[Path, typer.Argument(help="A build's output folder.")],
     verify: Annotated[bool, typer.Option(help="Re-hash every shard against the manifest.")] = True,
-    preview: Annotated[Path | None, typer.Option(help="Write a contact sheet PNG of the first samples here.")] = None,
+    preview: Annotated[int, typer.Option(min=0, help="Write a contact sheet PNG of the first N samples (0: none): "
+                                         "frames, guidance and masks; for training pairs the references and their "
+                                         "masks, targets and guidance frames.")] = 0,
+    preview_to: Annotated[Path | None, typer.Option(help="Where the contact sheet goes (default: "
+                                                    "OUTPUT_DIR/card/contact_sheet.png).")] = None,
 ) -> None:
-    """Counts per manifest table, failures by reason, and a verify pass over every shard (non-zero exit on mismatch)."""
+    """Counts per manifest table, failures by reason, and a verify pass over every shard (non-zero exit on mismatch).
+
+    The dataset card (counts per attribute and source, mask-area and face-size distributions, rejections) is in
+    OUTPUT_DIR/card/README.md.
+    """
     from data_specs.schemas import read_table
     from tasks.manifests import failures_by_reason, table_counts, verify_shards
     from tasks.preview import contact_sheet
@@ -140,9 +148,12 @@ def inspect_command(
             raise typer.Exit(code=1)
         typer.secho(f"verified: every shard matches the manifest ({table_counts(output_dir)['shards']} shards)",
                     fg=typer.colors.GREEN)
-    if preview is not None:
+    if layout.card.joinpath("README.md").is_file():
+        typer.echo(f"dataset card: {layout.card / 'README.md'}")
+    if preview:
         shards = read_table("shards", layout.manifest("shards")).column("shard").to_pylist()
-        contact_sheet([layout.shard(name) for name in shards], preview)
-        typer.echo(f"preview: {preview}")
+        sheet = contact_sheet([layout.shard(name) for name in shards], preview_to or layout.card / "contact_sheet.png",
+                              max_samples=preview)
+        typer.echo(f"preview: {sheet}")
 
 
