@@ -58,7 +58,13 @@ class RayModelClient:
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         actor = self.actors[next(self._turn) % len(self.actors)]
-        return ray.get(actor.call.remote(method, *args, **kwargs))
+        try:
+            return ray.get(actor.call.remote(method, *args, **kwargs))
+        except ray.exceptions.RayTaskError as err:
+            # Bad data found by a model is the clip's failure: its own message, not the actor's traceback.
+            if isinstance(err.cause, DataError):
+                raise err.cause from None
+            raise
 
     def get(self, attribute: str) -> Any:
         return ray.get(self.actors[0].get.remote(attribute))

@@ -47,9 +47,9 @@ def _clip_rows(sample: ClipSample, max_frames: int, tile: int) -> list[np.ndarra
 def _pair_rows(sample: PairSample, max_frames: int, tile: int) -> list[np.ndarray]:
     """References and masks, then targets; their guidance frames below."""
     meta = sample.meta
-    masks = np.stack([sample.attribute_mask, sample.portrait_mask])
-    shown = [sample.attribute_ref, np.repeat(masks[0, ..., None], 3, -1).astype(np.uint8) * 255,
-             sample.portrait_ref, _overlay(sample.targets[:1], {meta.attribute: masks[1:]})[0]]
+    white = np.array([255, 255, 255], np.uint8)
+    shown = [sample.attribute_ref, sample.attribute_mask[..., None] * white,
+             sample.portrait_ref, sample.portrait_mask[..., None] * white]
     targets = max(max_frames - len(shown), 1)
     top = np.concatenate([_tiles(np.stack(shown), len(shown), tile), _tiles(sample.targets, targets, tile)], axis=1)
     blank = np.zeros((len(shown), *sample.targets.shape[1:]), np.uint8)

@@ -21,7 +21,6 @@ from data_specs.sample import GENERATED, ClipSample, PairSample
 from data_specs.training_samples import (AugmentParams, ExpansionMeta, GenerateConfig, InpaintConfig, LatentConfig,
                                          PairMeta, ReferenceMeta, TrainingSamplesConfig)
 from tasks.base import ModelClient, ModelSpec, Resources
-from tasks.errors import DataError
 from tasks.samples import augment
 from tasks.samples.expansion import dilate_erode, draw_dilation, expand
 from tasks.samples.pairs import PairPlan, clip_rng, plan_pairs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -26,17 +27,23 @@ def test_the_flow_turns_videos_into_training_pairs_and_a_card(video_library: Pat
 
     from flows.build_dataset import build_dataset
 
+    videos = tmp_path / "videos"
+    shutil.copytree(video_library / "good", videos)
+    first = sorted(videos.glob("*.mp4"))[0]
+    shutil.copy(first, videos / "no_truth.mp4")  # the truth backends know nothing of it: a failure in an actor
     output = tmp_path / "out"
-    config = small_config(video_library / "good", output, decode={"size": 96}, perception=PERCEPTION,
-                          training_samples=SAMPLES)
+    config = small_config(videos, output, decode={"size": 96}, perception=PERCEPTION, training_samples=SAMPLES)
     summary = build_dataset(config)
 
     rows = read_table("samples", output / "manifests" / "samples.parquet").to_pylist()
     shards = [output / "shards" / s for s in sorted({row["shard"] for row in rows})]
     samples = [decode_sample(raw) for raw in wds.WebDataset([str(s) for s in shards], shardshuffle=False)]
-    # 5 videos x 3 clips x (2 stage-1 + 2 stage-2 pairs), less the recorded failures.
+    # 6 videos x 3 clips x (2 stage-1 + 2 stage-2 pairs), less the recorded failures.
     failures = read_table("failures", output / "manifests" / "failures.parquet").to_pylist()
-    assert summary.samples == len(samples) == len(rows) == 4 * (15 - len(failures)) > 0
+    assert summary.samples == len(samples) == len(rows) == 4 * (18 - len(failures)) > 0
+    no_truth = [row for row in failures if row["item_id"].startswith("no_truth")]
+    assert len(no_truth) == 3 and all(row["reason"].startswith("no ground truth beside") for row in no_truth)
+    assert not any("Traceback" in row["reason"] or "ray::" in row["reason"] for row in failures)
     for sample in samples:
         assert isinstance(sample, PairSample)
         frames = 1 if sample.meta.training_stage == 1 else 3
