@@ -225,7 +225,7 @@ class AugmentParams(Spec):
     brightness: float = Field(description="Multiplier of every channel.")
     contrast: float = Field(description="Blend factor towards the image's mean grey (1: unchanged).")
     saturation: float = Field(description="Blend factor towards the image's greyscale (1: unchanged).")
-    hue: float = Field(description="Hue shift as a fraction of the colour circle.")
+    hue: float = Field(description="Hue shift as a fraction of the colour circle (a turn of YIQ's chroma plane).")
     fill: FillMode
     fill_value: RGB = (0, 0, 0)
     inpaint_seed: int | None = Field(None, description="Seed of the inpainting run (fill 'inpaint').")

@@ -14,6 +14,9 @@ import numpy as np
 
 from data_specs.training_samples import AugmentConfig, AugmentParams
 
+_GREY_WEIGHTS = np.array([0.299, 0.587, 0.114])
+_RGB_TO_YIQ = np.array([_GREY_WEIGHTS, [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
 Inpaint = Callable[[np.ndarray, np.ndarray, int], np.ndarray]  # (image, exposed mask, seed) -> image
 
 
@@ -57,25 +60,33 @@ def warp(image: np.ndarray, mask: np.ndarray, params: AugmentParams) -> tuple[np
     border = cv2.BORDER_REFLECT_101 if params.fill == "reflect" else cv2.BORDER_CONSTANT
     warped = cv2.warpAffine(image, matrix, dsize, flags=cv2.INTER_LINEAR, borderMode=border,
                             borderValue=tuple(int(v) for v in params.fill_value))
-    warped_mask = cv2.warpAffine(mask.astype(np.uint8), matrix, dsize, flags=cv2.INTER_NEAREST,
-                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
-    inside = cv2.warpAffine(np.ones(size, np.uint8), matrix, dsize, flags=cv2.INTER_NEAREST,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return warped, warped_mask, inside == 0
+    # The mask (bit 0) and a marker of the image's inside (bit 1) travel in one nearest-neighbour warp.
+    marked = mask.astype(np.uint8) | np.uint8(2)
+    moved = cv2.warpAffine(marked, matrix, dsize, flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                           borderValue=0)
+    return warped, (moved & 1).astype(bool), moved == 0
 
 
 def jitter(image: np.ndarray, params: AugmentParams) -> np.ndarray:
-    """Brightness, contrast, saturation, then hue, on a uint8 RGB image."""
-    x = image.astype(np.float32) * params.brightness
-    grey = _grey(x)
-    x = (x - grey.mean()) * params.contrast + grey.mean()
-    grey = _grey(x)[..., None]
-    x = np.clip((x - grey) * params.saturation + grey, 0, 255)
-    if params.hue:
-        hsv = cv2.cvtColor(x / 255, cv2.COLOR_RGB2HSV)  # float input: hue in degrees
-        hsv[..., 0] = (hsv[..., 0] + params.hue * 360) % 360
-        x = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB) * 255
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    """Brightness, contrast, saturation, then hue, on a uint8 RGB image.
+
+    All four are linear in RGB (the hue turns the chroma plane of YIQ), so they compose into one
+    3 x 4 colour matrix applied in a single pass that rounds and saturates to uint8.
+    """
+    grey = _GREY_WEIGHTS
+    mean = params.brightness * float(np.dot(cv2.mean(image)[:3], grey))
+    saturation = params.saturation * np.eye(3) + (1 - params.saturation) * np.outer(np.ones(3), grey)
+    linear = _hue_rotation(params.hue) @ (params.contrast * params.brightness * saturation)
+    # Every step maps grey to grey, so the contrast's pull towards the mean grey stays an offset.
+    matrix = np.hstack([linear, np.full((3, 1), (1 - params.contrast) * mean)])
+    return cv2.transform(image, matrix.astype(np.float32))
+
+
+def _hue_rotation(turn: float) -> np.ndarray:
+    """The RGB matrix that turns the I/Q chroma plane of YIQ by `turn` of a full circle (grey stays grey)."""
+    angle = 2 * np.pi * turn
+    rotation = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+    return np.linalg.inv(_RGB_TO_YIQ) @ rotation @ _RGB_TO_YIQ
 
 
 def apply(image: np.ndarray, mask: np.ndarray, params: AugmentParams,
@@ -87,7 +98,3 @@ def apply(image: np.ndarray, mask: np.ndarray, params: AugmentParams,
             raise ValueError("fill 'inpaint' needs the inpainting model to replay")
         warped = inpaint(warped, exposed, params.inpaint_seed or 0)
     return jitter(warped, params), warped_mask
-
-
-def _grey(x: np.ndarray) -> np.ndarray:
-    return x @ np.array([0.299, 0.587, 0.114], np.float32)

@@ -20,13 +20,17 @@ def draw_dilation(rng: np.random.Generator, config: DilateConfig, side: int) -> 
 
 
 def dilate_erode(mask: np.ndarray, dilate_px: int, erode_px: int) -> np.ndarray:
-    """The mask dilated by `dilate_px`, then eroded by `erode_px` (elliptic kernels)."""
-    grown = mask.astype(np.uint8)
+    """The mask dilated by a disc of radius `dilate_px`, then eroded by one of `erode_px`.
+
+    Through distance transforms (OpenCV's 5 x 5 approximation of the Euclidean distance): linear in the
+    pixels whatever the radius, where a 30 px disc kernel costs several times more.
+    """
+    grown = mask.astype(bool)
     if dilate_px:
-        grown = cv2.dilate(grown, _disc(dilate_px))
+        grown = _distance_to(grown) <= dilate_px
     if erode_px:
-        grown = cv2.erode(grown, _disc(erode_px))
-    return grown.astype(bool)
+        grown = _distance_to(~grown) > erode_px
+    return grown
 
 
 def expand(attribute_mask: np.ndarray, extra: np.ndarray) -> np.ndarray:
@@ -34,5 +38,8 @@ def expand(attribute_mask: np.ndarray, extra: np.ndarray) -> np.ndarray:
     return attribute_mask | extra
 
 
-def _disc(radius: int) -> np.ndarray:
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+def _distance_to(region: np.ndarray) -> np.ndarray:
+    """Per pixel, the Euclidean distance to the nearest pixel of `region` (0 inside it)."""
+    if not region.any():
+        return np.full(region.shape, np.inf, np.float32)
+    return cv2.distanceTransform((~region).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
