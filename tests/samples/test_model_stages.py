@@ -1,0 +1,90 @@
+"""The sample stage with its models: ControlNet mask expansion segmented by a tiny Sapiens, inpainting fill,
+VAE latents. Tiny random pipelines of the real diffusers classes; every model runs in this process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_specs.perception import KeypointConfig, PerceptionConfig, SegmentationConfig
+from data_specs.sample import PairSample, decode_sample, encode_sample
+from data_specs.training_samples import DEFAULT_PROMPTS, TrainingSamplesConfig
+from tasks.perception import build_segmenter
+from tasks.samples import augment
+from tasks.samples.diffusion import Inpainter, LatentEncoder
+from tests.perception.perception_testing import TINY_INPUT, save_official_pth
+from tests.samples.samples_testing import perceived_clip, sample_stage
+
+CPU = {"device": "cpu", "batch_size": 4}
+PAIRS = {"pairs_per_clip": 1, "frames": 2, "min_ref_distance": 3, "stages": [1, 2]}
+
+
+@pytest.fixture(scope="module")
+def sapiens_perception(tmp_path_factory: pytest.TempPathFactory) -> PerceptionConfig:
+    """Perception whose segmenter is a tiny Sapiens face segmenter with random weights in the official .pth."""
+    path = tmp_path_factory.mktemp("sapiens") / "sapiens_tiny_seg_face.pth"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        save_official_pth(path, "segmentation", 19, monkeypatch)
+    return PerceptionConfig(keypoints=KeypointConfig(backend="truth"), segmentation=SegmentationConfig(
+        backend="sapiens_face", attributes=("hair", "hat"), checkpoint=str(path), arch="tiny",
+        image_size=TINY_INPUT, presence_min_area=0.0, runtime=CPU))
+
+
+def test_generated_expansion_unites_the_segmented_controlnet_image_with_the_mask(sapiens_perception):
+    config = TrainingSamplesConfig(pairs=PAIRS, expansion={"mode": "generate", "generate": {
+        "flavour": "tiny", "steps": 2, "runtime": CPU}})
+    clip = perceived_clip(frames=8, size=48)
+    samples = sample_stage(config, sapiens_perception)(clip)
+    again = sample_stage(config, sapiens_perception)(clip)
+    segmenter = build_segmenter(sapiens_perception.segmentation)
+    segmenter.setup()
+    assert len(samples) == 2
+    for sample, same in zip(samples, again):
+        meta = sample.meta.expansion
+        assert meta.mode == "generate" and meta.prompt in DEFAULT_PROMPTS[sample.meta.attribute]
+        assert meta.generated_image == "generated.jpg" and "tiny random controlnet" in meta.generator
+        assert sample.generated.shape == (48, 48, 3) and np.array_equal(sample.generated, same.generated)
+        # M_port_train = M_attr U (the segmenter's mask of the generated image), under the portrait's warp.
+        generated_mask = segmenter(sample.generated[None])[sample.meta.attribute][0]
+        attribute_mask = clip.masks[sample.meta.attribute][sample.meta.portrait_ref.position]
+        params = sample.meta.portrait_ref.augmentation
+        _, expected = augment.apply(clip.frames[0], attribute_mask | generated_mask, params)
+        np.testing.assert_array_equal(sample.portrait_mask, expected)
+        assert not sample.portrait_ref[sample.portrait_mask].any()
+        decoded = decode_sample(encode_sample(sample, 95))
+        assert isinstance(decoded, PairSample) and decoded.generated.shape == (48, 48, 3)
+
+
+def test_inpainting_fill_is_replayed_from_the_recorded_seed():
+    inpaint = {"flavour": "tiny", "steps": 2, "runtime": CPU}
+    config = TrainingSamplesConfig(pairs=PAIRS, augment={"fill": "inpaint", "inpaint": inpaint,
+                                                         "translate": 0.2, "rotate_deg": 30})
+    clip = perceived_clip(frames=8, size=48)
+    samples = sample_stage(config)(clip)
+    inpainter = Inpainter(config.augment.inpaint)
+    inpainter.setup()
+
+    def paint(image: np.ndarray, exposed: np.ndarray, seed: int) -> np.ndarray:
+        return inpainter.inpaint(image[None], exposed[None], [seed])[0]
+
+    for sample in samples:
+        ref = sample.meta.attribute_ref
+        assert ref.augmentation.fill == "inpaint" and ref.augmentation.exposed_area > 0
+        mask = clip.masks[sample.meta.attribute][ref.position]
+        image, warped_mask = augment.apply(clip.frames[ref.position], mask, ref.augmentation, inpaint=paint)
+        np.testing.assert_array_equal(image * warped_mask[..., None], sample.attribute_ref)
+
+
+def test_latents_are_the_vae_encoding_of_targets_and_masked_references():
+    config = TrainingSamplesConfig(pairs=PAIRS, latents={"flavour": "tiny", "runtime": CPU})
+    sample = sample_stage(config)(perceived_clip(frames=8, size=32))[-1]
+    encoder = LatentEncoder(config.latents)
+    encoder.setup()
+    assert sample.meta.training_stage == 2 and sample.meta.latents_vae
+    assert sample.latents["target"].shape[:2] == (2, 4) and sample.latents["target"].dtype == np.float16
+    np.testing.assert_allclose(sample.latents["target"], encoder.encode(sample.targets), atol=1e-3)
+    np.testing.assert_allclose(sample.latents["port_ref"], encoder.encode(sample.portrait_ref[None])[0], atol=1e-3)
+    decoded = decode_sample(encode_sample(sample, 95))
+    assert sorted(decoded.latents) == ["attr_ref", "port_ref", "target"]
