@@ -1,5 +1,6 @@
 """The build config: YAML loading, validation messages that name the field, the output hash."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,29 @@ def test_config_is_a_valid_prefect_parameter_schema():
     schema = parameter_schema(build_dataset.fn)
     assert "config" in schema.properties
     assert "BuildConfig" in schema.definitions
+
+
+TRUTH_PERCEPTION = {"keypoints": {"backend": "truth"},
+                    "segmentation": {"backend": "truth", "attributes": ["hair", "hat"]}}
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"training_samples": {}}, "training_samples needs `perception`"),
+        ({"perception": TRUTH_PERCEPTION, "clips": {"length": 4}, "training_samples": {}},
+         "clips.length 4 is shorter than the 8 frames a pair needs"),
+        ({"perception": {**TRUTH_PERCEPTION, "segmentation": {"backend": "bisenet", "attributes": ["hair", "hat"]}},
+          "training_samples": {"expansion": {"mode": "generate", "generate": {"prompts": {"hair": ["long hair"]}}}}},
+         "expansion.generate.prompts has no template for hat"),
+        ({"perception": TRUTH_PERCEPTION, "training_samples": {"expansion": {"mode": "generate"}}},
+         "the 'truth' segmenter knows only the test videos"),
+        ({"perception": TRUTH_PERCEPTION, "training_samples": {"augment": {"fill": "blur"}}},
+         "training_samples.augment.fill: Input should be 'constant', 'reflect' or 'inpaint'"),
+        ({"perception": TRUTH_PERCEPTION, "training_samples": {"pairs": {"stages": [2, 2]}}},
+         "training_samples.pairs.stages: stages must not repeat"),
+    ],
+)
+def test_training_sample_configs_that_cannot_work_are_refused_before_any_work(patch: dict, message: str):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config({**MINIMAL, **patch})
