@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import numpy as np
+
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from data_specs.spec import Resources, Spec
@@ -345,6 +347,28 @@ TRUTH_5 = _layout_from_table(
 )
 
 KEYPOINT_LAYOUTS: dict[str, KeypointLayout] = {layout.name: layout for layout in (GOLIATH_FACE, TRUTH_5)}
+
+# ArcFace's five alignment points, in its order (image-left eye, image-right eye, nose tip, image-left and
+# image-right mouth corners), from each layout: "region:NAME" averages a region's points, else a point's name.
+# The subject's right eye is on the image's left.
+_ARCFACE_SOURCES: dict[str, tuple[str, ...]] = {
+    TRUTH_5.name: ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right"),
+    GOLIATH_FACE.name: ("region:right_eye", "region:left_eye", "tip_of_nose", "r_outer_corner_of_mouth",
+                        "l_outer_corner_of_mouth"),
+}
+
+
+def arcface_points(keypoints: np.ndarray, layout: KeypointLayout) -> np.ndarray:
+    """(..., K, 3) keypoints of `layout` -> (..., 5, 2) float32 ArcFace alignment points."""
+    keypoints = np.asarray(keypoints, np.float32)
+    points = []
+    for source in _ARCFACE_SOURCES[layout.name]:
+        if source.startswith("region:"):
+            rows = [i for i, region in enumerate(layout.regions) if region == source.removeprefix("region:")]
+        else:
+            rows = [layout.names.index(source)]
+        points.append(keypoints[..., rows, :2].mean(axis=-2))
+    return np.stack(points, axis=-2)
 
 
 # ---------------------------------------------------------------------------------------------

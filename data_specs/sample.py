@@ -32,6 +32,9 @@ self-reconstruction pair (`PairSample`, `meta.kind == "pair"`, `PairMeta`):
 | `KEY.attr_mask.png`              | PNG, 1-bit          | `attribute_mask` M_attr, bool (H, W)            |
 | `KEY.port_ref.jpg`               | JPEG, RGB           | `portrait_ref` = I_port x (1 - M_port_train)    |
 | `KEY.port_mask.png`              | PNG, 1-bit          | `portrait_mask` M_port_train, bool (H, W)       |
+| `KEY.port_image.jpg`             | JPEG, RGB           | `portrait_image`: I_port unmasked, for the      |
+|                                  |                     | identity encoder only (ArcFace's face crop)     |
+| `KEY.port_keypoints.npy`         | NumPy float32       | `portrait_keypoints` (5, 2): ArcFace points     |
 | `KEY.generated.jpg` (optional)   | JPEG, RGB           | `generated`: the mask-expansion image (audit)   |
 | `KEY.latent.NAME.npy` (optional) | NumPy float16       | `latents[NAME]`, NAME: target (F, C, h, w),     |
 |                                  |                     | attr_ref, port_ref (C, h, w), scaled VAE means  |
@@ -65,6 +68,7 @@ POSE = "pose"
 TARGET = "target"
 ATTRIBUTE_REF, ATTRIBUTE_MASK = "attr_ref.jpg", "attr_mask.png"
 PORTRAIT_REF, PORTRAIT_MASK = "port_ref.jpg", "port_mask.png"
+PORTRAIT_IMAGE, PORTRAIT_KEYPOINTS = "port_image.jpg", "port_keypoints.npy"
 GENERATED = "generated.jpg"
 LATENT_NAMES = ("target", "attr_ref", "port_ref")
 
@@ -148,6 +152,8 @@ class PairSample:
     attribute_mask: np.ndarray  # (H, W) bool: M_attr
     portrait_ref: np.ndarray  # (H, W, 3) uint8, zero inside portrait_mask
     portrait_mask: np.ndarray  # (H, W) bool: M_port_train
+    portrait_image: np.ndarray  # (H, W, 3) uint8: the portrait reference unmasked, for the identity encoder only
+    portrait_keypoints: np.ndarray  # (5, 2) float32: its ArcFace alignment points
     keypoints: np.ndarray | None = None  # (F, K, 3) float32
     generated: np.ndarray | None = None  # (H, W, 3) uint8
     latents: dict[str, np.ndarray] = field(default_factory=dict)  # LATENT_NAMES -> float16
@@ -157,7 +163,7 @@ class PairSample:
         names = [META] + [target_field(i) for i in range(len(self.targets))]
         names += [pose_field(i) for i in range(len(self.pose_frames))]
         names += [KEYPOINTS] if self.keypoints is not None else []
-        names += [ATTRIBUTE_REF, ATTRIBUTE_MASK, PORTRAIT_REF, PORTRAIT_MASK]
+        names += [ATTRIBUTE_REF, ATTRIBUTE_MASK, PORTRAIT_REF, PORTRAIT_MASK, PORTRAIT_IMAGE, PORTRAIT_KEYPOINTS]
         names += [GENERATED] if self.generated is not None else []
         return names + [latent_field(name) for name in sorted(self.latents)]
 
@@ -220,6 +226,10 @@ def _encode_pair(sample: PairSample, out: _Encoder) -> None:
     out.mask(ATTRIBUTE_MASK, attribute_mask)
     out.jpeg(PORTRAIT_REF, _check_like(sample.portrait_ref[None], targets[:1], "portrait reference")[0])
     out.mask(PORTRAIT_MASK, portrait_mask)
+    out.jpeg(PORTRAIT_IMAGE, _check_like(sample.portrait_image[None], targets[:1], "portrait image")[0])
+    if np.shape(sample.portrait_keypoints) != (5, 2):
+        raise ValueError(f"portrait keypoints must be (5, 2), got {np.shape(sample.portrait_keypoints)}")
+    out.array(PORTRAIT_KEYPOINTS, sample.portrait_keypoints, np.float32)
     if sample.generated is not None:
         out.jpeg(GENERATED, _check_like(sample.generated[None], targets[:1], "generated image")[0])
     for name, latent in sorted(sample.latents.items()):
@@ -290,6 +300,8 @@ def _decode_pair(raw: dict[str, object], meta: PairMeta) -> PairSample:
         attribute_mask=attribute_mask,
         portrait_ref=_decode_rgb(raw[PORTRAIT_REF]) * ~portrait_mask[..., None],
         portrait_mask=portrait_mask,
+        portrait_image=_decode_rgb(raw[PORTRAIT_IMAGE]),
+        portrait_keypoints=_decode_array(raw[PORTRAIT_KEYPOINTS]),
         keypoints=_decode_array(raw[KEYPOINTS]) if KEYPOINTS in raw else None,
         generated=_decode_rgb(raw[GENERATED]) if GENERATED in raw else None,
         latents=latents,

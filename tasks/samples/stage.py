@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from data_specs.perception import PerceptionMeta
+from data_specs.perception import KEYPOINT_LAYOUTS, PerceptionMeta, arcface_points
 from data_specs.sample import GENERATED, ClipSample, PairSample
 from data_specs.training_samples import (AugmentParams, ExpansionMeta, GenerateConfig, InpaintConfig, LatentConfig,
                                          PairMeta, ReferenceMeta, TrainingSamplesConfig)
@@ -148,7 +148,7 @@ class TrainingSampleStage:
         return {i: np.asarray(image, np.uint8) for i, image in enumerate(images)}
 
     def _references(self, sample: ClipSample, drafts: list[_Draft]) -> list[tuple[np.ndarray, ...]]:
-        """Per pair: (attribute ref, M_attr, portrait ref, M_port_train), augmented and masked.
+        """Per pair: (attribute ref, M_attr, portrait ref, M_port_train, portrait unmasked), augmented.
 
         The steps of `augment.apply`, with the inpainting fill batched over the clip's references.
         """
@@ -177,8 +177,8 @@ class TrainingSampleStage:
             a, p = 2 * k, 2 * k + 1
             draft.attribute_params, draft.portrait_params = params[a], params[p]
             attribute_ref = augment.jitter(images[a], params[a]) * masks[a][..., None]
-            portrait_ref = augment.jitter(images[p], params[p]) * ~masks[p][..., None]
-            out.append((attribute_ref, masks[a], portrait_ref, masks[p]))
+            portrait_image = augment.jitter(images[p], params[p])
+            out.append((attribute_ref, masks[a], portrait_image * ~masks[p][..., None], masks[p], portrait_image))
         return out
 
     def _latents(self, sample: ClipSample, drafts: list[_Draft],
@@ -201,7 +201,10 @@ class TrainingSampleStage:
     def _pair(self, sample: ClipSample, perception: PerceptionMeta, draft: _Draft, refs: tuple[np.ndarray, ...],
               generated: np.ndarray | None, latents: dict[str, np.ndarray]) -> PairSample:
         plan, meta = draft.plan, sample.meta
-        attribute_ref, attribute_mask, portrait_ref, portrait_mask = refs
+        attribute_ref, attribute_mask, portrait_ref, portrait_mask, portrait_image = refs
+        face = arcface_points(sample.keypoints[plan.portrait_ref], KEYPOINT_LAYOUTS[perception.keypoint_layout])
+        matrix = augment.affine_matrix(draft.portrait_params, portrait_image.shape[:2])
+        portrait_keypoints = face @ matrix[:, :2].T + matrix[:, 2]  # where the warp moved them
         expansion = draft.expansion
         if generated is not None:
             expansion = expansion.model_copy(update={"generated_image": GENERATED,
@@ -234,6 +237,8 @@ class TrainingSampleStage:
             attribute_mask=attribute_mask,
             portrait_ref=portrait_ref.astype(np.uint8),
             portrait_mask=portrait_mask,
+            portrait_image=portrait_image,
+            portrait_keypoints=portrait_keypoints.astype(np.float32),
             generated=generated,
             latents=latents,
         )

@@ -81,6 +81,7 @@ def test_references_are_masked_complementarily():
     for sample in samples:
         meta = sample.meta
         assert not sample.portrait_ref[sample.portrait_mask].any()
+        np.testing.assert_array_equal(sample.portrait_ref, sample.portrait_image * ~sample.portrait_mask[..., None])
         assert not sample.attribute_ref[~sample.attribute_mask].any()
         assert sample.attribute_ref[sample.attribute_mask].any()
         # M_port_train contains M_attr of the portrait frame, under the same warp.
@@ -102,6 +103,8 @@ def test_without_augmentation_or_expansion_the_masks_are_the_frames():
         np.testing.assert_array_equal(sample.attribute_ref, clip.frames[a] * clip.masks["hair"][a][..., None])
         np.testing.assert_array_equal(sample.targets, clip.frames[sample.meta.target_positions])
         np.testing.assert_array_equal(sample.pose_frames, clip.pose_frames[sample.meta.target_positions])
+        np.testing.assert_array_equal(sample.portrait_image, clip.frames[p])
+        np.testing.assert_allclose(sample.portrait_keypoints, clip.keypoints[p, :, :2], atol=1e-4)  # truth_5: 5
 
 
 def test_the_stage_is_deterministic_per_clip():
