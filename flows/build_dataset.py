@@ -15,8 +15,6 @@ becomes failure rows for its videos; the rest of the build completes.
 
 from __future__ import annotations
 
-import base64
-import re
 import time
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from data_specs.config import BuildConfig
 from data_specs.layout import BuildSummary, OutputLayout
+from flows.artifacts import inline_images
 from flows.ray_runtime import ray_session
 from flows.ray_units import model_actors, run_units
 from tasks.base import build_stages, model_specs
@@ -73,24 +72,13 @@ def build_dataset(config: BuildConfig) -> BuildSummary:
     return summary
 
 
-def _inline_images(markdown: str, folder: Path) -> str:
-    """Markdown with its local PNG links embedded as data URIs: the Prefect UI cannot read the build's disk."""
-    def embed(match: re.Match) -> str:
-        path = folder / match[2]
-        if not path.is_file():
-            return match[0]
-        return f"![{match[1]}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
-
-    return re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", embed, markdown)
-
-
 def _publish_card(markdown: str, folder: Path, sheet: Path | None) -> None:
-    create_markdown_artifact(key="build-dataset-card", markdown=_inline_images(markdown, folder),
+    create_markdown_artifact(key="build-dataset-card", markdown=inline_images(markdown, folder),
                              description=f"Dataset card ({folder / 'README.md'})")
     if sheet is not None:
         create_markdown_artifact(
             key="build-dataset-preview", description=f"Contact sheet of the first samples ({sheet})",
-            markdown=_inline_images(f"# Contact sheet\n\n![contact sheet]({sheet.name})\n", sheet.parent))
+            markdown=inline_images(f"# Contact sheet\n\n![contact sheet]({sheet.name})\n", sheet.parent))
 
 
 def _publish_artifacts(summary: BuildSummary) -> None:

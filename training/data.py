@@ -1,0 +1,585 @@
+"""The training-side reader of a `build-dataset` output: split, index, streaming loader and batches.
+
+    index = DatasetIndex.open(config.data.dataset, validation_fraction=config.data.validation_fraction)
+    index.check_fits(stage_run, config.model_resolution())        # before any worker starts
+    loader = make_loader(index, config.data, stage_run, rank, world_size, seed=config.seed, start_batch=n)
+    for batch in loader: ...                                       # TrainingBatch, forever
+    checkpoint["data"] = loader.state_dict()                       # {"batches": n, ...}
+
+Split: by source video (`validation_videos`), so no identity of a validation clip is trained on.
+
+Stream (`PairStream`): an endless sequence of rounds. Round r shuffles the training shards with a generator
+seeded by (seed, r) (the same on every rank) and deals them round-robin to the `world_size x workers` slots
+(slot = worker * world_size + rank; with fewer shards than slots the list is cycled, so every slot reads at
+least one shard per round and every rank produces batches forever). A slot keeps the pair samples of the
+stage from training videos (and with `rebalance` accepts each with probability w_a / max w, drawn from a
+generator seeded by (seed, r, slot)) and passes them through a shuffle buffer seeded by (seed, r, slot),
+drained at the end of the round. Everything a slot keeps in a round is decided from the manifests, so the
+number of samples of a round is known without opening a shard.
+
+Position: the number of BATCHES the trainer took from the loader. DataLoader worker k of n serves batches
+k, k + n, ... (it answers in turn); a loader built with `start_batch=N` gives worker k the role of worker
+(k + N) % n, and that worker skips the batches it had already served: whole rounds by their manifest counts
+(no I/O), then within a round raw tar members without decoding an image. So the batches from `start_batch=N`
+equal batches N, N+1, ... of an uninterrupted loader with the same (seed, rank, world_size, workers, batch
+size). Exact unless a shard was found corrupt in a skipped round, or a sample failed to decode.
+
+Corrupt shards: every shard is read whole and its sha256 checked against the manifest before its samples are
+used; a shard that is missing, does not match, or is not a readable tar is skipped with a warning and counted
+in the next batch's `skipped_shards` (per worker, since the previous batch: sum them for a total).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import logging
+import tarfile
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from data_specs.layout import OutputLayout
+from data_specs.sample import PairSample, decode_sample
+from data_specs.schemas import read_table
+from data_specs.training import DataConfig, StageRun, TrainConfigError
+
+__all__ = ["DatasetIndex", "PairLoader", "PairStream", "TrainingBatch", "collate", "make_loader",
+           "validation_samples", "validation_videos"]
+
+log = logging.getLogger(__name__)
+
+_TARGET_PREFIX, _TARGET_SUFFIX = "target.", ".jpg"
+_SHARD_ORDER, _SHUFFLE, _REBALANCE = 1, 2, 3  # seed-sequence tags: separate streams of random numbers
+_MAX_EMPTY_ROUNDS = 10_000
+
+
+# ---------------------------------------------------------------------------------------------- the split
+
+
+def _video_hash(video_id: str, seed: int) -> float:
+    """sha256 of (seed, video_id) as a uniform number in [0, 1)."""
+    digest = hashlib.sha256(f"{seed}\0{video_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def validation_videos(video_ids: Iterable[str], fraction: float, seed: int = 0) -> set[str]:
+    """The videos held out for validation: those whose hash of (seed, video_id) falls below `fraction`.
+
+    A video's side depends only on itself, so adding videos never moves existing ones. At least one video
+    is always kept for training (the largest hash), and with `fraction > 0` and at least two videos at least
+    one is held out (the smallest hash): only these two corner cases can move when videos are added.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    hashes = {video: _video_hash(video, seed) for video in set(video_ids)}
+    held = {video for video, h in hashes.items() if h < fraction}
+    if held and len(held) == len(hashes):  # never all: keep the largest hash for training
+        held.discard(max(hashes, key=hashes.get))
+    if fraction > 0 and len(hashes) >= 2 and not held:
+        held = {min(hashes, key=hashes.get)}
+    return held
+
+
+# ---------------------------------------------------------------------------------------------- the index
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """What the manifest says about one pair sample."""
+
+    key: str
+    shard: str
+    video_id: str
+    stage: int
+    attribute: str
+    targets: int  # target frames
+
+
+@dataclass
+class DatasetIndex:
+    """The manifests of one dataset folder, read once: shards with their sha256, pair samples, the split.
+
+    Plain Python data only, so it travels to DataLoader workers cheaply.
+    """
+
+    root: Path
+    shard_sha256: dict[str, str]  # shard -> sha256, every shard of the manifest
+    pairs: list[_Pair]  # every pair sample, sorted by (shard, key)
+    validation_fraction: float
+    validation: frozenset[str]  # held-out video ids
+    split_seed: int = 0
+    _image_size: dict[int, tuple[int, int]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def open(cls, root: str | Path, validation_fraction: float = 0.1, split_seed: int = 0,
+             stages: Sequence[int] = ()) -> DatasetIndex:
+        """Read the manifests under `root`; raise FileNotFoundError / ValueError for anything unusable.
+
+        stages: training stages that must have training samples (e.g. those of the run).
+        """
+        root = Path(root)
+        layout = OutputLayout(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"dataset folder {root} does not exist")
+        for table in ("samples", "shards"):
+            if not layout.manifest(table).is_file():
+                raise FileNotFoundError(f"{root} has no {layout.manifest(table).relative_to(root)}: it is not the "
+                                        "output of a completed build-dataset run")
+        shards = read_table("shards", layout.manifest("shards")).select(["shard", "sha256"]).to_pylist()
+        rows = read_table("samples", layout.manifest("samples")).select(
+            ["sample_key", "shard", "video_id", "kind", "training_stage", "attribute", "fields"]).to_pylist()
+        pairs = sorted((_Pair(key=r["sample_key"], shard=r["shard"], video_id=r["video_id"],
+                              stage=int(r["training_stage"]), attribute=r["attribute"] or "unknown",
+                              targets=sum(f.startswith(_TARGET_PREFIX) and f.endswith(_TARGET_SUFFIX)
+                                          for f in r["fields"]))
+                        for r in rows if r["kind"] == "pair"), key=lambda p: (p.shard, p.key))
+        if not pairs:
+            raise ValueError(f"{root} has no training pairs ({len(rows)} clip samples): it was built without "
+                             "training_samples")
+        sha = {row["shard"]: row["sha256"] for row in shards}
+        unknown = sorted({p.shard for p in pairs} - set(sha))
+        if unknown:
+            raise ValueError(f"{root}: samples name shards the shards manifest lacks: {', '.join(unknown[:5])}")
+        held = validation_videos({p.video_id for p in pairs}, validation_fraction, split_seed)
+        index = cls(root, sha, pairs, validation_fraction, frozenset(held), split_seed)
+        for stage in stages:
+            index.require_stage(stage)
+        return index
+
+    # ------------------------------------------------------------------ what is in it
+
+    @property
+    def stages(self) -> list[int]:
+        return sorted({p.stage for p in self.pairs})
+
+    def training_pairs(self, stage: int) -> list[_Pair]:
+        """The stage's pair samples from training videos, sorted by (shard, key)."""
+        return [p for p in self.pairs if p.stage == stage and p.video_id not in self.validation]
+
+    def validation_pairs(self, stage: int) -> list[_Pair]:
+        """The stage's pair samples from validation videos, sorted by (video, key)."""
+        return sorted((p for p in self.pairs if p.stage == stage and p.video_id in self.validation),
+                      key=lambda p: (p.video_id, p.key))
+
+    def training_shards(self, stage: int) -> list[str]:
+        """Shards holding at least one training sample of the stage, sorted."""
+        return sorted({p.shard for p in self.training_pairs(stage)})
+
+    def require_stage(self, stage: int) -> None:
+        """Raise ValueError unless the stage has training samples."""
+        if not any(p.stage == stage for p in self.pairs):
+            raise ValueError(f"{self.root} has no stage-{stage} samples (it has stage "
+                             f"{', '.join(map(str, self.stages))}); build it with training_samples.pairs.stages "
+                             f"including {stage}")
+        if not self.training_pairs(stage):
+            raise ValueError(f"{self.root}: every stage-{stage} sample is from a validation video "
+                             f"(validation_fraction {self.validation_fraction}); lower it or add videos")
+
+    def sample_frames(self, stage: int) -> int:
+        """Target frames of the stage's samples (the fewest, should they differ)."""
+        self.require_stage(stage)
+        return min(p.targets for p in self.pairs if p.stage == stage)
+
+    def image_size(self, stage: int) -> tuple[int, int]:
+        """(height, width) of the stage's crops, from its first decoded sample."""
+        if stage not in self._image_size:
+            self.require_stage(stage)
+            first = next(p for p in self.pairs if p.stage == stage)
+            raw = _read_shard(self.root, first.shard, self.shard_sha256[first.shard], {first.key})
+            if not raw:
+                raise ValueError(f"{self.root}: shard {first.shard} is missing or corrupt; run verify()")
+            self._image_size[stage] = tuple(decode_sample(raw[0]).targets.shape[1:3])
+        return self._image_size[stage]
+
+    def check_fits(self, stage_run: StageRun, resolution: int | None) -> None:
+        """Raise TrainConfigError (a ValueError) when the stage cannot train on this dataset."""
+        self.require_stage(stage_run.stage)
+        if stage_run.stage == 2 and stage_run.frames > (have := self.sample_frames(2)):
+            raise TrainConfigError(f"stage 2 trains on {stage_run.frames} frames but the dataset's stage-2 "
+                                   f"samples have {have} target frames (training_samples.pairs.frames)")
+        if resolution is not None:
+            height, width = self.image_size(stage_run.stage)
+            if (height, width) != (resolution, resolution):
+                raise TrainConfigError(f"training resolution {resolution} does not match the dataset's "
+                                       f"{height} x {width} crops")
+
+    # ------------------------------------------------------------------ shards
+
+    def verify(self) -> list[str]:
+        """Shards holding pair samples whose file is missing or whose sha256 differs from the manifest."""
+        bad = []
+        for shard in sorted({p.shard for p in self.pairs}):
+            path = OutputLayout(self.root).shard(shard)
+            try:
+                with open(path, "rb") as handle:
+                    ok = hashlib.file_digest(handle, "sha256").hexdigest() == self.shard_sha256[shard]
+            except OSError:
+                ok = False
+            if not ok:
+                bad.append(shard)
+        return bad
+
+    def with_split(self, validation_fraction: float, split_seed: int | None = None) -> DatasetIndex:
+        """This index with another validation split (the same one `open` would have made)."""
+        seed = self.split_seed if split_seed is None else split_seed
+        held = validation_videos({p.video_id for p in self.pairs}, validation_fraction, seed)
+        return replace(self, validation_fraction=validation_fraction, validation=frozenset(held), split_seed=seed)
+
+    def exclude(self, shards: Iterable[str]) -> DatasetIndex:
+        """This index without the samples of `shards` (e.g. those `verify` found bad); the split is kept."""
+        drop = set(shards)
+        return replace(self, pairs=[p for p in self.pairs if p.shard not in drop], _image_size={})
+
+
+def _read_shard(root: Path, shard: str, sha256: str, keys: set[str]) -> list[dict[str, object]] | None:
+    """The raw samples (`{"__key__": key, field: bytes}`) of `keys` in tar order; None if the shard is bad.
+
+    The file is read whole and checked against its manifest hash first, so a damaged shard gives nothing
+    rather than a part.
+    """
+    path = OutputLayout(root).shard(shard)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        log.warning("skipping shard %s: %s", shard, err)
+        return None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        log.warning("skipping shard %s: its sha256 does not match the manifest (damaged or rewritten)", shard)
+        return None
+    samples: dict[str, dict[str, object]] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, name = member.name.rpartition("/")[2].partition(".")
+                if key in keys:
+                    samples.setdefault(key, {"__key__": key})[name] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as err:
+        log.warning("skipping shard %s: not a readable tar (%s)", shard, err)
+        return None
+    if missing := keys - samples.keys():
+        log.warning("shard %s lacks %d samples the manifest puts there (e.g. %s)", shard, len(missing),
+                    min(missing))
+    return list(samples.values())
+
+
+# ---------------------------------------------------------------------------------------------- batches
+
+
+@dataclass
+class TrainingBatch:
+    """B decoded pair samples as tensors, in the layouts `DurianModel` takes.
+
+    targets (B, F, 3, H, W) float32 in [-1, 1]; pose_frames (B, 3, F, H, W) in [0, 1]; references
+    (B, 3, H, W) in [0, 1] with masks (B, 1, H, W) float 0/1; portrait_image (B, 3, H, W) in [0, 1] (the
+    unmasked portrait reference, for the identity encoder only) and portrait_keypoints (B, 5, 2) numpy
+    float32 (its ArcFace points, in its pixels); keypoints (B, F, K, 3) and latents (NAME -> float16 tensors
+    as stored, `target` (B, F, C, h, w)) when every sample has them. skipped_shards: corrupt shards this
+    batch's worker skipped since its previous batch; skipped_samples: samples that failed to decode.
+    """
+
+    targets: torch.Tensor
+    pose_frames: torch.Tensor
+    attribute_ref: torch.Tensor
+    attribute_mask: torch.Tensor
+    portrait_ref: torch.Tensor
+    portrait_mask: torch.Tensor
+    portrait_image: torch.Tensor
+    portrait_keypoints: np.ndarray
+    keys: list[str]
+    attributes: list[str]
+    video_ids: list[str]
+    stage: int
+    keypoints: torch.Tensor | None = None
+    latents: dict[str, torch.Tensor] = field(default_factory=dict)
+    skipped_shards: int = 0
+    skipped_samples: int = 0
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> TrainingBatch:
+        """A copy with every tensor on `device`."""
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                moved[f.name] = value.to(device, non_blocking=non_blocking)
+            elif f.name == "latents":
+                moved[f.name] = {k: v.to(device, non_blocking=non_blocking) for k, v in value.items()}
+        return replace(self, **moved)
+
+
+def _images(stack: np.ndarray) -> torch.Tensor:
+    """(..., H, W, 3) uint8 -> (..., 3, H, W) float32 in [0, 1]."""
+    tensor = torch.from_numpy(np.ascontiguousarray(stack)).float().div_(255)
+    return tensor.movedim(-1, -3).contiguous()
+
+
+def _masks(stack: np.ndarray) -> torch.Tensor:
+    """(B, H, W) bool -> (B, 1, H, W) float32."""
+    return torch.from_numpy(np.ascontiguousarray(stack)).float().unsqueeze(1)
+
+
+def collate(samples: Sequence[PairSample], frames: int | None = None, skipped_shards: int = 0,
+            skipped_samples: int = 0) -> TrainingBatch:
+    """Decoded samples -> a `TrainingBatch`; `frames` keeps the first `frames` targets of each sample."""
+    if not samples:
+        raise ValueError("cannot collate an empty batch")
+    f = frames or min(len(s.targets) for s in samples)
+    if any(len(s.targets) < f for s in samples):
+        raise ValueError(f"asked for {f} target frames, a sample has {min(len(s.targets) for s in samples)}")
+    targets = _images(np.stack([s.targets[:f] for s in samples])).mul_(2).sub_(1)
+    pose = _images(np.stack([s.pose_frames[:f] for s in samples])).transpose(1, 2).contiguous()
+    batch = TrainingBatch(
+        targets=targets, pose_frames=pose,
+        attribute_ref=_images(np.stack([s.attribute_ref for s in samples])),
+        attribute_mask=_masks(np.stack([s.attribute_mask for s in samples])),
+        portrait_ref=_images(np.stack([s.portrait_ref for s in samples])),
+        portrait_mask=_masks(np.stack([s.portrait_mask for s in samples])),
+        keys=[s.key for s in samples], attributes=[s.meta.attribute for s in samples],
+        video_ids=[s.meta.video_id for s in samples], stage=samples[0].meta.training_stage,
+        portrait_image=_images(np.stack([s.portrait_image for s in samples])),
+        portrait_keypoints=np.stack([s.portrait_keypoints for s in samples]).astype(np.float32),
+        skipped_shards=skipped_shards, skipped_samples=skipped_samples)
+    if all(s.keypoints is not None for s in samples):
+        batch.keypoints = torch.from_numpy(np.stack([s.keypoints[:f] for s in samples]).astype(np.float32))
+    names = set(samples[0].latents)
+    if names and all(set(s.latents) == names for s in samples):
+        batch.latents = {name: torch.from_numpy(np.stack([s.latents[name][:f] if name == "target"
+                                                          else s.latents[name] for s in samples]))
+                         for name in sorted(names)}
+    return batch
+
+
+@dataclass
+class _StreamItem:
+    """What a stream worker yields per batch: decoded samples and what it skipped on the way."""
+
+    samples: list[PairSample]
+    skipped_shards: int
+    skipped_samples: int
+
+
+def _collate_item(item: _StreamItem, frames: int | None) -> TrainingBatch:
+    return collate(item.samples, frames, item.skipped_shards, item.skipped_samples)
+
+
+# ---------------------------------------------------------------------------------------------- the stream
+
+
+def _balance_weights(counts: dict[str, int]) -> dict[str, float]:
+    """w_a = N / (K * n_a): the same formula as `tasks.card.rebalance_weights` (which pulls matplotlib in)."""
+    present = {name: n for name, n in counts.items() if n > 0}
+    total = sum(present.values())
+    return {name: total / (len(present) * n) for name, n in present.items()}
+
+
+def _batches_before(start_batch: int, worker: int, workers: int) -> int:
+    """How many of batches 0 .. start_batch - 1 worker `worker` of `workers` served (batch j: worker j % n)."""
+    return max(0, -(-(start_batch - worker) // workers))
+
+
+class PairStream(IterableDataset):
+    """Endless batches of one stage's training pairs for one rank; see the module docstring.
+
+    Yields one item per batch (the DataLoader runs with `batch_size=None`), so each worker's batches are
+    whole and the DataLoader's turn-taking decides the order.
+    """
+
+    def __init__(self, index: DatasetIndex, stage: int, batch_size: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, shuffle_buffer: int = 64, rebalance: bool = False,
+                 start_batch: int = 0) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        index.require_stage(stage)
+        self.root, self.stage, self.batch_size, self.seed = index.root, stage, batch_size, seed
+        self.rank, self.world_size, self.shuffle_buffer = rank, world_size, max(1, shuffle_buffer)
+        self.start_batch = start_batch
+        pairs = index.training_pairs(stage)
+        self.shards = sorted({p.shard for p in pairs})
+        self.sha256 = {shard: index.shard_sha256[shard] for shard in self.shards}
+        by_shard: dict[str, list[_Pair]] = defaultdict(list)
+        for pair in pairs:
+            by_shard[pair.shard].append(pair)
+        self.candidates = {shard: sorted(by_shard[shard], key=lambda p: p.key) for shard in self.shards}
+        self.accept: dict[str, float] | None = None
+        if rebalance:
+            weights = _balance_weights(Counter(p.attribute for p in pairs))
+            top = max(weights.values())
+            self.accept = {attribute: w / top for attribute, w in weights.items()}
+
+    # ------------------------------------------------------------------ the plan (manifests only)
+
+    def _rng(self, *tags: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, *tags])
+
+    def plan(self, round_: int, slot: int, slots: int) -> list[tuple[str, list[str]]]:
+        """The shards slot `slot` of `slots` reads in round `round_`, each with the keys it keeps."""
+        order = [self.shards[i] for i in self._rng(_SHARD_ORDER, round_).permutation(len(self.shards))]
+        extended = [order[i % len(order)] for i in range(max(len(order), slots))]
+        mine = extended[slot::slots]
+        rng = self._rng(_REBALANCE, round_, slot) if self.accept else None
+        plan = []
+        for shard in mine:
+            pairs = self.candidates[shard]
+            if rng is not None:
+                draws = rng.random(len(pairs))
+                pairs = [p for p, u in zip(pairs, draws) if u < self.accept[p.attribute]]
+            plan.append((shard, [p.key for p in pairs]))
+        return plan
+
+    # ------------------------------------------------------------------ reading
+
+    def _raw_samples(self, round_: int, slot: int, slots: int) -> Iterator[dict[str, object] | None]:
+        """Raw samples of the rounds from `round_` on, in stream order; None marks a skipped corrupt shard."""
+        while True:
+            shuffle = self._rng(_SHUFFLE, self.world_size, slots, slot, round_)
+            buffer: list[dict[str, object]] = []
+            for shard, keys in self.plan(round_, slot, slots):
+                if not keys:
+                    continue
+                raws = _read_shard(self.root, shard, self.sha256[shard], set(keys))
+                if raws is None:
+                    yield None
+                    continue
+                for raw in raws:
+                    buffer.append(raw)
+                    if len(buffer) >= self.shuffle_buffer:
+                        yield _pop_random(buffer, shuffle)
+            while buffer:
+                yield _pop_random(buffer, shuffle)
+            round_ += 1
+
+    def batches(self, worker: int, workers: int) -> Iterator[_StreamItem]:
+        """Worker `worker` of `workers`' batches from its first one not before `start_batch`."""
+        slots, slot = workers * self.world_size, worker * self.world_size + self.rank
+        skip = _batches_before(self.start_batch, worker, workers) * self.batch_size
+        round_, empty = 0, 0
+        while True:  # whole rounds, by their manifest counts
+            count = sum(len(keys) for _, keys in self.plan(round_, slot, slots))
+            empty = 0 if count else empty + 1
+            if empty > _MAX_EMPTY_ROUNDS:
+                raise RuntimeError(f"rank {self.rank} worker {worker}: no stage-{self.stage} sample in "
+                                   f"{_MAX_EMPTY_ROUNDS} rounds")
+            if skip < count:
+                break
+            skip, round_ = skip - count, round_ + 1
+        samples: list[PairSample] = []
+        skipped_shards = skipped_samples = 0
+        fruitless = 0  # consecutive corrupt shards with no good sample in between
+        for raw in self._raw_samples(round_, slot, slots):
+            if raw is None:
+                fruitless += 1
+                if fruitless > 10 * max(1, len(self.shards)):
+                    raise RuntimeError(f"rank {self.rank} worker {worker}: every shard it reads is corrupt")
+                skipped_shards += skip == 0
+                continue
+            fruitless = 0
+            if skip:
+                skip -= 1  # fast-forward: no image is decoded
+                continue
+            try:
+                sample = decode_sample(raw)
+            except Exception as err:  # noqa: BLE001 - any damage to one sample must not stop training
+                log.warning("skipping sample %s: %s", raw.get("__key__"), err)
+                skipped_samples += 1
+                continue
+            samples.append(sample)
+            if len(samples) == self.batch_size:
+                yield _StreamItem(samples, skipped_shards, skipped_samples)
+                samples, skipped_shards, skipped_samples = [], 0, 0
+
+    def __iter__(self) -> Iterator[_StreamItem]:
+        info = get_worker_info()
+        worker_id, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        # The DataLoader asks its worker 0 first: give it the role of the worker that serves `start_batch`.
+        return self.batches((worker_id + self.start_batch) % workers, workers)
+
+
+def _pop_random(buffer: list, rng: np.random.Generator) -> object:
+    """Remove and return a random element (swap with the last, pop)."""
+    i = int(rng.integers(len(buffer)))
+    buffer[i], buffer[-1] = buffer[-1], buffer[i]
+    return buffer.pop()
+
+
+# ---------------------------------------------------------------------------------------------- the loader
+
+
+class PairLoader:
+    """An endless iterator of `TrainingBatch`es that counts the batches taken (the resume position)."""
+
+    def __init__(self, loader: DataLoader, stream: PairStream, workers: int) -> None:
+        self.loader, self.stream, self.workers = loader, stream, workers
+        self.batches = stream.start_batch
+        self._iterator: Iterator[TrainingBatch] | None = None
+
+    def __iter__(self) -> PairLoader:
+        return self
+
+    def __next__(self) -> TrainingBatch:
+        if self._iterator is None:
+            self._iterator = iter(self.loader)
+        batch = next(self._iterator)
+        self.batches += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        """What to store in a checkpoint: pass `batches` as `start_batch` to `make_loader` to resume."""
+        s = self.stream
+        return {"batches": self.batches, "seed": s.seed, "rank": s.rank, "world_size": s.world_size,
+                "workers": self.workers, "batch_size": s.batch_size, "stage": s.stage}
+
+
+def make_loader(index: DatasetIndex, config: DataConfig, stage_run: StageRun, rank: int = 0, world_size: int = 1,
+                seed: int = 0, start_batch: int = 0) -> PairLoader:
+    """The rank's endless loader of `config.batch_size`-sample batches for `stage_run`.
+
+    The split is `config.validation_fraction`'s (re-made if the index was opened with another fraction).
+    seed: the same on every rank (it orders the shards all ranks share out). start_batch: batches this rank
+    already took (`PairLoader.state_dict()["batches"]`); resuming is exact with the same seed, world size,
+    `loader_workers` and batch size.
+    """
+    if config.validation_fraction != index.validation_fraction:
+        index = index.with_split(config.validation_fraction)
+    index.check_fits(stage_run, None)
+    if config.verify_shards and (bad := index.verify()):
+        log.warning("%d shards do not match their manifest hash and are left out: %s", len(bad), ", ".join(bad))
+        index = index.exclude(bad)
+    stream = PairStream(index, stage_run.stage, config.batch_size, seed, rank, world_size, config.shuffle_buffer,
+                        config.rebalance, start_batch)
+    slots = world_size * max(1, config.loader_workers)
+    if len(stream.shards) < slots:
+        log.warning("%d training shards for %d readers (ranks x loader workers): shards are read by several "
+                    "ranks in a round, so ranks see some of the same samples", len(stream.shards), slots)
+    workers = config.loader_workers
+    frames = stage_run.frames if stage_run.stage == 2 else 1
+    loader = DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
+                        collate_fn=functools.partial(_collate_item, frames=frames),
+                        prefetch_factor=2 if workers else None)
+    return PairLoader(loader, stream, max(1, workers))
+
+
+def validation_samples(index: DatasetIndex, stage: int, count: int) -> list[PairSample]:
+    """The first `count` samples of the stage from validation videos (by video, then key), decoded.
+
+    Empty when nothing is held out; samples of corrupt shards are left out (with a warning).
+    """
+    chosen = index.validation_pairs(stage)[:count]
+    by_shard: dict[str, set[str]] = defaultdict(set)
+    for pair in chosen:
+        by_shard[pair.shard].add(pair.key)
+    decoded: dict[str, PairSample] = {}
+    for shard, keys in by_shard.items():
+        for raw in _read_shard(index.root, shard, index.shard_sha256[shard], keys) or []:
+            decoded[str(raw["__key__"])] = decode_sample(raw)
+    return [decoded[p.key] for p in chosen if p.key in decoded]
