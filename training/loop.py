@@ -157,12 +157,12 @@ def train(config: TrainConfig, session: Session) -> Progress:
             if progress.step % config.log_every == 0 or progress.step == run.steps:
                 log.log_step(_global_step(config, stage_index, progress.step), run.stage, **metrics)
             checkpoint = None
-            if progress.step % config.checkpoint_every == 0 or progress.step == run.steps:
-                if session.rank == 0:
-                    checkpoint = save_checkpoint(
-                        config.run_dir / "checkpoints", _global_step(config, stage_index, progress.step), model,
-                        optimizer, schedule, keep=config.keep_checkpoints,
-                        extra={"stage_index": stage_index, "step": progress.step, "seed": config.seed})
+            due = progress.step % config.checkpoint_every == 0 or progress.step == run.steps
+            if due and session.rank == 0:
+                checkpoint = save_checkpoint(
+                    config.run_dir / "checkpoints", _global_step(config, stage_index, progress.step), model,
+                    optimizer, schedule, keep=config.keep_checkpoints,
+                    extra={"stage_index": stage_index, "step": progress.step, "seed": config.seed})
             session.report({"stage": run.stage, "step": progress.step, **metrics}, checkpoint)
         restored = None
         progress.stage_index = stage_index + 1

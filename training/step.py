@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler
 from diffusers.training_utils import compute_snr
+from transformers import CLIPVisionModelWithProjection
 
 from model.durian import DurianModel, ReferenceInputs
 from model.encoders import IResNet, encode_latents, prepare_references
-from transformers import CLIPVisionModelWithProjection
 
 
 @dataclass(frozen=True)

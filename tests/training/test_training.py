@@ -1,0 +1,75 @@
+"""The training loop: resume gives the same losses; 2 Ray Train workers (gloo) overfit a tiny set in the flow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_specs.training import load_train_config
+from tests.training.training_testing import write_pair_dataset
+from training.loop import train
+from training.ray_train import LocalSession, train_locally
+
+
+class Interrupted(Exception):
+    pass
+
+
+class KilledAfter(LocalSession):
+    """A local session whose process 'dies' once `step` is reported, as a killed run would."""
+
+    def __init__(self, config, step: int) -> None:
+        super().__init__(config)
+        self.kill_at = step
+
+    def report(self, metrics: dict, checkpoint: Path | None) -> None:
+        if metrics["step"] == self.kill_at:
+            raise Interrupted
+
+
+def tiny_config(dataset: Path, output: Path, **overrides) -> object:
+    return load_train_config({
+        "output_dir": str(output), "resolution": 32, "checkpoint_every": 3,
+        "data": {"dataset": str(dataset), "loader_workers": 0, "validation_fraction": 0, "shuffle_buffer": 4},
+        "optim": {"learning_rate": 3e-3}, **overrides})
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint_with_the_same_losses(tmp_path: Path):
+    dataset = write_pair_dataset(tmp_path / "data", clips=2, size=32, frames=2, pairs_per_clip=1)
+    stages = [{"stage": 1, "steps": 4}, {"stage": 2, "steps": 2, "frames": 2}]
+    whole = train_locally(tiny_config(dataset, tmp_path / "whole", stages=stages)).losses
+
+    config = tiny_config(dataset, tmp_path / "killed", stages=stages)
+    with pytest.raises(Interrupted):
+        train(config, KilledAfter(config, step=4))  # stage 1 done at 4 (checkpointed), killed before stage 2
+    with pytest.raises(Interrupted):
+        train(config, KilledAfter(config, step=1))  # stage 2's first step, not checkpointed
+    resumed = train_locally(config).losses
+    assert len(whole) == 6 and len(resumed) == 2
+    np.testing.assert_allclose(resumed, whole[4:], rtol=1e-5)
+    assert (config.run_dir / "pipeline" / "model_index.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server", "local_ray")
+def test_two_ray_train_workers_overfit_a_tiny_set_in_the_flow(tmp_path: Path):
+    from prefect.artifacts import Artifact
+
+    from flows.train import train_durian
+    from model.pipeline import DurianPipeline
+    from training.monitoring import read_metrics
+
+    dataset = write_pair_dataset(tmp_path / "data", clips=2, size=32, frames=2, pairs_per_clip=1)
+    config = tiny_config(dataset, tmp_path / "runs", stages=[{"stage": 1, "steps": 20}], checkpoint_every=10,
+                         reference_dropout=0, noise_offset=0, scaling={"workers": 2})
+    result = train_durian(config)
+    losses = [record["loss"] for record in read_metrics(config.run_dir) if record["kind"] == "train"]
+    assert len(losses) == 20
+    # An honest overfit check: the last steps' loss is well below the first steps'.
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), losses
+    pipeline = DurianPipeline.from_pretrained(result["pipeline"])
+    assert pipeline.model.config == DurianPipeline.from_pretrained(result["pipeline"]).model.config
+    for key in ("train-durian-losses", "train-durian-loss-plot", "train-durian-pipeline", "train-durian-summary"):
+        assert Artifact.get(key) is not None, key
