@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from data_specs.spec import Spec
 
@@ -33,6 +33,11 @@ class DataConfig(Spec):
     validation_fraction: float = Field(
         0.1, ge=0, lt=1, description="Share of source videos held out for validation (split by video, so no "
         "identity of a validation clip is seen in training).")
+
+    @field_validator("dataset")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return _absolute_path(value)
 
 
 class OptimConfig(Spec):
@@ -106,6 +111,11 @@ class TrainConfig(Spec):
     validation_samples: int = Field(4, ge=1, description="Held-out samples per validation pass.")
     sample_steps: int = Field(10, ge=1, description="DDIM steps of the validation sample video.")
 
+    @field_validator("output_dir", "init_from")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        return None if value is None else _absolute_path(value)
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
@@ -114,6 +124,11 @@ class TrainConfig(Spec):
         from data_specs.model import model_flavour
 
         return self.resolution or model_flavour(self.flavour).resolution
+
+
+def _absolute_path(value: str) -> str:
+    """Ray Train workers run in their own working directories: relative paths are made absolute here."""
+    return value if "://" in value else str(Path(value).expanduser().absolute())
 
 
 class TrainConfigError(ValueError):

@@ -83,3 +83,17 @@ def _healthy(port: int) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+def test_train_durian_deployment_is_valid():
+    from prefect.flows import load_flow_from_entrypoint
+
+    from data_specs.training import load_train_config
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    deployment = next(d for d in spec["deployments"] if d["name"] == "train-durian")
+    flow = load_flow_from_entrypoint(str(REPO / deployment["entrypoint"]))
+    assert flow.name == "train-durian"
+    config = load_train_config(deployment["parameters"]["config"])
+    assert [run.stage for run in config.stages] == [1, 2] and config.scaling.use_gpu
+    flow.validate_parameters(deployment["parameters"])

@@ -52,12 +52,17 @@ def load_build_config(config: Path | None, input_source: str | None, output: Pat
         _set_dotted(data, "inputs.source", input_source)
     if output is not None:
         data["output_dir"] = str(output)
+    apply_overrides(data, overrides)
+    return parse_config(data, origin=str(config) if config else "configuration")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
+    """Apply `--set KEY=VALUE` items (dotted keys, YAML values) to a config dict."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         _set_dotted(data, key.strip(), yaml.safe_load(raw))
-    return parse_config(data, origin=str(config) if config else "configuration")
 
 
 @app.command("build-dataset")
