@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
 from matplotlib.ticker import MaxNLocator
 
+from data_specs.balance import rebalance_weights
 from data_specs.files import publishing, write_atomic
 from data_specs.layout import OutputLayout
 from data_specs.perception import ATTRIBUTES
@@ -54,16 +55,6 @@ class DatasetCard:
     rejections: dict[str, int]
     rebalance_weights: dict[str, float]
     markdown: str
-
-
-def rebalance_weights(counts: dict[str, int]) -> dict[str, float]:
-    """Per-sample weight for each attribute so that weighted sampling draws every attribute equally often.
-
-    w_a = N / (K * n_a): each attribute's total weight n_a * w_a is N / K, and the mean weight per sample is 1.
-    """
-    present = {name: n for name, n in counts.items() if n > 0}
-    total = sum(present.values())
-    return {name: total / (len(present) * n) for name, n in present.items()}
 
 
 def write_dataset_card(root: Path) -> DatasetCard:

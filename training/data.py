@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from data_specs.balance import rebalance_weights
 from data_specs.layout import OutputLayout
 from data_specs.sample import PairSample, decode_sample
 from data_specs.schemas import read_table
@@ -376,13 +377,6 @@ def _collate_item(item: _StreamItem, frames: int | None) -> TrainingBatch:
 # ---------------------------------------------------------------------------------------------- the stream
 
 
-def _balance_weights(counts: dict[str, int]) -> dict[str, float]:
-    """w_a = N / (K * n_a): the same formula as `tasks.card.rebalance_weights` (which pulls matplotlib in)."""
-    present = {name: n for name, n in counts.items() if n > 0}
-    total = sum(present.values())
-    return {name: total / (len(present) * n) for name, n in present.items()}
-
-
 def _batches_before(start_batch: int, worker: int, workers: int) -> int:
     """How many of batches 0 .. start_batch - 1 worker `worker` of `workers` served (batch j: worker j % n)."""
     return max(0, -(-(start_batch - worker) // workers))
@@ -413,7 +407,7 @@ class PairStream(IterableDataset):
         self.candidates = {shard: sorted(by_shard[shard], key=lambda p: p.key) for shard in self.shards}
         self.accept: dict[str, float] | None = None
         if rebalance:
-            weights = _balance_weights(Counter(p.attribute for p in pairs))
+            weights = rebalance_weights(Counter(p.attribute for p in pairs))
             top = max(weights.values())
             self.accept = {attribute: w / top for attribute, w in weights.items()}
 
