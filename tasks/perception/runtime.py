@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from data_specs.perception import FaceDetectionConfig, KeypointConfig, Resources, RuntimeConfig, SegmentationConfig
+from data_specs.spec import Spec
 
 if TYPE_CHECKING:
     import torch
@@ -30,12 +31,16 @@ FACEXLIB_WEIGHTS: dict[str, tuple[str, str]] = {
 
 
 class ModelComponent:
-    """Base of the model components: keeps the config, checks its backend, reports the resources it wants."""
+    """Base of the model components: keeps the config, checks its backend, reports the resources it wants.
+
+    Any config with a `runtime: RuntimeConfig` fits; `backends` (when a subclass names some) are the values of
+    `config.backend` it runs.
+    """
 
     backends: tuple[str, ...] = ()
 
-    def __init__(self, config: FaceDetectionConfig | KeypointConfig | SegmentationConfig) -> None:
-        if config.backend not in self.backends:
+    def __init__(self, config: FaceDetectionConfig | KeypointConfig | SegmentationConfig | Spec) -> None:
+        if self.backends and config.backend not in self.backends:
             raise ValueError(f"{type(self).__name__} runs {', '.join(self.backends)}, not {config.backend!r}")
         self.config = config
         self.model = None  # loaded by setup(), on the worker

@@ -35,7 +35,6 @@ from tokenizers import pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from data_specs.model import model_flavour
-from data_specs.perception import Resources
 from data_specs.training_samples import (
     DEFAULT_CONTROLNET_WEIGHTS,
     DEFAULT_INPAINT_WEIGHTS,
@@ -44,7 +43,7 @@ from data_specs.training_samples import (
     LatentConfig,
 )
 from model.builders import inference_scheduler, random_components
-from tasks.perception.runtime import batches, check_images, resolve_device
+from tasks.perception.runtime import ModelComponent, batches, check_images, resolve_device
 
 SIZE_MULTIPLE = 8  # SD pipelines take sides divisible by the VAE's downsampling
 TINY_MAX_TOKENS = 77  # CLIP's prompt length, so prompts truncate as they do with the real tokenizer
@@ -187,20 +186,10 @@ def _generators(seeds: Sequence[int]) -> list[torch.Generator]:
 # ---------------------------------------------------------------- components
 
 
-class _DiffusionComponent:
-    """Keeps the config, reports the resources it wants, and checks that setup() ran."""
+class _DiffusionComponent(ModelComponent):
+    """A model component (config, resources, the setup check) running a diffusers pipeline or model."""
 
-    def __init__(self, config: GenerateConfig | InpaintConfig | LatentConfig) -> None:
-        self.config = config
-        self.model = None  # loaded by setup(), on the worker
-
-    @property
-    def resources(self) -> Resources:
-        return self.config.runtime.resources
-
-    def _check_setup(self) -> None:
-        if self.model is None:
-            raise RuntimeError(f"call {type(self).__name__}.setup() before using it")
+    config: GenerateConfig | InpaintConfig | LatentConfig
 
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
         """Half precision on CUDA (what these weights are run in), float32 on the CPU (half is slow or missing)."""
