@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from data_specs.perception import PerceptionConfig
 from data_specs.spec import Resources, Spec
+from data_specs.split import SplitConfig
 from data_specs.training_samples import TrainingSamplesConfig
 from data_specs.video import DecodeConfig
 
@@ -113,6 +114,8 @@ class BuildConfig(Spec):
     clips: ClipConfig = Field(default_factory=ClipConfig)
     shards: ShardConfig = Field(default_factory=ShardConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig, description="Source videos held out for evaluation, "
+                               "recorded in the samples manifest's `split` column.")
     perception: PerceptionConfig | None = Field(
         None, description="Face crop, keypoints, pose frames and attribute masks per clip (None: frames as decoded).")
     stages: tuple[StageSpec, ...] = Field(

@@ -35,6 +35,8 @@ self-reconstruction pair (`PairSample`, `meta.kind == "pair"`, `PairMeta`):
 | `KEY.port_image.jpg`             | JPEG, RGB           | `portrait_image`: I_port unmasked, for the      |
 |                                  |                     | identity encoder only (ArcFace's face crop)     |
 | `KEY.port_keypoints.npy`         | NumPy float32       | `portrait_keypoints` (5, 2): ArcFace points     |
+| `KEY.attr_keypoints.npy`         | NumPy float32       | `attribute_keypoints` (5, 2): the attribute     |
+|                                  |                     | reference's ArcFace points (mask alignment)     |
 | `KEY.generated.jpg` (optional)   | JPEG, RGB           | `generated`: the mask-expansion image (audit)   |
 | `KEY.latent.NAME.npy` (optional) | NumPy float16       | `latents[NAME]`, NAME: target (F, C, h, w),     |
 |                                  |                     | attr_ref, port_ref (C, h, w), scaled VAE means  |
@@ -69,6 +71,7 @@ TARGET = "target"
 ATTRIBUTE_REF, ATTRIBUTE_MASK = "attr_ref.jpg", "attr_mask.png"
 PORTRAIT_REF, PORTRAIT_MASK = "port_ref.jpg", "port_mask.png"
 PORTRAIT_IMAGE, PORTRAIT_KEYPOINTS = "port_image.jpg", "port_keypoints.npy"
+ATTRIBUTE_KEYPOINTS = "attr_keypoints.npy"
 GENERATED = "generated.jpg"
 LATENT_NAMES = ("target", "attr_ref", "port_ref")
 
@@ -154,6 +157,7 @@ class PairSample:
     portrait_mask: np.ndarray  # (H, W) bool: M_port_train
     portrait_image: np.ndarray  # (H, W, 3) uint8: the portrait reference unmasked, for the identity encoder only
     portrait_keypoints: np.ndarray  # (5, 2) float32: its ArcFace alignment points
+    attribute_keypoints: np.ndarray  # (5, 2) float32: the attribute reference's (aligns its mask at inference)
     keypoints: np.ndarray | None = None  # (F, K, 3) float32
     generated: np.ndarray | None = None  # (H, W, 3) uint8
     latents: dict[str, np.ndarray] = field(default_factory=dict)  # LATENT_NAMES -> float16
@@ -163,7 +167,8 @@ class PairSample:
         names = [META] + [target_field(i) for i in range(len(self.targets))]
         names += [pose_field(i) for i in range(len(self.pose_frames))]
         names += [KEYPOINTS] if self.keypoints is not None else []
-        names += [ATTRIBUTE_REF, ATTRIBUTE_MASK, PORTRAIT_REF, PORTRAIT_MASK, PORTRAIT_IMAGE, PORTRAIT_KEYPOINTS]
+        names += [ATTRIBUTE_REF, ATTRIBUTE_MASK, PORTRAIT_REF, PORTRAIT_MASK, PORTRAIT_IMAGE, PORTRAIT_KEYPOINTS,
+                  ATTRIBUTE_KEYPOINTS]
         names += [GENERATED] if self.generated is not None else []
         return names + [latent_field(name) for name in sorted(self.latents)]
 
@@ -227,9 +232,11 @@ def _encode_pair(sample: PairSample, out: _Encoder) -> None:
     out.jpeg(PORTRAIT_REF, _check_like(sample.portrait_ref[None], targets[:1], "portrait reference")[0])
     out.mask(PORTRAIT_MASK, portrait_mask)
     out.jpeg(PORTRAIT_IMAGE, _check_like(sample.portrait_image[None], targets[:1], "portrait image")[0])
-    if np.shape(sample.portrait_keypoints) != (5, 2):
-        raise ValueError(f"portrait keypoints must be (5, 2), got {np.shape(sample.portrait_keypoints)}")
-    out.array(PORTRAIT_KEYPOINTS, sample.portrait_keypoints, np.float32)
+    for name, points in ((PORTRAIT_KEYPOINTS, sample.portrait_keypoints),
+                         (ATTRIBUTE_KEYPOINTS, sample.attribute_keypoints)):
+        if np.shape(points) != (5, 2):
+            raise ValueError(f"{name.split('.')[0]} must be (5, 2), got {np.shape(points)}")
+        out.array(name, points, np.float32)
     if sample.generated is not None:
         out.jpeg(GENERATED, _check_like(sample.generated[None], targets[:1], "generated image")[0])
     for name, latent in sorted(sample.latents.items()):
@@ -302,6 +309,7 @@ def _decode_pair(raw: dict[str, object], meta: PairMeta) -> PairSample:
         portrait_mask=portrait_mask,
         portrait_image=_decode_rgb(raw[PORTRAIT_IMAGE]),
         portrait_keypoints=_decode_array(raw[PORTRAIT_KEYPOINTS]),
+        attribute_keypoints=_decode_array(raw[ATTRIBUTE_KEYPOINTS]),
         keypoints=_decode_array(raw[KEYPOINTS]) if KEYPOINTS in raw else None,
         generated=_decode_rgb(raw[GENERATED]) if GENERATED in raw else None,
         latents=latents,

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from data_specs.files import publishing
 from data_specs.lineage import Lineage, Stamp
+from data_specs.split import TRAIN, Split
 
 VideoStatus = Literal["ok", "partial", "failed"]
 
@@ -80,6 +81,7 @@ SAMPLES = pa.schema(
         pa.field("expanded_mask_area", pa.float32()),  # fraction of the portrait reference M_port_train covers
         pa.field("expansion", pa.string()),  # none | dilate | generate
         pa.field("face_size", pa.float32()),  # median crop-box side, decoded-frame pixels
+        pa.field("split", pa.string(), nullable=False),  # train | eval, by source video (data_specs.split)
         *LINEAGE,
     ]
 )
@@ -162,6 +164,7 @@ class SampleRow(Lineage):
     expanded_mask_area: float | None = None
     expansion: str | None = None
     face_size: float | None = None
+    split: Split = TRAIN
 
 
 @dataclass(kw_only=True)

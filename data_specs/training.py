@@ -30,9 +30,6 @@ class DataConfig(Spec):
     verify_shards: bool = Field(False, description="Check every shard's sha256 against the manifest first.")
     rebalance: bool = Field(False, description="Draw samples with per-attribute weights so every attribute is "
                             "seen equally often (the manifests' `attribute` column).")
-    validation_fraction: float = Field(
-        0.1, ge=0, lt=1, description="Share of source videos held out for validation (split by video, so no "
-        "identity of a validation clip is seen in training).")
 
     @field_validator("dataset")
     @classmethod

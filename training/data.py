@@ -1,12 +1,13 @@
 """The training-side reader of a `build-dataset` output: split, index, streaming loader and batches.
 
-    index = DatasetIndex.open(config.data.dataset, validation_fraction=config.data.validation_fraction)
+    index = DatasetIndex.open(config.data.dataset)
     index.check_fits(stage_run, config.model_resolution())        # before any worker starts
     loader = make_loader(index, config.data, stage_run, rank, world_size, seed=config.seed, start_batch=n)
     for batch in loader: ...                                       # TrainingBatch, forever
     checkpoint["data"] = loader.state_dict()                       # {"batches": n, ...}
 
-Split: by source video (`validation_videos`), so no identity of a validation clip is trained on.
+Split: the manifests' `split` column (by source video, `data_specs.split`): training reads `train` samples only;
+validation during training and evaluation read `eval` samples, so no identity of theirs is ever trained on.
 
 Stream (`PairStream`): an endless sequence of rounds. Round r shuffles the training shards with a generator
 seeded by (seed, r) (the same on every rank) and deals them round-robin to the `world_size x workers` slots
@@ -49,43 +50,17 @@ from data_specs.balance import rebalance_weights
 from data_specs.layout import OutputLayout
 from data_specs.sample import PairSample, decode_sample
 from data_specs.schemas import read_table
+from data_specs.split import EVAL
 from data_specs.training import DataConfig, StageRun, TrainConfigError
 
 __all__ = ["DatasetIndex", "PairLoader", "PairStream", "TrainingBatch", "collate", "make_loader",
-           "validation_samples", "validation_videos"]
+           "validation_samples"]
 
 log = logging.getLogger(__name__)
 
 _TARGET_PREFIX, _TARGET_SUFFIX = "target.", ".jpg"
 _SHARD_ORDER, _SHUFFLE, _REBALANCE = 1, 2, 3  # seed-sequence tags: separate streams of random numbers
 _MAX_EMPTY_ROUNDS = 10_000
-
-
-# ---------------------------------------------------------------------------------------------- the split
-
-
-def _video_hash(video_id: str, seed: int) -> float:
-    """sha256 of (seed, video_id) as a uniform number in [0, 1)."""
-    digest = hashlib.sha256(f"{seed}\0{video_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def validation_videos(video_ids: Iterable[str], fraction: float, seed: int = 0) -> set[str]:
-    """The videos held out for validation: those whose hash of (seed, video_id) falls below `fraction`.
-
-    A video's side depends only on itself, so adding videos never moves existing ones. At least one video
-    is always kept for training (the largest hash), and with `fraction > 0` and at least two videos at least
-    one is held out (the smallest hash): only these two corner cases can move when videos are added.
-    """
-    if not 0 <= fraction < 1:
-        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
-    hashes = {video: _video_hash(video, seed) for video in set(video_ids)}
-    held = {video for video, h in hashes.items() if h < fraction}
-    if held and len(held) == len(hashes):  # never all: keep the largest hash for training
-        held.discard(max(hashes, key=hashes.get))
-    if fraction > 0 and len(hashes) >= 2 and not held:
-        held = {min(hashes, key=hashes.get)}
-    return held
 
 
 # ---------------------------------------------------------------------------------------------- the index
@@ -113,14 +88,11 @@ class DatasetIndex:
     root: Path
     shard_sha256: dict[str, str]  # shard -> sha256, every shard of the manifest
     pairs: list[_Pair]  # every pair sample, sorted by (shard, key)
-    validation_fraction: float
-    validation: frozenset[str]  # held-out video ids
-    split_seed: int = 0
+    validation: frozenset[str]  # video ids of the evaluation split
     _image_size: dict[int, tuple[int, int]] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def open(cls, root: str | Path, validation_fraction: float = 0.1, split_seed: int = 0,
-             stages: Sequence[int] = ()) -> DatasetIndex:
+    def open(cls, root: str | Path, stages: Sequence[int] = ()) -> DatasetIndex:
         """Read the manifests under `root`; raise FileNotFoundError / ValueError for anything unusable.
 
         stages: training stages that must have training samples (e.g. those of the run).
@@ -135,7 +107,7 @@ class DatasetIndex:
                                         "output of a completed build-dataset run")
         shards = read_table("shards", layout.manifest("shards")).select(["shard", "sha256"]).to_pylist()
         rows = read_table("samples", layout.manifest("samples")).select(
-            ["sample_key", "shard", "video_id", "kind", "training_stage", "attribute", "fields"]).to_pylist()
+            ["sample_key", "shard", "video_id", "kind", "training_stage", "attribute", "fields", "split"]).to_pylist()
         pairs = sorted((_Pair(key=r["sample_key"], shard=r["shard"], video_id=r["video_id"],
                               stage=int(r["training_stage"]), attribute=r["attribute"] or "unknown",
                               targets=sum(f.startswith(_TARGET_PREFIX) and f.endswith(_TARGET_SUFFIX)
@@ -148,8 +120,8 @@ class DatasetIndex:
         unknown = sorted({p.shard for p in pairs} - set(sha))
         if unknown:
             raise ValueError(f"{root}: samples name shards the shards manifest lacks: {', '.join(unknown[:5])}")
-        held = validation_videos({p.video_id for p in pairs}, validation_fraction, split_seed)
-        index = cls(root, sha, pairs, validation_fraction, frozenset(held), split_seed)
+        held = frozenset(r["video_id"] for r in rows if r["kind"] == "pair" and r["split"] == EVAL)
+        index = cls(root, sha, pairs, held)
         for stage in stages:
             index.require_stage(stage)
         return index
@@ -180,8 +152,8 @@ class DatasetIndex:
                              f"{', '.join(map(str, self.stages))}); build it with training_samples.pairs.stages "
                              f"including {stage}")
         if not self.training_pairs(stage):
-            raise ValueError(f"{self.root}: every stage-{stage} sample is from a validation video "
-                             f"(validation_fraction {self.validation_fraction}); lower it or add videos")
+            raise ValueError(f"{self.root}: every stage-{stage} sample is from an evaluation video; build with a "
+                             "lower split.eval_fraction or more videos")
 
     def sample_frames(self, stage: int) -> int:
         """Target frames of the stage's samples (the fewest, should they differ)."""
@@ -227,14 +199,8 @@ class DatasetIndex:
                 bad.append(shard)
         return bad
 
-    def with_split(self, validation_fraction: float, split_seed: int | None = None) -> DatasetIndex:
-        """This index with another validation split (the same one `open` would have made)."""
-        seed = self.split_seed if split_seed is None else split_seed
-        held = validation_videos({p.video_id for p in self.pairs}, validation_fraction, seed)
-        return replace(self, validation_fraction=validation_fraction, validation=frozenset(held), split_seed=seed)
-
     def exclude(self, shards: Iterable[str]) -> DatasetIndex:
-        """This index without the samples of `shards` (e.g. those `verify` found bad); the split is kept."""
+        """This index without the samples of `shards` (e.g. those `verify` found bad)."""
         drop = set(shards)
         return replace(self, pairs=[p for p in self.pairs if p.shard not in drop], _image_size={})
 
@@ -538,13 +504,10 @@ def make_loader(index: DatasetIndex, config: DataConfig, stage_run: StageRun, ra
                 seed: int = 0, start_batch: int = 0) -> PairLoader:
     """The rank's endless loader of `config.batch_size`-sample batches for `stage_run`.
 
-    The split is `config.validation_fraction`'s (re-made if the index was opened with another fraction).
     seed: the same on every rank (it orders the shards all ranks share out). start_batch: batches this rank
     already took (`PairLoader.state_dict()["batches"]`); resuming is exact with the same seed, world size,
     `loader_workers` and batch size.
     """
-    if config.validation_fraction != index.validation_fraction:
-        index = index.with_split(config.validation_fraction)
     index.check_fits(stage_run, None)
     if config.verify_shards and (bad := index.verify()):
         log.warning("%d shards do not match their manifest hash and are left out: %s", len(bad), ", ".join(bad))

@@ -96,7 +96,7 @@ def train(config: TrainConfig, session: Session) -> Progress:
     from training.monitoring import TrainingLog
 
     device = session.device
-    index = DatasetIndex.open(Path(config.data.dataset), validation_fraction=config.data.validation_fraction)
+    index = DatasetIndex.open(Path(config.data.dataset))
     for run in config.stages:
         index.check_fits(run, config.model_resolution())
     components = build_components(config, device)

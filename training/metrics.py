@@ -1,18 +1,33 @@
-"""Reconstruction metrics of generated frames against the real ones: the one code path validation during
-training and the evaluation both use.
+"""The evaluation's metrics: the one code path validation during training and the evaluation both use.
 
-Images are float tensors (N, 3, H, W) in [0, 1] (frames of a clip flattened into N by the caller). PSNR and
-SSIM are torchmetrics' (data_range 1.0, SSIM with its default 11-pixel Gaussian window); L1 is the mean
-absolute error. A batch's value is the mean of the per-image values, so batches of any size combine by
-averaging `reconstruction_metrics_per_sample` lists. PSNR of identical images is `inf` (torchmetrics' value).
+Reconstruction of generated frames against the real ones (self-transfer): images are float tensors
+(N, 3, H, W) in [0, 1] (frames of a clip flattened into N by the caller). PSNR and SSIM are torchmetrics' (data_range
+1.0, SSIM with its default 11-pixel Gaussian window); L1 is the mean absolute error; LPIPS is torchmetrics' network
+with its backbone from a local file (`training.extractors.LpipsNet`). A batch's value is the mean of the per-image
+values, so batches of any size combine by averaging `reconstruction_metrics_per_sample` lists. PSNR of identical
+images is `inf` (torchmetrics' value).
+
+Distributions and similarities (cross-transfer, FID): `frechet_distance` of two feature sets (torchmetrics' FID
+computation), `fid` and `fvd` with the extractors of `training.extractors`, and `cosine_similarity_per_pair` of
+paired embeddings (CLIP-I, DINO, ArcFace ID similarity).
 """
 
 from __future__ import annotations
 
-import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from typing import TYPE_CHECKING
 
-__all__ = ["METRICS", "reconstruction_metrics", "reconstruction_metrics_per_sample"]
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image.lpips import _lpips_update
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+if TYPE_CHECKING:
+    from training.extractors import InceptionFeatures, LpipsNet, VideoFeatures
+
+__all__ = ["METRICS", "cosine_similarity_per_pair", "fid", "frechet_distance", "fvd", "lpips_per_sample",
+           "reconstruction_metrics", "reconstruction_metrics_per_sample"]
 
 METRICS = ("l1", "psnr", "ssim")
 
@@ -28,16 +43,86 @@ def _check(generated: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 @torch.no_grad()
-def reconstruction_metrics_per_sample(generated: torch.Tensor, real: torch.Tensor) -> dict[str, list[float]]:
-    """`l1`, `psnr` (dB) and `ssim` of each image pair, in order."""
+def reconstruction_metrics_per_sample(generated: torch.Tensor, real: torch.Tensor, lpips: LpipsNet | None = None
+                                      ) -> dict[str, list[float]]:
+    """`l1`, `psnr` (dB) and `ssim` of each image pair, in order, and `lpips` when an LPIPS network is given."""
     generated, real = _check(generated, real)
     l1 = (generated - real).abs().mean(dim=(1, 2, 3))
     psnr = peak_signal_noise_ratio(generated, real, data_range=1.0, reduction="none", dim=(1, 2, 3))
     ssim = structural_similarity_index_measure(generated, real, data_range=1.0, reduction="none")
-    return {name: values.double().cpu().tolist() for name, values in zip(METRICS, (l1, psnr, ssim))}
+    metrics = {name: values.double().cpu().tolist() for name, values in zip(METRICS, (l1, psnr, ssim))}
+    if lpips is not None:
+        metrics["lpips"] = lpips_per_sample(generated, real, lpips)
+    return metrics
 
 
-def reconstruction_metrics(generated: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
-    """Mean `l1`, `psnr` (dB) and `ssim` over the image pairs."""
-    per_sample = reconstruction_metrics_per_sample(generated, real)
+def reconstruction_metrics(generated: torch.Tensor, real: torch.Tensor, lpips: LpipsNet | None = None
+                           ) -> dict[str, float]:
+    """Mean `l1`, `psnr` (dB) and `ssim` over the image pairs, and `lpips` when an LPIPS network is given."""
+    per_sample = reconstruction_metrics_per_sample(generated, real, lpips)
     return {name: sum(values) / len(values) for name, values in per_sample.items()}
+
+
+@torch.no_grad()
+def lpips_per_sample(generated: torch.Tensor, real: torch.Tensor, net: LpipsNet) -> list[float]:
+    """LPIPS of each image pair (lower is closer; 0 for identical images), by torchmetrics' LPIPS update on
+    images in [0, 1] (`normalize=True`; values outside [0, 1] are refused by torchmetrics)."""
+    generated, real = _check(generated, real)
+    parameter = next(net.parameters())
+    scores = _lpips_update(generated.to(parameter.device, parameter.dtype), real.to(parameter.device, parameter.dtype),
+                           net, normalize=True)
+    return scores.reshape(-1).double().cpu().tolist()
+
+
+class _GivenFeatures(nn.Module):
+    """FrechetInceptionDistance's feature network for features computed elsewhere: passes them through."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features  # read by FrechetInceptionDistance to size its statistics
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
+    """The Fréchet distance of the Gaussians fitted to two feature sets (N, D) and (M, D):
+    ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)), by torchmetrics' FrechetInceptionDistance (in float64).
+
+    FID with `InceptionFeatures` of frames, FVD-style with `VideoFeatures` of clips. Each set needs two rows at
+    least; with fewer rows than dimensions the covariances are singular and the value is biased upwards.
+    """
+    if features_a.ndim != 2 or features_b.ndim != 2 or features_a.shape[1] != features_b.shape[1]:
+        raise ValueError(f"expected feature sets (N, D) and (M, D), got {tuple(features_a.shape)} and "
+                         f"{tuple(features_b.shape)}")
+    if min(len(features_a), len(features_b)) < 2:
+        raise ValueError(f"a Fréchet distance needs two features per set at least, got {len(features_a)} and "
+                         f"{len(features_b)}")
+    metric = FrechetInceptionDistance(feature=_GivenFeatures(features_a.shape[1]))
+    metric.update(features_a.detach().double().cpu(), real=True)
+    metric.update(features_b.detach().double().cpu(), real=False)
+    return float(metric.compute())
+
+
+def fid(generated: torch.Tensor, real: torch.Tensor, inception: InceptionFeatures, batch_size: int = 32) -> float:
+    """FID between generated and real frames (N, 3, H, W) in [0, 1], in torchvision Inception-v3's feature space
+    (see `InceptionFeatures` on comparing with published FIDs)."""
+    return frechet_distance(inception.features(generated, batch_size), inception.features(real, batch_size))
+
+
+def fvd(generated: torch.Tensor, real: torch.Tensor, video: VideoFeatures, batch_size: int = 8) -> float:
+    """FVD-style distance between generated and real clips (N, 3, F, H, W) in [0, 1]: the Fréchet distance of
+    the clips' R3D-18 (or R(2+1)D-18) features instead of I3D's (see `VideoFeatures`)."""
+    return frechet_distance(video.features(generated, batch_size), video.features(real, batch_size))
+
+
+def cosine_similarity_per_pair(embeddings_a: torch.Tensor, embeddings_b: torch.Tensor) -> list[float]:
+    """Cosine similarity of each pair of embeddings (N, D) and (N, D), or of each row against one (1, D)
+    (e.g. every generated frame against the reference), in float64; 1 for identical directions."""
+    if (embeddings_a.ndim != 2 or embeddings_b.ndim != 2 or embeddings_a.shape[1] != embeddings_b.shape[1]
+            or len(embeddings_b) not in (1, len(embeddings_a))):
+        raise ValueError(f"expected embeddings (N, D) and (N, D) or (1, D), got {tuple(embeddings_a.shape)} and "
+                         f"{tuple(embeddings_b.shape)}")
+    similarity = F.cosine_similarity(embeddings_a.detach().double(), embeddings_b.detach().double().to(
+        embeddings_a.device), dim=1)
+    return similarity.cpu().tolist()

@@ -51,6 +51,12 @@ def affine_matrix(params: AugmentParams, size: tuple[int, int]) -> np.ndarray:
     return matrix
 
 
+def warp_points(points: np.ndarray, params: AugmentParams, size: tuple[int, int]) -> np.ndarray:
+    """(N, 2) pixel points of an image of (height, width) -> where the warp moves them."""
+    matrix = affine_matrix(params, size)
+    return np.asarray(points, np.float64) @ matrix[:, :2].T + matrix[:, 2]
+
+
 def warp(image: np.ndarray, mask: np.ndarray, params: AugmentParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image, mask, exposed): the warped image (exposed area reflected or constant), the warped mask
     (nothing of it in the exposed area) and where the warp exposed the image's outside."""

@@ -202,9 +202,12 @@ class TrainingSampleStage:
               generated: np.ndarray | None, latents: dict[str, np.ndarray]) -> PairSample:
         plan, meta = draft.plan, sample.meta
         attribute_ref, attribute_mask, portrait_ref, portrait_mask, portrait_image = refs
-        face = arcface_points(sample.keypoints[plan.portrait_ref], KEYPOINT_LAYOUTS[perception.keypoint_layout])
-        matrix = augment.affine_matrix(draft.portrait_params, portrait_image.shape[:2])
-        portrait_keypoints = face @ matrix[:, :2].T + matrix[:, 2]  # where the warp moved them
+        layout = KEYPOINT_LAYOUTS[perception.keypoint_layout]
+        # ArcFace points where each reference's augmentation warp moved them.
+        portrait_keypoints, attribute_keypoints = (
+            augment.warp_points(arcface_points(sample.keypoints[position], layout), params, portrait_image.shape[:2])
+            for position, params in ((plan.portrait_ref, draft.portrait_params),
+                                     (plan.attribute_ref, draft.attribute_params)))
         expansion = draft.expansion
         if generated is not None:
             expansion = expansion.model_copy(update={"generated_image": GENERATED,
@@ -239,6 +242,7 @@ class TrainingSampleStage:
             portrait_mask=portrait_mask,
             portrait_image=portrait_image,
             portrait_keypoints=portrait_keypoints.astype(np.float32),
+            attribute_keypoints=attribute_keypoints.astype(np.float32),
             generated=generated,
             latents=latents,
         )

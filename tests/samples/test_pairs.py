@@ -71,6 +71,16 @@ def test_recorded_augmentation_reproduces_the_reference(fill):
         np.testing.assert_array_equal(mask, sample.attribute_mask)
         np.testing.assert_array_equal(image * mask[..., None], sample.attribute_ref)
         assert meta.attribute_ref.augmentation.angle_deg != 0 and meta.attribute_ref.augmentation.exposed_area > 0
+        # The stored ArcFace points follow the warp: a one-pixel mask at a point lands where the points say.
+        point = clip.keypoints[meta.attribute_ref.position, 0, :2]
+        dot = np.zeros(attribute_mask.shape, bool)
+        dot[int(round(point[1])), int(round(point[0]))] = True
+        moved = augment.warp(dot.astype(np.uint8)[..., None].repeat(3, -1), dot, meta.attribute_ref.augmentation)[1]
+        y, x = np.argwhere(moved).mean(axis=0)
+        expected = augment.warp_points(np.round(point)[None], meta.attribute_ref.augmentation, dot.shape)[0]
+        np.testing.assert_allclose([x, y], expected, atol=1.0)
+        np.testing.assert_allclose(sample.attribute_keypoints[0], augment.warp_points(
+            point[None], meta.attribute_ref.augmentation, dot.shape)[0], atol=1e-4)
 
 
 def test_references_are_masked_complementarily():
@@ -105,6 +115,7 @@ def test_without_augmentation_or_expansion_the_masks_are_the_frames():
         np.testing.assert_array_equal(sample.pose_frames, clip.pose_frames[sample.meta.target_positions])
         np.testing.assert_array_equal(sample.portrait_image, clip.frames[p])
         np.testing.assert_allclose(sample.portrait_keypoints, clip.keypoints[p, :, :2], atol=1e-4)  # truth_5: 5
+        np.testing.assert_allclose(sample.attribute_keypoints, clip.keypoints[a, :, :2], atol=1e-4)
 
 
 def test_the_stage_is_deterministic_per_clip():

@@ -17,7 +17,8 @@ from data_specs.layout import OutputLayout
 from data_specs.training import DataConfig, StageRun
 from tests.samples.samples_testing import perceived_clip
 from tests.training.training_testing import make_pairs, write_pair_dataset, write_samples
-from training.data import DatasetIndex, make_loader, validation_samples, validation_videos
+from data_specs.split import SplitConfig, split_of
+from training.data import DatasetIndex, make_loader, validation_samples
 
 SIZE, FRAMES = 32, 4
 STAGE1, STAGE2 = StageRun(stage=1, steps=1), StageRun(stage=2, steps=1, frames=2)
@@ -27,18 +28,18 @@ STAGE1, STAGE2 = StageRun(stage=1, steps=1), StageRun(stage=2, steps=1, frames=2
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """8 videos x 4 pairs per stage, 3 samples per shard (shards mix videos)."""
     return write_pair_dataset(tmp_path_factory.mktemp("data") / "ds", clips=8, size=SIZE, frames=FRAMES,
-                              pairs_per_clip=4, hat_clips=(0, 3), samples_per_shard=3)
+                              pairs_per_clip=4, hat_clips=(0, 3), samples_per_shard=3, eval_clips=(2, 5))
 
 
 def data(dataset: Path, **overrides) -> DataConfig:
     return DataConfig(**{"dataset": str(dataset), "batch_size": 2, "shuffle_buffer": 4, "loader_workers": 0,
-                         "validation_fraction": 0.25, **overrides})
+                         **overrides})
 
 
 def loader(dataset: Path, stage_run: StageRun = STAGE1, rank: int = 0, world_size: int = 1, start_batch: int = 0,
            **overrides):
     config = data(dataset, **overrides)
-    index = DatasetIndex.open(dataset, validation_fraction=config.validation_fraction)
+    index = DatasetIndex.open(dataset)
     return make_loader(index, config, stage_run, rank, world_size, seed=3, start_batch=start_batch)
 
 
@@ -51,20 +52,17 @@ def take(batches, n: int) -> list:
 
 def test_the_split_is_by_video_stable_and_roughly_the_fraction():
     videos = [f"video{i:04d}" for i in range(2000)]
-    held = validation_videos(videos, 0.1)
-    assert held == validation_videos(list(reversed(videos)), 0.1)  # deterministic, order-free
+    config = SplitConfig(eval_fraction=0.1)
+    held = {v for v in videos if split_of(v, config) == "eval"}
     assert 0.08 < len(held) / len(videos) < 0.12
-    more = validation_videos(videos + [f"new{i}" for i in range(500)], 0.1)
-    assert {v for v in more if v in set(videos)} == held  # adding videos moves none
-    assert validation_videos(videos, 0.1, seed=1) != held
-    assert validation_videos(["a", "b"], 0.01)  # at least one held out ...
-    assert len(validation_videos(["a", "b"], 0.99)) == 1  # ... and one kept
-    assert validation_videos(["a", "b"], 0.0) == set() and validation_videos(["a"], 0.5) == set()
+    assert {v for v in reversed(videos) if split_of(v, config) == "eval"} == held  # order-free
+    assert {v for v in videos if split_of(v, SplitConfig(eval_fraction=0.1, seed=1)) == "eval"} != held
+    assert all(split_of(v, SplitConfig(eval_fraction=0.0)) == "train" for v in videos)
 
 
 def test_no_validation_video_reaches_training_and_validation_samples_are_fixed(dataset: Path):
-    index = DatasetIndex.open(dataset, validation_fraction=0.25)
-    assert index.validation and index.validation < {p.video_id for p in index.pairs}
+    index = DatasetIndex.open(dataset)
+    assert index.validation == {"vid02", "vid05"}  # the manifests' split column
     seen = {v for batch in take(loader(dataset), 30) for v in batch.video_ids}
     assert seen and not seen & index.validation
     assert seen == {p.video_id for p in index.training_pairs(1)}
@@ -72,8 +70,6 @@ def test_no_validation_video_reaches_training_and_validation_samples_are_fixed(d
     assert len(held) == 3 and {s.meta.video_id for s in held} <= index.validation
     assert all(s.meta.training_stage == 2 for s in held)
     assert [s.key for s in held] == [s.key for s in validation_samples(index, 2, 3)]
-    other = make_loader(DatasetIndex.open(dataset), data(dataset), STAGE1, seed=3)  # opened at 0.1: re-split
-    assert not {v for batch in take(other, 30) for v in batch.video_ids} & index.validation
 
 
 # ------------------------------------------------------------------------------------------ batches
@@ -102,7 +98,7 @@ def test_stage_2_batches_keep_the_first_frames(dataset: Path):
     batch = next(loader(dataset, STAGE2))
     assert batch.targets.shape == (2, 2, 3, SIZE, SIZE) and batch.pose_frames.shape == (2, 3, 2, SIZE, SIZE)
     assert batch.stage == 2 and batch.keypoints.shape[1] == 2
-    index = DatasetIndex.open(dataset, validation_fraction=0.25)
+    index = DatasetIndex.open(dataset)
     full = next(s for s in index.training_pairs(2) if s.key == batch.keys[0])
     assert full.targets == FRAMES
     everything = dataclasses.replace(index, validation=frozenset(p.video_id for p in index.pairs))
@@ -116,7 +112,7 @@ def test_stage_2_batches_keep_the_first_frames(dataset: Path):
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_every_rank_gets_batches_forever_and_ranks_differ(dataset: Path, workers: int):
-    index = DatasetIndex.open(dataset, validation_fraction=0.25)
+    index = DatasetIndex.open(dataset)
     per_round = len(index.training_pairs(1))
     runs = [take(loader(dataset, rank=rank, world_size=2, loader_workers=workers), per_round) for rank in (0, 1)]
     assert all(len(run) == per_round for run in runs)  # two rounds' worth each: they wrap around
@@ -144,7 +140,7 @@ def test_a_corrupt_shard_is_skipped_counted_and_the_stream_goes_on(dataset: Path
                                                                    caplog: pytest.LogCaptureFixture):
     copy = tmp_path / "ds"
     shutil.copytree(dataset, copy)
-    index = DatasetIndex.open(copy, validation_fraction=0.25)
+    index = DatasetIndex.open(copy)
     shard = index.training_shards(1)[1]
     path = OutputLayout(copy).shard(shard)
     raw = bytearray(path.read_bytes())
@@ -165,10 +161,10 @@ def test_a_corrupt_shard_is_skipped_counted_and_the_stream_goes_on(dataset: Path
 def test_rebalancing_evens_out_a_skewed_dataset(tmp_path: Path):
     root = write_pair_dataset(tmp_path / "skewed", clips=6, size=16, pairs_per_clip=4, hat_clips=(0,),
                               stages=(1,), samples_per_shard=4)
-    index = DatasetIndex.open(root, validation_fraction=0.0)
+    index = DatasetIndex.open(root)
     counts = Counter(p.attribute for p in index.training_pairs(1))
     assert counts["hair"] >= 5 * counts["hat"] > 0
-    seen = Counter(a for b in take(loader(root, validation_fraction=0.0, batch_size=4, rebalance=True,
+    seen = Counter(a for b in take(loader(root, batch_size=4, rebalance=True,
                                           shuffle_buffer=8), 60) for a in b.attributes)
     assert abs(seen["hair"] - seen["hat"]) <= 0.25 * max(seen.values()), seen
 

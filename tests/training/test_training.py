@@ -32,7 +32,7 @@ class KilledAfter(LocalSession):
 def tiny_config(dataset: Path, output: Path, **overrides) -> object:
     return load_train_config({
         "output_dir": str(output), "resolution": 32, "checkpoint_every": 3,
-        "data": {"dataset": str(dataset), "loader_workers": 0, "validation_fraction": 0, "shuffle_buffer": 4},
+        "data": {"dataset": str(dataset), "loader_workers": 0, "shuffle_buffer": 4},
         "optim": {"learning_rate": 3e-3}, **overrides})
 
 

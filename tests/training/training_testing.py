@@ -6,12 +6,14 @@ training loader reads), in well under a second per clip, so training tests need 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from data_specs.layout import OutputLayout
 from data_specs.lineage import Lineage, Stamp
 from data_specs.sample import PairSample, Sample, encode_sample
 from data_specs.schemas import ShardRow, to_table, write_table_atomic
+from data_specs.split import EVAL, TRAIN
 from data_specs.training_samples import AugmentConfig, ExpansionConfig, PairConfig, TrainingSamplesConfig
 from tasks.shards import RotatingShardWriter
 from tasks.unit import sample_row
@@ -40,8 +42,10 @@ def make_pairs(clips: int = 6, size: int = 32, frames: int = 4, pairs_per_clip: 
     return samples
 
 
-def write_samples(root: Path, samples: list[Sample], samples_per_shard: int = 4) -> Path:
-    """Write `samples` into shards under `root` with their `samples` and `shards` manifests (shards last)."""
+def write_samples(root: Path, samples: list[Sample], samples_per_shard: int = 4,
+                  eval_videos: Collection[str] = ()) -> Path:
+    """Write `samples` into shards under `root` with their `samples` and `shards` manifests (shards last);
+    the samples of `eval_videos` are in the evaluation split."""
     layout = OutputLayout(Path(root))
     layout.shards.mkdir(parents=True, exist_ok=True)
     layout.manifests.mkdir(parents=True, exist_ok=True)
@@ -51,7 +55,7 @@ def write_samples(root: Path, samples: list[Sample], samples_per_shard: int = 4)
             shard = writer.write(encode_sample(sample, jpeg_quality=95))
             lineage = Lineage(source_path=sample.meta.source_path, content_sha256=sample.meta.content_sha256,
                               **STAMP.columns())
-            rows.append(sample_row(sample, shard, lineage))
+            rows.append(sample_row(sample, shard, lineage, EVAL if sample.meta.video_id in eval_videos else TRAIN))
     shards = [ShardRow(shard=r.shard, sha256=r.sha256, size_bytes=r.size_bytes, num_samples=r.num_samples,
                        **STAMP.columns()) for r in writer.records]
     write_table_atomic(to_table("samples", rows), layout.manifest("samples"))
@@ -61,7 +65,8 @@ def write_samples(root: Path, samples: list[Sample], samples_per_shard: int = 4)
 
 def write_pair_dataset(root: Path, clips: int = 6, size: int = 32, frames: int = 4, pairs_per_clip: int = 2,
                        hat_clips: tuple[int, ...] = (), stages: tuple[int, ...] = (1, 2),
-                       samples_per_shard: int = 4) -> Path:
-    """A dataset folder of pair samples from `clips` videos (see `make_pairs`); returns `root`."""
+                       samples_per_shard: int = 4, eval_clips: tuple[int, ...] = ()) -> Path:
+    """A dataset folder of pair samples from `clips` videos (see `make_pairs`), the videos of `eval_clips` in
+    the evaluation split; returns `root`."""
     samples = make_pairs(clips, size, frames, pairs_per_clip, hat_clips, stages)
-    return write_samples(root, samples, samples_per_shard)
+    return write_samples(root, samples, samples_per_shard, {f"vid{i:02d}" for i in eval_clips})
