@@ -29,6 +29,7 @@ def train_durian(config: TrainConfig, ray_address: str | None = None, ray_connec
     """
     from training.monitoring import loss_plot, read_metrics
     from training.ray_train import check_before_launch, launch
+    from training.validation import sample_videos
 
     logger = get_run_logger()
     check_before_launch(config)  # a missing dataset or a misfit config fails here, before any worker
@@ -50,25 +51,39 @@ def train_durian(config: TrainConfig, ray_address: str | None = None, ray_connec
 
     records = read_metrics(config.run_dir)
     plot = loss_plot(records, config.run_dir / "loss.png")
-    step = max(1, len(records) // 20)
-    create_table_artifact(
-        key="train-durian-losses", description="Loss, learning rate and throughput (every few steps)",
-        table=[{key: (f"{value:.4g}" if isinstance(value, float) else str(value)) for key, value in record.items()}
-               for record in records[::step] + records[-1:]])
+    steps = [r for r in records if r["kind"] == "train"]
+    shown = steps[::max(1, len(steps) // 20)]
+    if shown[-1] is not steps[-1]:
+        shown.append(steps[-1])
+    create_table_artifact(key="train-durian-losses", table=_rows(shown),
+                          description="Loss, learning rate and throughput (every few steps)")
+    if validation := [r for r in records if r["kind"] == "validation"]:
+        create_table_artifact(key="train-durian-validation", description="Held-out self-reconstruction: L1, PSNR "
+                              "(dB) and SSIM against the real frames, and the sample video of each pass",
+                              table=_rows(validation))
     create_markdown_artifact(key="train-durian-loss-plot", description=str(plot),
                              markdown=inline_images(f"# Training loss\n\n![loss]({plot.name})\n", plot.parent))
     pipeline = config.run_dir / "pipeline"
     create_link_artifact(key="train-durian-pipeline", link=pipeline.resolve().as_uri(),
                          description="The trained DurianPipeline (`durian sample --model` loads it)")
-    videos = sorted((config.run_dir / "samples").glob("*.mp4"))
+    videos = sample_videos(config.run_dir)
+    if videos:
+        create_link_artifact(key="train-durian-sample-video", link=videos[-1].resolve().as_uri(),
+                             description="The last validation video: portrait, attribute, guidance, result, real")
     create_markdown_artifact(
         key="train-durian-summary", description="Where the run's outputs are",
         markdown=(f"# Training run `{config.name}`\n\n- steps: {total} ({', '.join(f'stage {r.stage}: {r.steps}' for r in config.stages)})"
-                  f"\n- final loss: {records[-1]['loss']:.4f}\n- pipeline: `{pipeline}`\n"
+                  f"\n- final loss: {steps[-1]['loss']:.4f}\n- pipeline: `{pipeline}`\n"
                   f"- checkpoints: `{config.run_dir / 'checkpoints'}`\n- TensorBoard: `{config.run_dir / 'tensorboard'}`\n"
                   + "".join(f"- sample video: `{video}`\n" for video in videos)))
     logger.info("trained pipeline: %s", pipeline)
-    return {"pipeline": str(pipeline), "steps": total, "final_loss": records[-1]["loss"]}
+    return {"pipeline": str(pipeline), "steps": total, "final_loss": steps[-1]["loss"],
+            "validation": validation[-1] if validation else None}
+
+
+def _rows(records: list[dict]) -> list[dict[str, str]]:
+    return [{key: f"{value:.4g}" if isinstance(value, float) else str(value) for key, value in record.items()}
+            for record in records]
 
 
 def _follow(run_dir: Path, total: int, progress, stop: threading.Event) -> None:
@@ -77,7 +92,7 @@ def _follow(run_dir: Path, total: int, progress, stop: threading.Event) -> None:
 
     done = 0
     while not stop.wait(5.0):
-        records = read_metrics(run_dir)
-        if len(records) > done:
-            done = len(records)
+        steps = sum(r["kind"] == "train" for r in read_metrics(run_dir))
+        if steps > done:
+            done = steps
             update_progress_artifact(progress, min(100.0, 100.0 * done / total))

@@ -148,7 +148,7 @@ class DurianPipeline(DiffusionPipeline):
         attributes: list[ImageLike],
         attribute_masks: list[ImageLike],
         attribute_keypoints: list[np.ndarray],
-        driving_keypoints: np.ndarray,
+        driving_keypoints: np.ndarray | None = None,
         alpha: float | None = None,
         attribute_weights: tuple[float, ...] | None = None,
         num_frames: int | None = None,
@@ -160,6 +160,7 @@ class DurianPipeline(DiffusionPipeline):
         overlap: int = 4,
         generator: torch.Generator | None = None,
         output_type: Literal["np", "pt", "pil"] = "np",
+        pose_frames: torch.Tensor | None = None,
     ) -> DurianPipelineOutput:
         """Generate a clip of the portrait, wearing the attributes, following the driving keypoints.
 
@@ -172,7 +173,10 @@ class DurianPipeline(DiffusionPipeline):
             attributes, attribute_masks, attribute_keypoints: one entry per attribute
                 image; several are composed, two with `alpha` are interpolated. The region regenerated is
                 the union of all their aligned masks, whatever `alpha` or the weights.
-            driving_keypoints: (F_drive, 5, 2) keypoints of the driving video (any size).
+            driving_keypoints: (F_drive, 5, 2) keypoints of the driving video (any size), retargeted onto the
+                portrait's face and rendered as guidance.
+            pose_frames: instead of `driving_keypoints`, guidance frames already rendered for this portrait,
+                (F_drive, 3, H, W) in [0, 1] (e.g. a training sample's, to reconstruct it exactly).
             alpha: interpolation between exactly two attributes (0: the first, 1: the second).
             attribute_weights: per-attribute weights when composing (0 removes an attribute).
             num_frames: frames to generate (default: all driving frames).
@@ -187,10 +191,12 @@ class DurianPipeline(DiffusionPipeline):
             raise ValueError("alpha interpolates between exactly two attributes")
         read_mode = ReadMode(alpha=alpha, attribute_weights=None if attribute_weights is None
                              else tuple(attribute_weights))
-        driving_keypoints = np.asarray(driving_keypoints, np.float64)
-        num_frames = num_frames or len(driving_keypoints)
-        if num_frames > len(driving_keypoints):
-            raise ValueError(f"{num_frames} frames asked, the driving keypoints have {len(driving_keypoints)}")
+        if (driving_keypoints is None) == (pose_frames is None):
+            raise ValueError("give either driving_keypoints or pose_frames")
+        driving = driving_keypoints if pose_frames is None else pose_frames
+        num_frames = num_frames or len(driving)
+        if num_frames > len(driving):
+            raise ValueError(f"{num_frames} frames asked, the driving input has {len(driving)}")
         device, dtype = self._execution_device, self.model.dtype
         source_size = _image_size(portrait)
         multiple = self.size_multiple
@@ -212,9 +218,16 @@ class DurianPipeline(DiffusionPipeline):
         # 3. Inference mask: the portrait's attribute U the aligned attribute masks.
         region = self.inference_mask(mask(portrait_mask)[0], portrait_kps, attribute_masks_t, attribute_kps)
 
-        # 4. Retarget the driving motion onto the portrait and render the pose frames.
-        keypoints = retarget_keypoints(driving_keypoints[:num_frames], portrait_kps)
-        pose_frames = render_driving_pose(keypoints, size).transpose(0, 1)[None].to(device, dtype)  # (1, 3, F, H, W)
+        # 4. Retarget the driving motion onto the portrait and render the pose frames: (1, 3, F, H, W).
+        if pose_frames is None:
+            keypoints = retarget_keypoints(np.asarray(driving_keypoints[:num_frames], np.float64), portrait_kps)
+            pose_frames = render_driving_pose(keypoints, size)
+        else:
+            pose_frames = pose_frames[:num_frames].float()
+            if tuple(pose_frames.shape[-2:]) != size:
+                pose_frames = torch.nn.functional.interpolate(pose_frames, size=size, mode="bilinear",
+                                                              antialias=True)
+        pose_frames = pose_frames.transpose(0, 1)[None].to(device, dtype)
 
         # 5. Encode the references once for the whole clip.
         references = prepare_references(

@@ -53,8 +53,8 @@ from data_specs.schemas import read_table
 from data_specs.split import EVAL
 from data_specs.training import DataConfig, StageRun, TrainConfigError
 
-__all__ = ["DatasetIndex", "PairLoader", "PairStream", "TrainingBatch", "collate", "make_loader",
-           "validation_samples"]
+__all__ = ["DatasetIndex", "PairEntry", "PairLoader", "PairStream", "TrainingBatch", "collate", "make_loader",
+           "read_pairs", "validation_samples"]
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +67,13 @@ _MAX_EMPTY_ROUNDS = 10_000
 
 
 @dataclass(frozen=True)
-class _Pair:
+class PairEntry:
     """What the manifest says about one pair sample."""
 
     key: str
     shard: str
     video_id: str
+    clip_id: str
     stage: int
     attribute: str
     targets: int  # target frames
@@ -87,7 +88,7 @@ class DatasetIndex:
 
     root: Path
     shard_sha256: dict[str, str]  # shard -> sha256, every shard of the manifest
-    pairs: list[_Pair]  # every pair sample, sorted by (shard, key)
+    pairs: list[PairEntry]  # every pair sample, sorted by (shard, key)
     validation: frozenset[str]  # video ids of the evaluation split
     _image_size: dict[int, tuple[int, int]] = field(default_factory=dict, repr=False)
 
@@ -107,8 +108,9 @@ class DatasetIndex:
                                         "output of a completed build-dataset run")
         shards = read_table("shards", layout.manifest("shards")).select(["shard", "sha256"]).to_pylist()
         rows = read_table("samples", layout.manifest("samples")).select(
-            ["sample_key", "shard", "video_id", "kind", "training_stage", "attribute", "fields", "split"]).to_pylist()
-        pairs = sorted((_Pair(key=r["sample_key"], shard=r["shard"], video_id=r["video_id"],
+            ["sample_key", "shard", "video_id", "clip_id", "kind", "training_stage", "attribute", "fields",
+             "split"]).to_pylist()
+        pairs = sorted((PairEntry(key=r["sample_key"], shard=r["shard"], video_id=r["video_id"], clip_id=r["clip_id"],
                               stage=int(r["training_stage"]), attribute=r["attribute"] or "unknown",
                               targets=sum(f.startswith(_TARGET_PREFIX) and f.endswith(_TARGET_SUFFIX)
                                           for f in r["fields"]))
@@ -132,11 +134,11 @@ class DatasetIndex:
     def stages(self) -> list[int]:
         return sorted({p.stage for p in self.pairs})
 
-    def training_pairs(self, stage: int) -> list[_Pair]:
+    def training_pairs(self, stage: int) -> list[PairEntry]:
         """The stage's pair samples from training videos, sorted by (shard, key)."""
         return [p for p in self.pairs if p.stage == stage and p.video_id not in self.validation]
 
-    def validation_pairs(self, stage: int) -> list[_Pair]:
+    def validation_pairs(self, stage: int) -> list[PairEntry]:
         """The stage's pair samples from validation videos, sorted by (video, key)."""
         return sorted((p for p in self.pairs if p.stage == stage and p.video_id in self.validation),
                       key=lambda p: (p.video_id, p.key))
@@ -367,7 +369,7 @@ class PairStream(IterableDataset):
         pairs = index.training_pairs(stage)
         self.shards = sorted({p.shard for p in pairs})
         self.sha256 = {shard: index.shard_sha256[shard] for shard in self.shards}
-        by_shard: dict[str, list[_Pair]] = defaultdict(list)
+        by_shard: dict[str, list[PairEntry]] = defaultdict(list)
         for pair in pairs:
             by_shard[pair.shard].append(pair)
         self.candidates = {shard: sorted(by_shard[shard], key=lambda p: p.key) for shard in self.shards}
@@ -531,12 +533,17 @@ def validation_samples(index: DatasetIndex, stage: int, count: int) -> list[Pair
 
     Empty when nothing is held out; samples of corrupt shards are left out (with a warning).
     """
-    chosen = index.validation_pairs(stage)[:count]
+    return read_pairs(index, index.validation_pairs(stage)[:count])
+
+
+def read_pairs(index: DatasetIndex, pairs: Sequence[PairEntry]) -> list[PairSample]:
+    """The given pair samples decoded, in order, reading each shard once; those of corrupt shards are left out
+    (with a warning)."""
     by_shard: dict[str, set[str]] = defaultdict(set)
-    for pair in chosen:
+    for pair in pairs:
         by_shard[pair.shard].add(pair.key)
     decoded: dict[str, PairSample] = {}
     for shard, keys in by_shard.items():
         for raw in _read_shard(index.root, shard, index.shard_sha256[shard], keys) or []:
             decoded[str(raw["__key__"])] = decode_sample(raw)
-    return [decoded[p.key] for p in chosen if p.key in decoded]
+    return [decoded[p.key] for p in pairs if p.key in decoded]

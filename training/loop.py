@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import torch
 from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
 
 from data_specs.model import model_flavour
 from data_specs.training import StageRun, TrainConfig
@@ -91,9 +94,10 @@ def average_gradients(parameters: list[torch.nn.Parameter], world_size: int) -> 
 
 def train(config: TrainConfig, session: Session) -> Progress:
     """Train every configured stage; resumes from `session.restored_checkpoint()` when there is one."""
-    from training.checkpoints import load_checkpoint, save_checkpoint
+    from training.checkpoints import load_checkpoint, make_ema, save_checkpoint
     from training.data import DatasetIndex, make_loader
     from training.monitoring import TrainingLog
+    from training.validation import Validator
 
     device = session.device
     index = DatasetIndex.open(Path(config.data.dataset))
@@ -125,10 +129,12 @@ def train(config: TrainConfig, session: Session) -> Progress:
         optimizer = _optimizer(config, run, trainable, device)
         schedule = get_scheduler(config.optim.schedule, optimizer, num_warmup_steps=config.optim.warmup_steps,
                                  num_training_steps=run.steps)
+        ema = make_ema(trainable, config.ema_decay) if config.ema_decay else None
         if restored is not None and state["stage_index"] == stage_index:
-            load_checkpoint(restored, model, optimizer, schedule)
+            load_checkpoint(restored, model, optimizer, schedule, ema=ema)
         else:
             progress.step = 0
+        validator = Validator(config, index, run) if session.rank == 0 else None
         loader = iter(make_loader(index, config.data, run, session.rank, session.world_size, config.seed,
                                   start_batch=progress.step * config.gradient_accumulation))
         started = time.perf_counter()
@@ -148,22 +154,30 @@ def train(config: TrainConfig, session: Session) -> Progress:
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(trainable)
             progress.step += 1
             progress.losses.append(_mean_over_ranks(loss_sum, session.world_size, device))
 
             samples = progress.step * config.data.batch_size * config.gradient_accumulation * session.world_size
             metrics = {"loss": progress.losses[-1], "lr": schedule.get_last_lr()[0], "grad_norm": grad_norm,
                        "samples_per_s": samples / (time.perf_counter() - started)}
+            global_step = _global_step(config, stage_index, progress.step)
             if progress.step % config.log_every == 0 or progress.step == run.steps:
-                log.log_step(_global_step(config, stage_index, progress.step), run.stage, **metrics)
+                log.log_step(global_step, run.stage, **metrics)
+            if validator is not None and validator.due(progress.step):
+                with _evaluation_weights(model, trainable, ema):
+                    validator.run(components.pipeline(), global_step, log)
             checkpoint = None
             due = progress.step % config.checkpoint_every == 0 or progress.step == run.steps
             if due and session.rank == 0:
                 checkpoint = save_checkpoint(
-                    config.run_dir / "checkpoints", _global_step(config, stage_index, progress.step), model,
-                    optimizer, schedule, keep=config.keep_checkpoints,
+                    config.run_dir / "checkpoints", global_step, model, optimizer, schedule, ema=ema,
+                    keep=config.keep_checkpoints,
                     extra={"stage_index": stage_index, "step": progress.step, "seed": config.seed})
             session.report({"stage": run.stage, "step": progress.step, **metrics}, checkpoint)
+        if ema is not None:  # a stage ends with its averaged weights: the next stage and the export start there
+            ema.copy_to(trainable)
         restored = None
         progress.stage_index = stage_index + 1
     log.close()
@@ -172,6 +186,22 @@ def train(config: TrainConfig, session: Session) -> Progress:
 
         export_pipeline(components.pipeline(), config.run_dir / "pipeline")
     return progress
+
+
+@contextmanager
+def _evaluation_weights(model: torch.nn.Module, trainable: list[torch.nn.Parameter],
+                        ema: EMAModel | None) -> Iterator[None]:
+    """The model in eval mode with the EMA weights (when kept) swapped in; training weights and mode after."""
+    if ema is not None:
+        ema.store(trainable)
+        ema.copy_to(trainable)
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train()
+        if ema is not None:
+            ema.restore(trainable)
 
 
 def _global_step(config: TrainConfig, stage_index: int, step: int) -> int:

@@ -23,7 +23,8 @@ import torch
 
 from data_specs.files import publishing
 
-__all__ = ["TrainingLog", "gpu_memory_gb", "loss_plot", "read_metrics", "side_by_side_video"]
+__all__ = ["TrainingLog", "gpu_memory_gb", "loss_plot", "read_metrics", "side_by_side_frames", "side_by_side_video",
+           "write_mp4"]
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -185,16 +186,13 @@ def _label_band(text: str, width: int, height: int) -> np.ndarray:
     return band
 
 
-def side_by_side_video(columns: list[np.ndarray], labels: list[str], path: Path, fps: float) -> Path:
+def side_by_side_frames(columns: list[np.ndarray], labels: list[str], height: int | None = None) -> np.ndarray:
     """Tile columns (e.g. portrait ref | attribute ref | guidance | result | target) left to right under small
-    labels and write them as an H.264 mp4, atomically.
+    labels: (F, H', W', 3) uint8.
 
     Each column is (F, H, W, 3) uint8 or one (H, W, 3) image shown on every frame; columns with several frames
-    must agree on F. Columns are resized to the tallest one's height (keeping their aspect); the tile is padded
-    to even sizes (yuv420p).
+    must agree on F. Columns are resized to `height` (default: the tallest one's), keeping their aspect.
     """
-    from tasks.media import write_video
-
     if not columns or len(columns) != len(labels):
         raise ValueError(f"need one label per column, got {len(columns)} columns and {len(labels)} labels")
     frames = [_as_frames(column, label) for column, label in zip(columns, labels)]
@@ -202,7 +200,7 @@ def side_by_side_video(columns: list[np.ndarray], labels: list[str], path: Path,
     if len(counts) > 1:
         raise ValueError(f"columns disagree on their number of frames: {sorted(counts)}")
     count = counts.pop() if counts else 1
-    height = max(f.shape[1] for f in frames)
+    height = height or max(f.shape[1] for f in frames)
     band_height = max(12, height // 10)
     tiles = []
     for column, label in zip(frames, labels):
@@ -212,7 +210,13 @@ def side_by_side_video(columns: list[np.ndarray], labels: list[str], path: Path,
         band = _label_band(label, column.shape[2], band_height)
         tile = np.concatenate([np.broadcast_to(band, (column.shape[0], *band.shape)), column], axis=1)
         tiles.append(np.broadcast_to(tile, (count, *tile.shape[1:])))
-    video = np.concatenate(tiles, axis=2)
+    return np.concatenate(tiles, axis=2)
+
+
+def write_mp4(video: np.ndarray, path: Path, fps: float) -> Path:
+    """(F, H, W, 3) uint8 as an H.264 mp4 (padded to even sizes for yuv420p), published atomically."""
+    from tasks.media import write_video
+
     pad_h, pad_w = video.shape[1] % 2, video.shape[2] % 2
     if pad_h or pad_w:
         video = np.pad(video, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
@@ -226,3 +230,8 @@ def side_by_side_video(columns: list[np.ndarray], labels: list[str], path: Path,
         partial.unlink(missing_ok=True)
         raise
     return path
+
+
+def side_by_side_video(columns: list[np.ndarray], labels: list[str], path: Path, fps: float) -> Path:
+    """`side_by_side_frames` written as an mp4 (`write_mp4`)."""
+    return write_mp4(side_by_side_frames(columns, labels), path, fps)

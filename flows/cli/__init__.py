@@ -1,4 +1,4 @@
-"""The `durian` command line: `app` and its commands (dataset, train, sample, demo)."""
+"""The `durian` command line: `app` and its commands (dataset, train, evaluate, sample, demo)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import atexit
 import os
 import sys
 
-from flows.cli import dataset, demo, sample, train  # noqa: F401 - importing a command module registers its commands
+from flows.cli import dataset, demo, evaluate, sample, train  # noqa: F401 - importing a command module registers its commands
 from flows.cli.app import app
 
 __all__ = ["app", "main"]

@@ -135,6 +135,22 @@ def test_driving_pose_is_drawn_by_the_training_renderer() -> None:
     torch.testing.assert_close(image, torch.from_numpy(expected).permute(0, 3, 1, 2).float() / 255)
 
 
+def test_rendered_pose_frames_drive_exactly_as_the_keypoints_they_came_from(pipe: DurianPipeline) -> None:
+    """`pose_frames` (e.g. a training sample's guidance) replaces the driving keypoints' retarget-and-render."""
+    mask = np.zeros((64, 64), bool)
+    mask[:18] = True
+    driving = FACE[None] + np.random.default_rng(0).normal(0, 1.5, (3, 5, 2))
+    rendered = render_driving_pose(retarget_keypoints(driving, FACE), (64, 64))
+    common = dict(num_inference_steps=2, window=4, overlap=2)
+    by_points = pipe(face_image(0), mask, FACE, [face_image(1)], [mask], [FACE], driving,
+                     generator=torch.Generator().manual_seed(0), **common)
+    by_frames = pipe(face_image(0), mask, FACE, [face_image(1)], [mask], [FACE], pose_frames=rendered,
+                     generator=torch.Generator().manual_seed(0), **common)
+    np.testing.assert_allclose(by_frames.frames, by_points.frames, atol=1e-5)
+    with pytest.raises(ValueError, match="either driving_keypoints or pose_frames"):
+        pipe(face_image(0), mask, FACE, [face_image(1)], [mask], [FACE], driving, pose_frames=rendered)
+
+
 def synthetic_video(folder: Path, frames: int = 6) -> Path:
     """A tiny synthetic portrait video with its ground truth beside it."""
     return write_portrait_video(folder / "clip.mp4", seed=0, num_frames=frames, fps=10, width=64, height=64)

@@ -67,19 +67,34 @@ def test_two_ray_train_workers_overfit_a_tiny_set_in_the_flow(tmp_path: Path):
     from training.checkpoints import latest_checkpoint
     from training.monitoring import read_metrics
 
-    dataset = write_pair_dataset(tmp_path / "data", clips=2, size=32, frames=2, pairs_per_clip=1)
+    dataset = write_pair_dataset(tmp_path / "data", clips=3, size=32, frames=2, pairs_per_clip=1, eval_clips=(2,))
     config = tiny_config(dataset, tmp_path / "runs", stages=[{"stage": 1, "steps": 20}], checkpoint_every=10,
-                         reference_dropout=0, noise_offset=0, scaling={"workers": 2})
+                         reference_dropout=0, noise_offset=0, scaling={"workers": 2}, ema_decay=0.5,
+                         validate_every=10, sample_steps=2)
     result = train_durian(config)
     losses = [record["loss"] for record in read_metrics(config.run_dir) if record["kind"] == "train"]
     assert len(losses) == 20
     # An honest overfit check: the last steps' loss is well below the first steps'.
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), losses
-    # The exported pipeline holds the final checkpoint's weights, which training moved away from the init.
-    trained = DurianPipeline.from_pretrained(result["pipeline"]).model.state_dict()
-    final = load_file(latest_checkpoint(config.run_dir / "checkpoints") / "model.safetensors")
-    assert all(torch.equal(trained[name], final[name]) for name in final)
+    # The exported pipeline holds the final checkpoint's EMA weights, which training moved away from the init.
+    model = DurianPipeline.from_pretrained(result["pipeline"]).model
+    trained = model.state_dict()
+    checkpoint = latest_checkpoint(config.run_dir / "checkpoints")
+    final, ema = load_file(checkpoint / "model.safetensors"), load_file(checkpoint / "ema.safetensors")
+    names = {id(p): n for n, p in model.named_parameters()}
+    trainable = [names[id(p)] for p in model.select_trainable(1)]  # the EMA's order
+    assert len(ema) == len(trainable)
+    assert all(torch.equal(trained[name], ema[str(i)]) for i, name in enumerate(trainable))
+    assert not all(torch.equal(final[name], ema[str(i)]) for i, name in enumerate(trainable))  # averaged
+    assert all(torch.equal(trained[name], final[name]) for name in final if name not in trainable)
     initial = random_components(model_flavour("tiny"), seed=config.seed).model.state_dict()
     assert not torch.equal(trained["pose_guider.conv_out.weight"], initial["pose_guider.conv_out.weight"])
-    for key in ("train-durian-losses", "train-durian-loss-plot", "train-durian-pipeline", "train-durian-summary"):
+    for key in ("train-durian-losses", "train-durian-loss-plot", "train-durian-pipeline", "train-durian-summary",
+                "train-durian-validation", "train-durian-sample-video"):
         assert Artifact.get(key) is not None, key
+    # Validation every 10 steps on the held-out video (never trained on): metrics and a side-by-side video.
+    validation = [r for r in read_metrics(config.run_dir) if r["kind"] == "validation"]
+    assert [r["step"] for r in validation] == [10, 20]
+    assert all(0 < r["l1"] < 1 and 0 < r["psnr"] < 60 and -1 < r["ssim"] <= 1 for r in validation)
+    assert all(Path(r["video"]).is_file() and Path(r["video"]).stat().st_size > 0 for r in validation)
+    assert result["validation"]["step"] == 20

@@ -1,0 +1,379 @@
+"""Evaluation of a saved `DurianPipeline` on a dataset's evaluation split: plan, generate and measure, summarise.
+
+    plan = plan_evaluation(config)                  # every refusal happens here, before any work
+    results = Evaluator(config, plan.index).evaluate(plan.items[i:j])   # per worker (a Ray actor), per chunk
+    report = summarise(config, plan, results)       # per-attribute table, FID, FVD
+    write_report(config, report)                    # Parquet, Markdown, the worst/best video grid
+
+Self transfer reconstructs each clip with `training.reconstruction` (the code path of the validation pass);
+every metric is `training.metrics`' and every network `training.extractors`'. A clip that fails becomes a row
+with status "failed" and its reason; the others are evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data_specs.evaluation import EVAL_CLIPS, PAPER_HAIR_SELF_TRANSFER, EvalConfig
+from data_specs.files import publishing
+from data_specs.perception import KEYPOINT_LAYOUTS, arcface_points
+from data_specs.sample import PairSample
+from training.data import DatasetIndex, PairEntry, read_pairs
+from training.reconstruction import comparison_columns, generate, images
+
+__all__ = ["ClipResult", "EvalItem", "EvalPlan", "EvalReport", "EvaluationError", "Evaluator", "check_model",
+           "plan_evaluation", "summarise", "write_report"]
+
+log = logging.getLogger(__name__)
+
+SELF, CROSS = "self", "cross"
+TABLE_FILE, SUMMARY_FILE, GRID_FILE, SUMMARY_JSON = "clips.parquet", "summary.md", "grid.mp4", "summary.json"
+GENERATED_DIR = "generated"
+
+
+class EvaluationError(ValueError):
+    """An evaluation that cannot start: the message names the model, dataset, attribute or file."""
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One clip to generate: the portrait, motion and truth of `target`, the attribute of `attribute_from`."""
+
+    target: PairEntry
+    attribute_from: PairEntry
+    transfer: str  # self | cross
+
+
+@dataclass
+class EvalPlan:
+    index: DatasetIndex
+    items: list[EvalItem]
+    attributes: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+def check_model(folder: str | Path) -> Path:
+    """Refuse a folder that is not a saved `DurianPipeline` (its model_index.json names the class)."""
+    folder = Path(folder)
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise EvaluationError(f"model {folder} is not a saved DurianPipeline: it has no model_index.json")
+    name = json.loads(index.read_text()).get("_class_name")
+    if name != "DurianPipeline":
+        raise EvaluationError(f"model {folder} is a saved {name}, not a DurianPipeline")
+    return folder
+
+
+def _check_extractor_files(config: EvalConfig) -> None:
+    """Every configured extractor file exists (the transformers ones may also be hub ids, when online)."""
+    paths = config.extractors
+    for name in ("inception", "video", "lpips", "arcface"):
+        if (path := getattr(paths, name)) is not None and not Path(path).is_file():
+            raise EvaluationError(f"extractors.{name}: {path} is not a file")
+    for name in ("clip", "dino"):
+        if (source := getattr(paths, name)) is not None and Path(source).is_absolute() and not Path(source).exists():
+            raise EvaluationError(f"extractors.{name}: {source} does not exist")
+
+
+def plan_evaluation(config: EvalConfig) -> EvalPlan:
+    """The clips to evaluate: one pair per (evaluation clip, attribute), self and cross transfer; raises
+    EvaluationError / FileNotFoundError for a model, dataset, attribute or extractor file that cannot be used."""
+    check_model(config.model)
+    _check_extractor_files(config)
+    index = DatasetIndex.open(config.dataset)
+    if not index.validation:
+        raise EvaluationError(f"dataset {config.dataset} has no evaluation split: every video is a training video "
+                              "(build it with split.eval_fraction > 0 and enough videos)")
+    chosen: dict[str, list[PairEntry]] = defaultdict(list)
+    seen: set[tuple[str, str]] = set()
+    for pair in index.validation_pairs(config.stage):  # by video, then key: the first pair of each clip
+        if (pair.clip_id, pair.attribute) not in seen:
+            seen.add((pair.clip_id, pair.attribute))
+            chosen[pair.attribute].append(pair)
+    if not chosen:
+        raise EvaluationError(f"dataset {config.dataset} has no stage-{config.stage} samples in its evaluation split")
+    attributes = list(config.attributes) or sorted(chosen)
+    missing = [a for a in attributes if a not in chosen]
+    if missing:
+        raise EvaluationError(f"no evaluation clips for attribute {', '.join(missing)} in {config.dataset} (it has "
+                              f"{', '.join(f'{a}: {len(c)}' for a, c in sorted(chosen.items()))})")
+    items, notes = [], []
+    for attribute in attributes:
+        clips = chosen[attribute][:config.max_clips_per_attribute]
+        items += [EvalItem(clip, clip, SELF) for clip in clips]
+        if not config.cross_transfer:
+            continue
+        videos = {c.video_id for c in clips}
+        if len(videos) < 2:
+            notes.append(f"{attribute}: no cross transfer (its evaluation clips are all from one video)")
+            continue
+        for i, clip in enumerate(clips):  # the next clip of another video lends its attribute
+            donor = next(c for c in clips[i + 1:] + clips[:i] if c.video_id != clip.video_id)
+            items.append(EvalItem(clip, donor, CROSS))
+    return EvalPlan(index=index, items=items, attributes=attributes, notes=notes)
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class ClipResult:
+    """One generated clip: its table row and the features the distribution metrics need."""
+
+    row: dict[str, object]
+    inception_generated: np.ndarray | None = None  # (F, D) per frame (self transfer)
+    inception_real: np.ndarray | None = None
+    video_generated: np.ndarray | None = None  # (1, D) per clip (cross transfer)
+    video_real: np.ndarray | None = None
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    from training.metrics import cosine_similarity_per_pair
+
+    return float(np.mean(cosine_similarity_per_pair(a, b.expand_as(a))))
+
+
+class Evaluator:
+    """The pipeline and the configured extractors, loaded once (a Ray actor holds one), generating and measuring
+    clips. On CUDA the pipeline runs in bf16 and the extractors in fp32."""
+
+    def __init__(self, config: EvalConfig, index: DatasetIndex, device: str | None = None) -> None:
+        from model.pipeline import DurianPipeline
+        from training import extractors as ex
+
+        self.config, self.index = config, index
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.pipeline = DurianPipeline.from_pretrained(config.model, torch_dtype=dtype).to(self.device)
+        self.pipeline.set_progress_bar_config(disable=True)
+        paths, dev = config.extractors, self.device
+        self.lpips = ex.LpipsNet.load(paths.lpips, paths.lpips_net, device=dev) if paths.lpips else None
+        self.inception = ex.InceptionFeatures.load(paths.inception, device=dev) if paths.inception else None
+        self.video = ex.VideoFeatures.load(paths.video, paths.video_arch, device=dev) if paths.video else None
+        self.clip = ex.ClipImageFeatures.load(paths.clip, device=dev) if paths.clip else None
+        self.dino = ex.DinoFeatures.load(paths.dino, device=dev) if paths.dino else None
+        self.identity = (ex.IdentityFeatures.load(paths.arcface, paths.identity, device=dev)
+                         if paths.arcface else None)
+        self.output = Path(config.output_dir) / GENERATED_DIR
+
+    def evaluate(self, items: list[EvalItem]) -> list[ClipResult]:
+        """Generate and measure each item; a failure is the item's row with its reason."""
+        samples = {s.key: s for s in read_pairs(self.index, list({p.key: p for i in items
+                                                                  for p in (i.target, i.attribute_from)}.values()))}
+        results = []
+        for item in items:
+            row: dict[str, object] = {
+                "sample_key": item.target.key, "video_id": item.target.video_id, "attribute": item.target.attribute,
+                "transfer": item.transfer, "attribute_sample_key": item.attribute_from.key,
+                "attribute_video_id": item.attribute_from.video_id, "frames": 0, "status": "failed"}
+            try:
+                missing = [k for k in (item.target.key, item.attribute_from.key) if k not in samples]
+                if missing:
+                    raise ValueError(f"sample {missing[0]} could not be read (its shard is missing or corrupt)")
+                results.append(self._measure(item, samples[item.target.key], samples[item.attribute_from.key], row))
+            except Exception as err:  # noqa: BLE001 - one clip's failure is its row; the others go on
+                log.warning("evaluation of %s (%s) failed: %s", item.target.key, item.transfer, err)
+                row["reason"] = f"{type(err).__name__}: {err}"
+                results.append(ClipResult(row=row))
+        return results
+
+    def _measure(self, item: EvalItem, sample: PairSample, donor: PairSample, row: dict) -> ClipResult:
+        from training.metrics import lpips_per_sample, reconstruction_metrics_per_sample
+
+        config = self.config
+        started = time.perf_counter()
+        generated, region = generate(self.pipeline, sample, None if item.transfer == SELF else donor,
+                                     frames=config.frames, steps=config.steps, guidance_scale=config.guidance_scale,
+                                     seed=config.seed)
+        measured = time.perf_counter()
+        fake, real = images(generated), images(sample.targets[:len(generated)])
+        result = ClipResult(row=row)
+        if item.transfer == SELF:
+            for name, values in reconstruction_metrics_per_sample(fake, real).items():
+                row[name] = float(np.mean(values))
+            if self.lpips is not None:
+                row["lpips"] = float(np.mean(lpips_per_sample(fake, real, self.lpips)))
+            if self.inception is not None:
+                result.inception_generated = self.inception.features(fake).cpu().numpy()
+                result.inception_real = self.inception.features(real).cpu().numpy()
+        else:
+            reference = images(donor.attribute_ref[None])
+            masked = fake * torch.from_numpy(np.asarray(region, np.float32))[None, None]
+            if self.clip is not None:
+                row["clip_i"] = _cosine(self.clip.features(masked), self.clip.features(reference))
+            if self.dino is not None:
+                row["dino"] = _cosine(self.dino.features(masked), self.dino.features(reference))
+            if self.identity is not None and sample.keypoints is not None:
+                layout = KEYPOINT_LAYOUTS[sample.meta.keypoint_layout]
+                points = np.stack([arcface_points(k, layout) for k in sample.keypoints[:len(generated)]])
+                portrait = self.identity.features(images(sample.portrait_image[None]),
+                                                  keypoints=sample.portrait_keypoints[None])
+                row["id_similarity"] = _cosine(self.identity.features(fake, keypoints=points), portrait)
+            if self.video is not None:
+                result.video_generated = self.video.features(fake.transpose(0, 1)[None]).cpu().numpy()
+                result.video_real = self.video.features(real.transpose(0, 1)[None]).cpu().numpy()
+        row.update(frames=len(generated), status="ok", generate_s=measured - started,
+                   measure_s=time.perf_counter() - measured)
+        self.output.mkdir(parents=True, exist_ok=True)
+        with publishing(self.output / f"{item.target.key}.{item.transfer}.npz") as partial:
+            with open(partial, "wb") as handle:
+                np.savez_compressed(handle, generated=generated, region=np.asarray(region, np.float32))
+        return result
+
+
+# ---------------------------------------------------------------------------------------------- the report
+
+
+@dataclass
+class EvalReport:
+    rows: list[dict[str, object]]
+    per_attribute: list[dict[str, object]]  # one row per (attribute, transfer) and an "all" row per transfer
+    notes: list[str]
+    timing: dict[str, float]
+
+
+def _frechet(generated: list[np.ndarray], real: list[np.ndarray]) -> float | None:
+    from training.metrics import frechet_distance
+
+    if not generated or not real:
+        return None
+    a, b = np.concatenate(generated), np.concatenate(real)
+    if len(a) < 2 or len(b) < 2:
+        return None
+    return frechet_distance(torch.from_numpy(a).double(), torch.from_numpy(b).double())
+
+
+def summarise(config: EvalConfig, plan: EvalPlan, results: list[ClipResult]) -> EvalReport:
+    """Per-attribute means of the per-clip metrics, FID (self) and the FVD-style distance (cross)."""
+    rows = [r.row for r in results]
+    notes = list(plan.notes)
+    extractors = config.extractors
+    for name, metric in (("lpips", "LPIPS"), ("inception", "FID"), ("clip", "CLIP-I"), ("dino", "DINO"),
+                         ("arcface", "ID similarity"), ("video", "FVD")):
+        if getattr(extractors, name) is None:
+            notes.append(f"{metric} not measured: extractors.{name} is not set")
+    failed = [r for r in rows if r["status"] != "ok"]
+    if failed:
+        notes.append(f"{len(failed)} of {len(rows)} clips failed (their reasons are in {TABLE_FILE})")
+    table = []
+    for transfer in (SELF, CROSS):
+        for attribute in [*plan.attributes, "all"]:
+            chosen = [r for r in results if r.row["transfer"] == transfer and r.row["status"] == "ok"
+                      and attribute in ("all", r.row["attribute"])]
+            if not chosen:
+                continue
+            entry: dict[str, object] = {"attribute": attribute, "transfer": transfer, "clips": len(chosen)}
+            names = ("l1", "psnr", "ssim", "lpips") if transfer == SELF else ("clip_i", "dino", "id_similarity")
+            for name in names:
+                values = [r.row[name] for r in chosen if r.row.get(name) is not None]
+                entry[name] = float(np.mean(values)) if values else None
+            if transfer == SELF:
+                entry["fid"] = _frechet([r.inception_generated for r in chosen if r.inception_generated is not None],
+                                        [r.inception_real for r in chosen if r.inception_real is not None])
+            else:
+                entry["fvd"] = _frechet([r.video_generated for r in chosen if r.video_generated is not None],
+                                        [r.video_real for r in chosen if r.video_real is not None])
+            table.append(entry)
+    ok = [r for r in rows if r["status"] == "ok"]
+    timing = {"generate_s": float(sum(r["generate_s"] for r in ok)), "measure_s": float(sum(r["measure_s"] for r in ok))}
+    return EvalReport(rows=rows, per_attribute=table, notes=notes, timing=timing)
+
+
+def _format(value: object, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def summary_markdown(config: EvalConfig, report: EvalReport) -> str:
+    """The per-attribute tables, the paper's published figures beside them (labelled as the paper's), notes."""
+    lines = [f"# Evaluation of `{config.model}`", "", f"Dataset: `{config.dataset}` (evaluation split), "
+             f"stage-{config.stage} samples, {config.steps} DDIM steps, guidance {config.guidance_scale}.", "",
+             "## Self transfer (reconstruction of held-out clips)", "",
+             "| attribute | clips | L1 ↓ | PSNR ↑ | SSIM ↑ | LPIPS ↓ | FID ↓ |", "|---|---|---|---|---|---|---|"]
+    for e in (e for e in report.per_attribute if e["transfer"] == SELF):
+        lines.append(f"| {e['attribute']} | {e['clips']} | " + " | ".join(
+            _format(e[m]) for m in ("l1", "psnr", "ssim", "lpips", "fid")) + " |")
+    paper = PAPER_HAIR_SELF_TRANSFER
+    lines.append("| *paper, Table 1 (hair)* | – | " + " | ".join(
+        f"*{paper[m]}*" for m in ("l1", "psnr", "ssim", "lpips", "fid")) + " |")
+    lines += ["", "The last row is the paper's published figure, not a measurement of this run.", "",
+              "## Cross transfer (attribute from another video)", "",
+              "| attribute | clips | CLIP-I ↑ | DINO ↑ | ID similarity ↑ | FVD-style ↓ |", "|---|---|---|---|---|---|"]
+    for e in (e for e in report.per_attribute if e["transfer"] == CROSS):
+        lines.append(f"| {e['attribute']} | {e['clips']} | " + " | ".join(
+            _format(e[m]) for m in ("clip_i", "dino", "id_similarity", "fvd")) + " |")
+    total = report.timing["generate_s"] + report.timing["measure_s"]
+    share = report.timing["generate_s"] / total if total else 0.0
+    lines += ["", "## Notes", "",
+              f"- time: {report.timing['generate_s']:.1f} s generating, {report.timing['measure_s']:.1f} s measuring "
+              f"({share:.0%} generating)",
+              "- FID uses torchvision's Inception-v3 pool features and the FVD-style distance a torchvision video "
+              "ResNet (not pytorch-fid's TF Inception or I3D): compare values within this pipeline.",
+              *[f"- {note}" for note in report.notes]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(config: EvalConfig, report: EvalReport) -> dict[str, Path]:
+    """clips.parquet, summary.md, summary.json and grid.mp4 under `output_dir`, each published atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"table": out / TABLE_FILE, "summary": out / SUMMARY_FILE, "json": out / SUMMARY_JSON}
+    columns = {f.name: [row.get(f.name) for row in report.rows] for f in EVAL_CLIPS}
+    with publishing(paths["table"]) as partial:
+        pq.write_table(pa.table(columns, schema=EVAL_CLIPS), partial)
+    with publishing(paths["summary"]) as partial:
+        Path(partial).write_text(summary_markdown(config, report), encoding="utf-8")
+    with publishing(paths["json"]) as partial:
+        Path(partial).write_text(json.dumps({"per_attribute": report.per_attribute, "notes": report.notes,
+                                             "timing": report.timing}, indent=1), encoding="utf-8")
+    grid = worst_and_best_grid(config, report)
+    if grid is not None:
+        paths["grid"] = grid
+    return paths
+
+
+def worst_and_best_grid(config: EvalConfig, report: EvalReport) -> Path | None:
+    """A video of the worst and the best self-transfer clips by L1, one row each: portrait, attribute, guidance,
+    result, real. None when no clip was reconstructed."""
+    from training.monitoring import side_by_side_frames, write_mp4
+
+    ranked = sorted((r for r in report.rows if r["transfer"] == SELF and r["status"] == "ok"),
+                    key=lambda r: r["l1"], reverse=True)
+    if not ranked:
+        return None
+    k = min(config.grid_clips, (len(ranked) + 1) // 2)
+    chosen = [("worst", i, r) for i, r in enumerate(ranked[:k])] + [
+        ("best", i, r) for i, r in enumerate(reversed(ranked[-k:])) if r not in ranked[:k]]
+    index = DatasetIndex.open(config.dataset)
+    entries = {p.key: p for p in index.pairs}
+    samples = {s.key: s for s in read_pairs(index, [entries[r["sample_key"]] for _, _, r in chosen])}
+    rows, height = [], None
+    for label, rank, row in chosen:
+        sample = samples.get(row["sample_key"])
+        if sample is None:
+            continue
+        with np.load(Path(config.output_dir) / GENERATED_DIR / f"{row['sample_key']}.{SELF}.npz") as stored:
+            generated = stored["generated"]
+        columns, labels = comparison_columns(sample, generated)
+        labels[3] = f"{label} {rank + 1}: L1 {row['l1']:.3f}"
+        tile = side_by_side_frames(columns, labels, height=height)
+        height = height or sample.targets.shape[1]
+        rows.append(tile)
+    if not rows:
+        return None
+    frames = max(len(r) for r in rows)
+    rows = [np.concatenate([r, np.repeat(r[-1:], frames - len(r), axis=0)]) for r in rows]
+    width = max(r.shape[2] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, 0), (0, width - r.shape[2]), (0, 0))) for r in rows]
+    fps = next(iter(samples.values())).meta.fps or 8.0
+    return write_mp4(np.concatenate(rows, axis=1), Path(config.output_dir) / GRID_FILE, fps)
