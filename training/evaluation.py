@@ -152,7 +152,7 @@ class Evaluator:
         self.config, self.index = config, index
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.pipeline = DurianPipeline.from_pretrained(config.model, torch_dtype=dtype).to(self.device)
+        self.pipeline = DurianPipeline.from_pretrained(config.model, dtype=dtype).to(self.device)
         self.pipeline.set_progress_bar_config(disable=True)
         paths, dev = config.extractors, self.device
         self.lpips = ex.LpipsNet.load(paths.lpips, paths.lpips_net, device=dev) if paths.lpips else None

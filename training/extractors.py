@@ -10,9 +10,9 @@ file fails naming it (`CheckpointError`, the project's checkpoint error).
 | extractor | file (official layout) | features |
 |---|---|---|
 | `InceptionFeatures` | torchvision `inception_v3_google-0cc3c7bd.pth` | 2048-d pool features (FID) |
-| `VideoFeatures` | torchvision `r3d_18-b3b3357e.pth` / `r2plus1d_18-91a641e6.pth` | 512-d pooled clip features (FVD-style) |
+| `VideoFeatures` | torchvision `r3d_18-b3b3357e.pth` (or `r2plus1d_18-91a641e6.pth`) | 512-d clip features (FVD) |
 | `LpipsNet` | torchvision `alexnet-owt-7be5be79.pth` (vgg16, squeezenet1_1) | LPIPS distance of image pairs |
-| `ClipImageFeatures` | a `CLIPVisionModelWithProjection` folder (config.json, model.safetensors) | projected image embeds (CLIP-I) |
+| `ClipImageFeatures` | a `CLIPVisionModelWithProjection` folder (config.json, model.safetensors) | embeds (CLIP-I) |
 | `DinoFeatures` | a `Dinov2Model` folder (config.json, model.safetensors) | CLS token (DINO similarity) |
 | `IdentityFeatures` | insightface arcface_torch `backbone.pth` | ArcFace embedding (ID similarity) |
 """
@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 import torch
 from accelerate import init_empty_weights
-from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 from torchmetrics.functional.image.lpips import _LPIPS, _NoTrainLpips
@@ -36,50 +35,25 @@ from transformers import (
     AutoImageProcessor,
     BitImageProcessor,
     CLIPImageProcessor,
-    CLIPVisionModelWithProjection,
-    Dinov2Config,
     Dinov2Model,
 )
 from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from data_specs.evaluation import LpipsBackbone, VideoArch
 from data_specs.model import IdentityEncoderSpec
-from data_specs.spec import Spec
-from model.builders import TRANSFORMERS_WEIGHTS, Device, _local, _weights_in, load_identity_encoder, load_image_encoder
+from model.builders import Device, _local, load_identity_encoder, load_image_encoder
 from model.checkpoints import CheckpointError
 from model.encoders import ARCFACE_SIZE, IResNet, align_faces
 from model.weights import TensorFile, load_weights, open_weights
 
-__all__ = ["ClipImageFeatures", "DinoFeatures", "ExtractorPaths", "FeatureExtractor", "IdentityFeatures",
+__all__ = ["ClipImageFeatures", "DinoFeatures", "FeatureExtractor", "IdentityFeatures",
            "InceptionFeatures", "LpipsNet", "VideoFeatures"]
 
-LpipsBackbone = Literal["alex", "vgg", "squeeze"]
-VideoArch = Literal["r3d_18", "r2plus1d_18"]
 # torchmetrics' LPIPS backbone names -> torchvision's model names.
 _LPIPS_TORCHVISION = {"alex": "alexnet", "vgg": "vgg16", "squeeze": "squeezenet1_1"}
 # DINOv2's released preprocessing (facebook/dinov2-*'s preprocessor_config.json), for folders without one.
 _DINO_RESIZE, _DINO_CROP = 256, 224
-
-
-class ExtractorPaths(Spec):
-    """Where the evaluation's feature extractors are, as local files or folders (a config section)."""
-
-    inception: Path | None = Field(
-        None, description="torchvision Inception-v3 state dict (inception_v3_google-0cc3c7bd.pth), for FID.")
-    video: Path | None = Field(
-        None, description="torchvision Kinetics-400 video ResNet state dict (r3d_18-b3b3357e.pth), for FVD.")
-    video_arch: VideoArch = Field("r3d_18", description="The torchvision video model the `video` file is of.")
-    lpips: Path | None = Field(
-        None, description="torchvision state dict of the LPIPS backbone (alexnet-owt-7be5be79.pth for 'alex'); "
-                          "the LPIPS linear layers ship with torchmetrics.")
-    lpips_net: LpipsBackbone = Field("alex", description="LPIPS backbone: torchmetrics' 'alex', 'vgg' or 'squeeze'.")
-    clip: str | None = Field(
-        None, description="CLIPVisionModelWithProjection folder (config.json + model.safetensors), or a repo/folder "
-                          "with image_encoder/ (sd-image-variations), for CLIP-I.")
-    dino: str | None = Field(None, description="Dinov2Model folder (config.json + model.safetensors), for DINO.")
-    arcface: Path | None = Field(None, description="insightface arcface_torch backbone.pth, for ID similarity.")
-    identity: IdentityEncoderSpec = Field(default_factory=IdentityEncoderSpec,
-                                          description="The IResNet the `arcface` file is of.")
 
 
 class FeatureExtractor(nn.Module):
@@ -95,6 +69,10 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         self.network = network.eval().requires_grad_(False)
         self.dim = dim
+
+    def train(self, mode: bool = True) -> FeatureExtractor:
+        """Stays in evaluation mode (frozen batch-norm statistics, no dropout), like torchmetrics' networks."""
+        return super().train(False)
 
     @torch.no_grad()
     def features(self, inputs: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
@@ -156,9 +134,10 @@ class VideoFeatures(FeatureExtractor):
     """512-d pooled features of a torchvision Kinetics-400 video ResNet: FVD-style with an R3D-18 (or R(2+1)D-18)
     backbone instead of I3D, so values compare with each other, not with published FVDs.
 
-    Frames follow the weights' own preprocessing (torchvision's `VideoClassification`: shorter side 128,
-    centre crop 112, Kinetics mean and std); the shorter side, rather than its fixed 128x171, is resized so
-    square portrait frames are not stretched (the two agree on Kinetics' 4:3 frames).
+    Frames follow the weights' own preprocessing (torchvision's `VideoClassification`: bilinear resize without
+    antialiasing, as the models were trained, to 128x171, centre crop 112, Kinetics mean and std), except that
+    the size keeps the frame's aspect with the shorter side at 128, so square portrait frames are not stretched
+    (the two agree on Kinetics' 4:3 frames).
     """
 
     input_ndim = 5
@@ -180,7 +159,9 @@ class VideoFeatures(FeatureExtractor):
 
     def _embed(self, clips: torch.Tensor) -> torch.Tensor:
         frames = clips.transpose(1, 2)  # (N, F, 3, H, W), torchvision's video layout
-        frames = tvF.resize(frames, [self.preprocessing.resize_size[0]], antialias=True)
+        scale = self.preprocessing.resize_size[0] / min(frames.shape[-2:])
+        size = [round(side * scale) for side in frames.shape[-2:]]
+        frames = tvF.resize(frames, size, interpolation=self.preprocessing.interpolation, antialias=False)
         frames = tvF.center_crop(frames, self.preprocessing.crop_size)
         frames = tvF.normalize(frames, self.preprocessing.mean, self.preprocessing.std)
         return self.network(frames.transpose(1, 2))
@@ -267,14 +248,22 @@ class DinoFeatures(_ProcessedImageFeatures):
     @classmethod
     def load(cls, source: str | Path, dtype: torch.dtype = torch.float32, device: Device = "cpu") -> DinoFeatures:
         """From a `Dinov2Model` folder saved with save_pretrained (facebook/dinov2-* layout), or a hub id in the
-        local cache. Preprocessing: the folder's `preprocessor_config.json` if present, else DINOv2's released
-        one (shorter side 256, centre crop 224, ImageNet mean and std; the model interpolates its positions)."""
+        local cache, by transformers' loader (which maps the hub's parameter names to its modules).
+        Preprocessing: the folder's `preprocessor_config.json` if present, else DINOv2's released one (shorter
+        side 256, centre crop 224, ImageNet mean and std; the model interpolates its position embeddings)."""
         folder = _local(source, ["*.json", "*.safetensors"])
-        if not (folder / "config.json").is_file():
-            raise CheckpointError(f"DINOv2 folder {folder} has no config.json (save it with save_pretrained)")
-        with init_empty_weights():
-            network = Dinov2Model(Dinov2Config.from_pretrained(folder))
-        load_weights(network, _weights_in(folder, TRANSFORMERS_WEIGHTS), dtype=dtype, device=device)
+        try:
+            network, report = Dinov2Model.from_pretrained(folder, dtype=dtype, output_loading_info=True)
+        except (OSError, RuntimeError) as error:  # no config or weights; a tensor of the wrong shape
+            raise CheckpointError(f"DINOv2 folder {folder}: {error}") from error
+        # transformers renames some parameters on load (the hub layout is kept on disk) and only reports
+        # missing or unexpected keys: refuse them, as `load_weights` does.
+        wrong = {kind: sorted(report[f"{kind}_keys"]) for kind in ("missing", "unexpected") if report[f"{kind}_keys"]}
+        if wrong:
+            raise CheckpointError(f"{folder} does not match Dinov2Model: " + "; ".join(
+                f"{len(keys)} {kind} ({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})"
+                for kind, keys in wrong.items()))
+        network = network.to(device)
         default = BitImageProcessor(size={"shortest_edge": _DINO_RESIZE},
                                     crop_size={"height": _DINO_CROP, "width": _DINO_CROP},
                                     image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD)

@@ -1,11 +1,11 @@
 """The evaluation's metrics: the one code path validation during training and the evaluation both use.
 
-Reconstruction of generated frames against the real ones (self-transfer): images are float tensors
-(N, 3, H, W) in [0, 1] (frames of a clip flattened into N by the caller). PSNR and SSIM are torchmetrics' (data_range
-1.0, SSIM with its default 11-pixel Gaussian window); L1 is the mean absolute error; LPIPS is torchmetrics' network
-with its backbone from a local file (`training.extractors.LpipsNet`). A batch's value is the mean of the per-image
-values, so batches of any size combine by averaging `reconstruction_metrics_per_sample` lists. PSNR of identical
-images is `inf` (torchmetrics' value).
+Reconstruction of generated frames against the real ones (self-transfer): images are float tensors (N, 3, H, W)
+in [0, 1] (frames of a clip flattened into N by the caller). PSNR and SSIM are torchmetrics' (data_range 1.0, SSIM
+with its default 11-pixel Gaussian window, sigma 1.5, borders reflect-padded); L1 is the mean absolute error; LPIPS
+is torchmetrics' network with its backbone from a local file (`training.extractors.LpipsNet`). A batch's value is
+the mean of the per-image values, so batches of any size combine by averaging `reconstruction_metrics_per_sample`
+lists. PSNR of identical images is `inf` (torchmetrics' value).
 
 Distributions and similarities (cross-transfer, FID): `frechet_distance` of two feature sets (torchmetrics' FID
 computation), `fid` and `fvd` with the extractors of `training.extractors`, and `cosine_similarity_per_pair` of
@@ -13,6 +13,8 @@ paired embeddings (CLIP-I, DINO, ArcFace ID similarity).
 """
 
 from __future__ import annotations
+
+import math
 
 from typing import TYPE_CHECKING
 
@@ -91,6 +93,11 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
 
     FID with `InceptionFeatures` of frames, FVD-style with `VideoFeatures` of clips. Each set needs two rows at
     least; with fewer rows than dimensions the covariances are singular and the value is biased upwards.
+
+    With fewer rows than dimensions (a small evaluation: tens of frames, 2048-d features) the same value is
+    computed exactly from the centred sets A, B instead: the non-zero eigenvalues of S_a S_b are the squared
+    singular values of A B^T / sqrt((N-1)(M-1)), so the trace term needs an (N, M) SVD, not a (D, D)
+    eigendecomposition (seconds instead of minutes on a CPU).
     """
     if features_a.ndim != 2 or features_b.ndim != 2 or features_a.shape[1] != features_b.shape[1]:
         raise ValueError(f"expected feature sets (N, D) and (M, D), got {tuple(features_a.shape)} and "
@@ -98,7 +105,15 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
     if min(len(features_a), len(features_b)) < 2:
         raise ValueError(f"a Fréchet distance needs two features per set at least, got {len(features_a)} and "
                          f"{len(features_b)}")
-    metric = FrechetInceptionDistance(feature=_GivenFeatures(features_a.shape[1]))
+    n, m, dims = len(features_a), len(features_b), features_a.shape[1]
+    if max(n, m) < dims:
+        a, b = features_a.detach().double().cpu(), features_b.detach().double().cpu()
+        mean_a, mean_b = a.mean(dim=0), b.mean(dim=0)
+        a, b = a - mean_a, b - mean_b
+        trace_sqrt = torch.linalg.svdvals(a @ b.T).sum() / math.sqrt((n - 1) * (m - 1))
+        traces = a.square().sum() / (n - 1) + b.square().sum() / (m - 1)
+        return float((mean_a - mean_b).square().sum() + traces - 2 * trace_sqrt)
+    metric = FrechetInceptionDistance(feature=_GivenFeatures(dims))
     metric.update(features_a.detach().double().cpu(), real=True)
     metric.update(features_b.detach().double().cpu(), real=False)
     return float(metric.compute())

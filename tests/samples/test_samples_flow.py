@@ -10,7 +10,10 @@ import pytest
 import torch
 import webdataset as wds
 
+from data_specs.config import BuildConfig
+from data_specs.layout import BuildSummary
 from data_specs.sample import PairSample, decode_sample
+from data_specs.split import split_of
 from data_specs.schemas import read_table
 from tests.conftest import small_config
 
@@ -20,20 +23,29 @@ TRUTH = {"backend": "truth", "runtime": {"device": "cpu", "cpus": 0.25}}
 PERCEPTION = {"detection": TRUTH, "crop": {"size": CROP}, "keypoints": TRUTH,
               "segmentation": {**TRUTH, "attributes": ["hair", "eyeglasses", "beard", "hat"]}}
 SAMPLES = {"pairs": {"pairs_per_clip": 2, "frames": 3, "min_ref_distance": 2}}
+SPLIT = {"eval_fraction": 0.4}  # 2 of the 5 videos, by their ids' hashes
 
 
-def test_the_flow_turns_videos_into_training_pairs_and_a_card(video_library: Path, tmp_path: Path):
-    from prefect.artifacts import Artifact
-
+@pytest.fixture(scope="module")
+def built(video_library: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[BuildConfig, BuildSummary]:
+    """The flow's build of the good videos plus one without ground truth; 2 of the 5 are evaluation videos."""
     from flows.build_dataset import build_dataset
 
+    tmp_path = tmp_path_factory.mktemp("samples_flow")
     videos = tmp_path / "videos"
     shutil.copytree(video_library / "good", videos)
     first = sorted(videos.glob("*.mp4"))[0]
     shutil.copy(first, videos / "no_truth.mp4")  # the truth backends know nothing of it: a failure in an actor
-    output = tmp_path / "out"
-    config = small_config(videos, output, decode={"size": 96}, perception=PERCEPTION, training_samples=SAMPLES)
-    summary = build_dataset(config)
+    config = small_config(videos, tmp_path / "out", decode={"size": 96}, perception=PERCEPTION,
+                          training_samples=SAMPLES, split=SPLIT)
+    return config, build_dataset(config)
+
+
+def test_the_flow_turns_videos_into_training_pairs_and_a_card(built: tuple[BuildConfig, BuildSummary]):
+    from prefect.artifacts import Artifact
+
+    config, summary = built
+    output = Path(config.output_dir)
 
     rows = read_table("samples", output / "manifests" / "samples.parquet").to_pylist()
     shards = [output / "shards" / s for s in sorted({row["shard"] for row in rows})]
@@ -67,3 +79,44 @@ def test_the_flow_turns_videos_into_training_pairs_and_a_card(video_library: Pat
     assert (output / "card" / "contact_sheet.png").stat().st_size > 1000
     assert "data:image/png;base64," in str(Artifact.get("build-dataset-card").data)
     assert "data:image/png;base64," in str(Artifact.get("build-dataset-preview").data)
+    # The split is recorded per sample, by source video.
+    sides = {(row["video_id"], row["split"]) for row in rows}
+    assert len({video for video, _ in sides}) == len(sides) == 5  # every sample of a video on the same side
+    assert all(side == split_of(video, config.split) for video, side in sides)
+    assert 0 < sum(side == "eval" for _, side in sides) < 5
+
+
+def test_durian_evaluate_measures_a_tiny_pipeline_on_the_flows_dataset(built: tuple[BuildConfig, BuildSummary],
+                                                                      tmp_path: Path):
+    from prefect.artifacts import Artifact
+    from typer.testing import CliRunner
+
+    from data_specs.model import model_flavour
+    from flows.cli import app
+    from model.builders import random_components
+
+    config, _ = built
+    random_components(model_flavour("tiny"), seed=0).pipeline().save_pretrained(tmp_path / "pipeline")
+    result = CliRunner().invoke(app, ["evaluate", "-m", str(tmp_path / "pipeline"), "-d", config.output_dir,
+                                      "-o", str(tmp_path / "eval"), "--set", "steps=2",
+                                      "--set", "max_clips_per_attribute=2", "--set", "execution.clips_per_task=3"])
+    assert result.exit_code == 0, result.output
+    rows = read_table_rows(tmp_path / "eval" / "clips.parquet")
+    assert rows and all(row["status"] == "ok" for row in rows)
+    held_out = {r["video_id"] for r in read_table("samples", Path(config.output_dir) / "manifests" / "samples.parquet")
+                .to_pylist() if r["split"] == "eval"}
+    assert {row["video_id"] for row in rows} <= held_out
+    assert {row["transfer"] for row in rows} == {"self", "cross"}
+    assert "*paper, Table 1 (hair)*" in result.output and (tmp_path / "eval" / "grid.mp4").stat().st_size > 0
+    for key in ("evaluate-durian-summary", "evaluate-durian-per-attribute", "evaluate-durian-table",
+                "evaluate-durian-grid"):
+        assert Artifact.get(key) is not None, key
+    refused = CliRunner().invoke(app, ["evaluate", "-m", str(tmp_path), "-d", config.output_dir, "-o",
+                                       str(tmp_path / "no")])
+    assert refused.exit_code == 2 and "is not a saved DurianPipeline" in refused.output
+
+
+def read_table_rows(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
