@@ -107,7 +107,7 @@ def plan_evaluation(config: EvalConfig) -> EvalPlan:
                               f"{', '.join(f'{a}: {len(c)}' for a, c in sorted(chosen.items()))})")
     items, notes = [], []
     for attribute in attributes:
-        clips = chosen[attribute][:config.max_clips_per_attribute]
+        clips = _across_videos(chosen[attribute])[:config.max_clips_per_attribute]
         items += [EvalItem(clip, clip, SELF) for clip in clips]
         if not config.cross_transfer:
             continue
@@ -119,6 +119,16 @@ def plan_evaluation(config: EvalConfig) -> EvalPlan:
             donor = next(c for c in clips[i + 1:] + clips[:i] if c.video_id != clip.video_id)
             items.append(EvalItem(clip, donor, CROSS))
     return EvalPlan(index=index, items=items, attributes=attributes, notes=notes)
+
+
+def _across_videos(clips: list[PairEntry]) -> list[PairEntry]:
+    """Clips reordered so that videos take turns (each video's first clip, then each one's second, ...): a capped
+    evaluation covers as many identities as it can, and cross transfer finds another video to borrow from."""
+    by_video: dict[str, list[PairEntry]] = defaultdict(list)
+    for clip in clips:
+        by_video[clip.video_id].append(clip)
+    rounds = max(len(v) for v in by_video.values())
+    return [v[i] for i in range(rounds) for v in by_video.values() if i < len(v)]
 
 
 # ---------------------------------------------------------------------------------------------- measuring

@@ -2,10 +2,11 @@
 
 Parallelism, checkpoint files, logging and data are separate pieces it calls: a `Session` (which
 rank this is, how to reach the others, where checkpoints go; Ray Train's or a local one), the
-loader (`training.data`), the step (`training.step`), the checkpoints (`training.checkpoints`) and
-the log (`training.monitoring`). Gradients are averaged over ranks explicitly after backward, in
-flat buckets: a step that drops the references (classifier-free guidance) leaves the reference nets
-without gradients on that rank, which DDP's bucketed reducer cannot take without
+loader (`training.data`), the step (`training.step`), the checkpoints (`training.checkpoints`), the
+log (`training.monitoring`) and the validation pass on held-out videos (`training.validation`, with
+the EMA weights when `ema_decay` keeps them). Gradients are averaged over ranks explicitly after
+backward, in flat buckets: a step that drops the references (classifier-free guidance) leaves the
+reference nets without gradients on that rank, which DDP's bucketed reducer cannot take without
 `find_unused_parameters`; here a missing gradient simply counts as zero.
 """
 
