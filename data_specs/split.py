@@ -1,9 +1,11 @@
 """The train / evaluation split of a dataset, by source video, recorded in the samples manifest.
 
-A video's side is decided by its own id alone (a hash of (seed, video_id) against `eval_fraction`), so a
-build that adds videos never moves an existing one, and every sample of a video (every clip, every pair)
-is on the same side: no frame of an evaluation video is ever a training sample. Portrait datasets hold one
-identity per source video, so splitting by video is splitting by identity as far as the manifests know.
+A video's side is decided by the video alone: a hash of (seed, the sha256 of its bytes) against
+`eval_fraction`. So a build that adds videos never moves an existing one, the same video lands on the same
+side wherever it is stored (its id includes its path; its content does not), copies of one video never
+straddle the split, and every sample of a video (every clip, every pair) is on the same side: no frame of
+an evaluation video is ever a training sample. Portrait datasets hold one identity per source video, so
+splitting by video is splitting by identity as far as the manifests know.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ class SplitConfig(Spec):
     seed: int = Field(0, ge=0, description="Another seed draws another split.")
 
 
-def split_of(video_id: str, config: SplitConfig) -> Split:
-    """The side of one source video: `eval` when the hash of (seed, video_id) in [0, 1) is below the fraction."""
-    digest = hashlib.sha256(f"{config.seed}\0{video_id}".encode()).digest()
+def split_of(video_key: str, config: SplitConfig) -> Split:
+    """The side of one source video, given its content sha256 (or, unknown, its id): `eval` when the hash of
+    (seed, key) in [0, 1) is below the fraction."""
+    digest = hashlib.sha256(f"{config.seed}\0{video_key}".encode()).digest()
     return EVAL if int.from_bytes(digest[:8], "big") / 2**64 < config.eval_fraction else TRAIN

@@ -176,7 +176,7 @@ class UnitRun:
                     self.failures.append(FailureRow(item_id=record.key, stage=stage.name, reason=failure_reason(err),
                                                     frame_indices=frame_indices, **lineage.columns()))
             records = passed
-        split = split_of(video.video_id, self.config.split)
+        split = split_of(lineage.content_sha256 or video.video_id, self.config.split)
         for record in records:
             shard = self.writer.write(encode_sample(record, self.config.decode.jpeg_quality))
             self.samples.append(sample_row(record, shard, lineage, split))

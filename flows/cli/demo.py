@@ -28,6 +28,8 @@ DEMO_TRAINING = ["name=demo", "stages=[{stage: 1, steps: 6}, {stage: 2, steps: 3
                  "scaling.workers=2", "checkpoint_every=3", "optim.learning_rate=1e-4"]
 DEMO_OVERRIDES = ["decode.fps=12", "decode.size=128", "clips.length=8", "clips.stride=8",
                   "shards.samples_per_shard=32", "execution.videos_per_unit=4",
+                  # A fifth of the videos (3 of 12, by their contents' hashes) held out for validation and evaluation.
+                  "split.eval_fraction=0.2", "split.seed=1",
                   f"perception={json.dumps(DEMO_PERCEPTION)}", f"training_samples={json.dumps(DEMO_TRAINING_SAMPLES)}"]
 
 
