@@ -22,7 +22,7 @@ def evaluate_durian(config: EvalConfig) -> dict:
     """Generate every evaluation clip (self and cross transfer) on Ray actors and publish the metrics."""
     import ray
 
-    from training.evaluation import plan_evaluation, summarise, write_report
+    from training.evaluation import failed, plan_evaluation, summarise, write_report
 
     logger = get_run_logger()
     plan = plan_evaluation(config)
@@ -41,16 +41,32 @@ def evaluate_durian(config: EvalConfig) -> dict:
             max_task_retries=1)
         workers = [actor.remote(config.model_dump(mode="json"), plan.index)
                    for _ in range(min(execution.workers, len(chunks)))]
-        pool = ray.util.ActorPool(workers)
-        for chunk_results in pool.map_unordered(lambda w, chunk: w.evaluate.remote(chunk), chunks):
-            results += chunk_results
+        waiting, running = list(chunks), {}
+
+        def submit(worker: object) -> None:  # one chunk per worker at a time; the next when it is done
+            chunk = waiting.pop(0)
+            running[worker.evaluate.remote(chunk)] = (worker, chunk)
+
+        for worker in workers:
+            submit(worker)
+        while running:
+            (done,), _ = ray.wait(list(running), num_returns=1)
+            worker, chunk = running.pop(done)
+            try:
+                results += ray.get(done)
+            except ray.exceptions.RayError as err:  # the worker died twice, or could not load: its clips fail
+                reason = f"evaluation worker failed: {str(err).splitlines()[0]}"
+                logger.warning("%d clips failed: %s", len(chunk), reason)
+                results += [failed(item, reason) for item in chunk]
             update_progress_artifact(progress, 100.0 * len(results) / len(plan.items))
+            if waiting:
+                submit(worker)
     report = summarise(config, plan, results)
     paths = write_report(config, report)
     _publish(config, report, paths)
-    failed = sum(r["status"] != "ok" for r in report.rows)
-    logger.info("evaluation written to %s (%d clips, %d failed)", config.output_dir, len(report.rows), failed)
-    return {"output_dir": config.output_dir, "clips": len(report.rows), "failed": failed,
+    failures = sum(r["status"] != "ok" for r in report.rows)
+    logger.info("evaluation written to %s (%d clips, %d failed)", config.output_dir, len(report.rows), failures)
+    return {"output_dir": config.output_dir, "clips": len(report.rows), "failed": failures,
             "per_attribute": report.per_attribute, **{name: str(path) for name, path in paths.items()}}
 
 

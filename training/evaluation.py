@@ -30,7 +30,7 @@ from training.data import DatasetIndex, PairEntry, read_pairs
 from training.reconstruction import comparison_columns, generate, images
 
 __all__ = ["ClipResult", "EvalItem", "EvalPlan", "EvalReport", "EvaluationError", "Evaluator", "check_model",
-           "plan_evaluation", "summarise", "write_report"]
+           "failed", "plan_evaluation", "summarise", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,17 @@ class ClipResult:
     video_real: np.ndarray | None = None
 
 
+def _row(item: EvalItem) -> dict[str, object]:
+    return {"sample_key": item.target.key, "video_id": item.target.video_id, "attribute": item.target.attribute,
+            "transfer": item.transfer, "attribute_sample_key": item.attribute_from.key,
+            "attribute_video_id": item.attribute_from.video_id, "frames": 0, "status": "failed"}
+
+
+def failed(item: EvalItem, reason: str) -> ClipResult:
+    """The result of an item that could not be evaluated: a failure row with its reason."""
+    return ClipResult(row={**_row(item), "reason": reason})
+
+
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     from training.metrics import cosine_similarity_per_pair
 
@@ -180,19 +191,15 @@ class Evaluator:
                                                                   for p in (i.target, i.attribute_from)}.values()))}
         results = []
         for item in items:
-            row: dict[str, object] = {
-                "sample_key": item.target.key, "video_id": item.target.video_id, "attribute": item.target.attribute,
-                "transfer": item.transfer, "attribute_sample_key": item.attribute_from.key,
-                "attribute_video_id": item.attribute_from.video_id, "frames": 0, "status": "failed"}
             try:
                 missing = [k for k in (item.target.key, item.attribute_from.key) if k not in samples]
                 if missing:
                     raise ValueError(f"sample {missing[0]} could not be read (its shard is missing or corrupt)")
-                results.append(self._measure(item, samples[item.target.key], samples[item.attribute_from.key], row))
+                results.append(self._measure(item, samples[item.target.key], samples[item.attribute_from.key],
+                                             _row(item)))
             except Exception as err:  # noqa: BLE001 - one clip's failure is its row; the others go on
                 log.warning("evaluation of %s (%s) failed: %s", item.target.key, item.transfer, err)
-                row["reason"] = f"{type(err).__name__}: {err}"
-                results.append(ClipResult(row=row))
+                results.append(failed(item, f"{type(err).__name__}: {err}"))
         return results
 
     def _measure(self, item: EvalItem, sample: PairSample, donor: PairSample, row: dict) -> ClipResult:
