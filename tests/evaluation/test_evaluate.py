@@ -101,3 +101,16 @@ def test_every_metric_is_measured_and_a_clip_that_fails_is_a_row(pipeline_dir, d
     assert "| *paper, Table 1 (hair)* | – | *0.0744* | *18.83* | *0.6527* | *0.1565* | *38.0* |" in summary
     assert "failed" in summary and "not measured" not in summary
     assert paths["grid"].stat().st_size > 0
+
+
+def test_the_evaluate_durian_deployment_names_the_flow_with_valid_parameters():
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+
+    repo = Path(__file__).resolve().parents[2]
+    spec = yaml.safe_load((repo / "prefect.yaml").read_text())
+    deployment = next(d for d in spec["deployments"] if d["name"] == "evaluate-durian")
+    flow = load_flow_from_entrypoint(str(repo / deployment["entrypoint"]))
+    assert flow.name == "evaluate-durian"
+    flow.validate_parameters(deployment["parameters"])  # as the Prefect API does
+    assert EvalConfig.model_validate(deployment["parameters"]["config"]).execution.gpus_per_worker == 1
