@@ -56,6 +56,8 @@ def test_the_split_is_by_video_stable_and_roughly_the_fraction():
     held = {v for v in videos if split_of(v, config) == "eval"}
     assert 0.08 < len(held) / len(videos) < 0.12
     assert {v for v in reversed(videos) if split_of(v, config) == "eval"} == held  # order-free
+    more = videos + [f"new{i}" for i in range(500)]
+    assert {v for v in more if split_of(v, config) == "eval"} & set(videos) == held  # adding videos moves none
     assert {v for v in videos if split_of(v, SplitConfig(eval_fraction=0.1, seed=1)) == "eval"} != held
     assert all(split_of(v, SplitConfig(eval_fraction=0.0)) == "train" for v in videos)
 
