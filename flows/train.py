@@ -41,12 +41,10 @@ def train_durian(config: TrainConfig, ray_address: str | None = None, ray_connec
     follower.start()
     try:
         with ray_session(ExecutionConfig(ray_address=ray_address, ray_connect_timeout_s=ray_connect_timeout_s)):
-            result = launch(config)
+            launch(config)  # raises when training fails beyond scaling.max_failures
     finally:
         stop.set()
         follower.join()
-    if result.error is not None:
-        raise RuntimeError(f"training failed: {result.error}")
     update_progress_artifact(progress, 100.0)
 
     records = read_metrics(config.run_dir)

@@ -163,14 +163,15 @@ class DatasetIndex:
         return min(p.targets for p in self.pairs if p.stage == stage)
 
     def image_size(self, stage: int) -> tuple[int, int]:
-        """(height, width) of the stage's crops, from its first decoded sample."""
+        """(height, width) of the stage's crops, from its first readable sample (corrupt shards are skipped)."""
         if stage not in self._image_size:
             self.require_stage(stage)
-            first = next(p for p in self.pairs if p.stage == stage)
-            raw = _read_shard(self.root, first.shard, self.shard_sha256[first.shard], {first.key})
-            if not raw:
-                raise ValueError(f"{self.root}: shard {first.shard} is missing or corrupt; run verify()")
-            self._image_size[stage] = tuple(decode_sample(raw[0]).targets.shape[1:3])
+            for pair in (p for p in self.pairs if p.stage == stage):
+                if raw := _read_shard(self.root, pair.shard, self.shard_sha256[pair.shard], {pair.key}):
+                    self._image_size[stage] = tuple(decode_sample(raw[0]).targets.shape[1:3])
+                    break
+            else:
+                raise ValueError(f"{self.root}: every shard of the stage-{stage} samples is missing or corrupt")
         return self._image_size[stage]
 
     def check_fits(self, stage_run: StageRun, resolution: int | None) -> None:

@@ -138,13 +138,14 @@ def train(config: TrainConfig, session: Session) -> Progress:
         validator = Validator(config, index, run) if session.rank == 0 else None
         loader = iter(make_loader(index, config.data, run, session.rank, session.world_size, config.seed,
                                   start_batch=progress.step * config.gradient_accumulation))
-        started = time.perf_counter()
+        started, skipped_shards = time.perf_counter(), 0
         while progress.step < run.steps:
             generator = step_generator(config.seed, session.rank, _global_step(config, stage_index,
                                                                                 progress.step), device)
             loss_sum = 0.0
             for _ in range(config.gradient_accumulation):
                 batch = next(loader)
+                skipped_shards += batch.skipped_shards
                 loss = diffusion_loss(model, noise_scheduler, model_inputs(encoders, batch, device), options,
                                       generator)
                 (loss / config.gradient_accumulation).backward()
@@ -162,7 +163,9 @@ def train(config: TrainConfig, session: Session) -> Progress:
 
             samples = progress.step * config.data.batch_size * config.gradient_accumulation * session.world_size
             metrics = {"loss": progress.losses[-1], "lr": schedule.get_last_lr()[0], "grad_norm": grad_norm,
-                       "samples_per_s": samples / (time.perf_counter() - started)}
+                       "samples_per_s": samples / (time.perf_counter() - started),
+                       # corrupt shards this rank skipped so far in the stage (each also logged as a warning)
+                       "skipped_shards": skipped_shards}
             global_step = _global_step(config, stage_index, progress.step)
             if progress.step % config.log_every == 0 or progress.step == run.steps:
                 log.log_step(global_step, run.stage, **metrics)
