@@ -70,7 +70,7 @@ def test_two_ray_train_workers_overfit_a_tiny_set_in_the_flow(tmp_path: Path):
     dataset = write_pair_dataset(tmp_path / "data", clips=3, size=32, frames=2, pairs_per_clip=1, eval_clips=(2,))
     config = tiny_config(dataset, tmp_path / "runs", stages=[{"stage": 1, "steps": 20}], checkpoint_every=10,
                          reference_dropout=0, noise_offset=0, scaling={"workers": 2}, ema_decay=0.5,
-                         validate_every=10, sample_steps=2)
+                         validate_every=20, sample_steps=2)
     result = train_durian(config)
     losses = [record["loss"] for record in read_metrics(config.run_dir) if record["kind"] == "train"]
     assert len(losses) == 20
@@ -92,9 +92,9 @@ def test_two_ray_train_workers_overfit_a_tiny_set_in_the_flow(tmp_path: Path):
     for key in ("train-durian-losses", "train-durian-loss-plot", "train-durian-pipeline", "train-durian-summary",
                 "train-durian-validation", "train-durian-sample-video"):
         assert Artifact.get(key) is not None, key
-    # Validation every 10 steps on the held-out video (never trained on): metrics and a side-by-side video.
+    # Validation on the held-out video (never trained on): metrics and a side-by-side video.
     validation = [r for r in read_metrics(config.run_dir) if r["kind"] == "validation"]
-    assert [r["step"] for r in validation] == [10, 20]
+    assert [r["step"] for r in validation] == [20]
     assert all(0 < r["l1"] < 1 and 0 < r["psnr"] < 60 and -1 < r["ssim"] <= 1 for r in validation)
     assert all(Path(r["video"]).is_file() and Path(r["video"]).stat().st_size > 0 for r in validation)
     assert result["validation"]["step"] == 20
