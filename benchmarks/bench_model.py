@@ -9,35 +9,30 @@ GPU (--gpu, real SD 1.5 sizes, random weights, bf16 autocast, fp32 trainable wei
   the same ratios, plus step time, peak memory and MFU for stage 1 (batch 4, 512^2)
   and stage 2 (24 frames, gradient checkpointing).
 
-The step starts from latents (the frozen VAE and CLIP encoders are not timed).
+The step is training's own (`training.step.diffusion_loss`: noise, min-SNR-weighted loss), then backward
+and AdamW, from latents built here as tensors (the frozen VAE and CLIP encoders are not timed). "Full" and
+"bare" are the step with reference dropout 0 and 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
+from diffusers import DDPMScheduler
 from torch.utils.flop_counter import FlopCounterMode
 
 from data_specs.model import ModelFlavour, model_flavour
-from model.builders import random_components
+from model.builders import random_components, training_scheduler
 from model.durian import DurianModel, ReferenceInputs
+from training.step import ModelInputs, StepOptions, diffusion_loss, step_generator
 
 # Dense bf16 peak of an H100/H200 SXM (vendor datasheet), the MFU denominator.
 H200_BF16_PEAK_FLOPS = 989.5e12
-
-
-@dataclass
-class Batch:
-    latents: torch.Tensor
-    noise: torch.Tensor
-    timesteps: torch.Tensor
-    pose_frames: torch.Tensor
-    references: ReferenceInputs
 
 
 def emit(lines: list[str], line: str) -> None:
@@ -47,15 +42,13 @@ def emit(lines: list[str], line: str) -> None:
 
 
 def make_batch(flavour: ModelFlavour, model: DurianModel, batch: int, frames: int, latent: int,
-               device: torch.device) -> Batch:
+               device: torch.device) -> ModelInputs:
     """Random inputs of the real shapes: latents (B, 4, F, h, w), pose frames at pixel size."""
     pixels = latent * flavour.vae.vae_scale_factor
     cross = flavour.unet.cross_attention_dim
     identity = model.identity_proj.in_features if isinstance(model.identity_proj, torch.nn.Linear) else cross
-    return Batch(
+    return ModelInputs(
         latents=torch.randn(batch, 4, frames, latent, latent, device=device),
-        noise=torch.randn(batch, 4, frames, latent, latent, device=device),
-        timesteps=torch.randint(0, 1000, (batch,), device=device),
         pose_frames=torch.rand(batch, 3, frames, pixels, pixels, device=device),
         references=ReferenceInputs(
             portrait=torch.randn(batch, 5, latent, latent, device=device),
@@ -66,20 +59,19 @@ def make_batch(flavour: ModelFlavour, model: DurianModel, batch: int, frames: in
     )
 
 
-def train_step(model: DurianModel, optimizer: torch.optim.Optimizer, batch: Batch, bare: bool,
-               autocast: bool) -> None:
-    """One optimisation step; `bare` drops the references (the bare denoiser)."""
-    device_type = batch.latents.device.type
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
-        prediction = model(batch.latents, batch.timesteps, batch.pose_frames, batch.references, drop_references=bare)
-        loss = torch.nn.functional.mse_loss(prediction.float(), batch.noise)
+def train_step(model: DurianModel, scheduler: DDPMScheduler, optimizer: torch.optim.Optimizer,
+               batch: ModelInputs, bare: bool, autocast: bool) -> None:
+    """One optimisation step with training's loss; `bare` drops the references (the bare denoiser)."""
+    options = StepOptions(reference_dropout=1.0 if bare else 0.0, autocast=autocast)
+    generator = step_generator(seed=0, rank=0, step=0, device=batch.latents.device)
+    loss = diffusion_loss(model, scheduler, batch, options, generator)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     model.clear_references()
 
 
-def reference_nets_only(model: DurianModel, batch: Batch, autocast: bool) -> None:
+def reference_nets_only(model: DurianModel, batch: ModelInputs, autocast: bool) -> None:
     """The reference nets' share of a stage-2 step (they are frozen: forward only)."""
     with torch.autocast(batch.latents.device.type, dtype=torch.bfloat16, enabled=autocast):
         model.encode_references(batch.references)
@@ -106,7 +98,7 @@ def timed(fns: dict[str, Callable[[], None]], device: torch.device, warmup: int,
 
 
 def build(flavour: ModelFlavour, stage: int, device: torch.device, gpu: bool,
-          checkpointing: bool) -> tuple[DurianModel, torch.optim.Optimizer]:
+          checkpointing: bool) -> tuple[DurianModel, DDPMScheduler, torch.optim.Optimizer]:
     """Random model for `stage`; on GPU frozen weights in bf16, trainable in fp32."""
     with torch.device(device):
         model = random_components(flavour, seed=0).model
@@ -118,22 +110,24 @@ def build(flavour: ModelFlavour, stage: int, device: torch.device, gpu: bool,
     if checkpointing:
         model.denoiser.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=1e-2, fused=gpu)
-    return model, optimizer
+    return model, training_scheduler(flavour.noise_schedule), optimizer
 
 
-def step_flops(model: DurianModel, optimizer: torch.optim.Optimizer, batch: Batch, autocast: bool) -> int:
+def step_flops(model: DurianModel, scheduler: DDPMScheduler, optimizer: torch.optim.Optimizer,
+               batch: ModelInputs, autocast: bool) -> int:
     """FLOPs of one step (matmuls, convs, attention; forward and backward)."""
     with FlopCounterMode(display=False) as counter:
-        train_step(model, optimizer, batch, bare=False, autocast=autocast)
+        train_step(model, scheduler, optimizer, batch, bare=False, autocast=autocast)
     return counter.get_total_flops()
 
 
-def denoiser_forward_flops(model: DurianModel, batch: Batch) -> int:
+def denoiser_forward_flops(model: DurianModel, batch: ModelInputs) -> int:
     """FLOPs of one denoiser forward: what gradient checkpointing recomputes in backward."""
+    timesteps = torch.zeros(batch.latents.shape[0], dtype=torch.long, device=batch.latents.device)
     with torch.no_grad(), torch.autocast(batch.latents.device.type, dtype=torch.bfloat16):
         model.encode_references(batch.references)
         with FlopCounterMode(display=False) as counter:
-            model.denoise(batch.latents, batch.timesteps, batch.pose_frames, batch.references.attribute_embeds)
+            model.denoise(batch.latents, timesteps, batch.pose_frames, batch.references.attribute_embeds)
     model.clear_references()
     return counter.get_total_flops()
 
@@ -142,20 +136,20 @@ def report_ratios(flavour: ModelFlavour, device: torch.device, gpu: bool, latent
                   warmup: int, repeats: int) -> list[str]:
     """Stage 1 full vs bare; stage 2 reference cost at F = 8 and 16."""
     lines = []
-    model, optimizer = build(flavour, 1, device, gpu, checkpointing=False)
+    model, scheduler, optimizer = build(flavour, 1, device, gpu, checkpointing=False)
     data = make_batch(flavour, model, batch1, 1, latent, device)
-    t = timed({"full": lambda: train_step(model, optimizer, data, False, gpu),
-               "bare": lambda: train_step(model, optimizer, data, True, gpu)}, device, warmup, repeats)
+    t = timed({"full": lambda: train_step(model, scheduler, optimizer, data, False, gpu),
+               "bare": lambda: train_step(model, scheduler, optimizer, data, True, gpu)}, device, warmup, repeats)
     emit(lines, f"| stage 1, batch {batch1}, {latent}^2 latents | full {t['full'] * 1e3:.1f} ms | "
                  f"bare denoiser {t['bare'] * 1e3:.1f} ms | full / bare = {t['full'] / t['bare']:.2f} |")
     del model, optimizer
 
-    model, optimizer = build(flavour, 2, device, gpu, checkpointing=False)
+    model, scheduler, optimizer = build(flavour, 2, device, gpu, checkpointing=False)
     data = {frames: make_batch(flavour, model, 1, frames, latent, device) for frames in (8, 16)}
     fns = {}
     for frames, batch in data.items():
-        fns[f"full{frames}"] = lambda b=batch: train_step(model, optimizer, b, False, gpu)
-        fns[f"bare{frames}"] = lambda b=batch: train_step(model, optimizer, b, True, gpu)
+        fns[f"full{frames}"] = lambda b=batch: train_step(model, scheduler, optimizer, b, False, gpu)
+        fns[f"bare{frames}"] = lambda b=batch: train_step(model, scheduler, optimizer, b, True, gpu)
         fns[f"nets{frames}"] = lambda b=batch: reference_nets_only(model, b, gpu)
     t = timed(fns, device, warmup, repeats)
     for frames in data:
@@ -175,15 +169,15 @@ def report_gpu_sizes(flavour: ModelFlavour, device: torch.device, warmup: int, r
     lines = []
     latent = flavour.resolution // flavour.vae.vae_scale_factor
     for stage, batch, frames, checkpointing in ((1, 4, 1, False), (2, 1, 24, True)):
-        model, optimizer = build(flavour, stage, device, True, checkpointing)
+        model, scheduler, optimizer = build(flavour, stage, device, True, checkpointing)
         data = make_batch(flavour, model, batch, frames, latent, device)
         # Hardware FLOPs include the recomputation; model FLOPs (MFU) do not.
-        hardware_flops = step_flops(model, optimizer, data, autocast=True)
+        hardware_flops = step_flops(model, scheduler, optimizer, data, autocast=True)
         flops = hardware_flops - (denoiser_forward_flops(model, data) if checkpointing else 0)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-        seconds = timed({"step": lambda: train_step(model, optimizer, data, False, True)}, device, warmup,
-                        repeats)["step"]
+        step = functools.partial(train_step, model, scheduler, optimizer, data, bare=False, autocast=True)
+        seconds = timed({"step": step}, device, warmup, repeats)["step"]
         peak = torch.cuda.max_memory_allocated(device) / 2**30
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         emit(lines,
@@ -192,7 +186,7 @@ def report_gpu_sizes(flavour: ModelFlavour, device: torch.device, warmup: int, r
              f"{flops / 1e12:.1f} TFLOP | MFU {flops / seconds / H200_BF16_PEAK_FLOPS:.1%} "
              f"(HFU {hardware_flops / seconds / H200_BF16_PEAK_FLOPS:.1%}) | "
              f"{trainable / 1e6:.0f} M trainable |")
-        del model, optimizer, data
+        del model, optimizer, data, step
         torch.cuda.empty_cache()
     return lines
 
