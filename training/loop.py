@@ -41,7 +41,7 @@ class Session(Protocol):
         """The checkpoint to resume from (a worker restart or a re-launched run), or None."""
 
     def report(self, metrics: dict, checkpoint: Path | None) -> None:
-        """Report metrics (every rank) and, on rank 0, a checkpoint folder to keep."""
+        """At each checkpoint step, every rank reports its metrics and rank 0 the checkpoint folder to keep."""
 
 
 @dataclass
@@ -117,7 +117,7 @@ def train(config: TrainConfig, session: Session) -> Progress:
     state: dict = {}
     if restored is not None:  # weights, optimiser and schedule are loaded with the stage they belong to
         state = json.loads((restored / "state.json").read_text())
-        progress.stage_index, progress.step = state["stage_index"], state["step"]
+        progress.stage_index, progress.step = state["stage_index"], state["stage_step"]
     # A resumed run's log drops what the interrupted attempt logged after its last checkpoint.
     log = TrainingLog(config.run_dir, enabled=session.rank == 0,
                       purge_step=_global_step(config, progress.stage_index, progress.step) + 1 if restored else None)
@@ -172,14 +172,16 @@ def train(config: TrainConfig, session: Session) -> Progress:
             if validator is not None and validator.due(progress.step):
                 with _evaluation_weights(model, trainable, ema):
                     validator.run(components.pipeline(), global_step, log)
-            checkpoint = None
-            due = progress.step % config.checkpoint_every == 0 or progress.step == run.steps
-            if due and session.rank == 0:
-                checkpoint = save_checkpoint(
-                    config.run_dir / "checkpoints", global_step, model, optimizer, schedule, ema=ema,
-                    keep=config.keep_checkpoints,
-                    extra={"stage_index": stage_index, "step": progress.step, "seed": config.seed})
-            session.report({"stage": run.stage, "step": progress.step, **metrics}, checkpoint)
+            # Every rank reports at checkpoints only: on Ray Train a report waits for the controller's next
+            # poll (every 2 s), so a report per step would hold each step to 2 s; metrics are logged above.
+            if progress.step % config.checkpoint_every == 0 or progress.step == run.steps:
+                checkpoint = None
+                if session.rank == 0:
+                    checkpoint = save_checkpoint(
+                        config.run_dir / "checkpoints", global_step, model, optimizer, schedule, ema=ema,
+                        keep=config.keep_checkpoints,
+                        extra={"stage_index": stage_index, "stage_step": progress.step, "seed": config.seed})
+                session.report({"stage": run.stage, "step": progress.step, **metrics}, checkpoint)
         if ema is not None:  # a stage ends with its averaged weights: the next stage and the export start there
             ema.copy_to(trainable)
         restored = None

@@ -17,7 +17,7 @@ from data_specs.layout import OutputLayout
 from data_specs.training import load_train_config
 from tests.training.training_testing import write_pair_dataset
 
-STEPS, CHECKPOINT_EVERY, KILL_AFTER = 6, 2, 3  # the kill lands after the step-2 checkpoint, before the end
+STEPS, CHECKPOINT_EVERY, KILL_AFTER = 16, 4, 5  # the kill lands after the step-4 checkpoint, well before the end
 
 
 def tiny_config(dataset: Path, output: Path, **overrides) -> object:

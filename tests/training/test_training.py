@@ -18,14 +18,15 @@ class Interrupted(Exception):
 
 
 class KilledAfter(LocalSession):
-    """A local session whose process 'dies' once `step` is reported, as a killed run would."""
+    """A local session whose process 'dies' once (stage, step) is reported (after its checkpoint is written),
+    as a run killed there would."""
 
-    def __init__(self, config, step: int) -> None:
+    def __init__(self, config, stage: int, step: int) -> None:
         super().__init__(config)
-        self.kill_at = step
+        self.kill_at = (stage, step)
 
     def report(self, metrics: dict, checkpoint: Path | None) -> None:
-        if metrics["step"] == self.kill_at:
+        if (metrics["stage"], metrics["step"]) == self.kill_at:
             raise Interrupted
 
 
@@ -38,17 +39,17 @@ def tiny_config(dataset: Path, output: Path, **overrides) -> object:
 
 def test_a_killed_run_resumes_from_its_last_checkpoint_with_the_same_losses(tmp_path: Path):
     dataset = write_pair_dataset(tmp_path / "data", clips=2, size=32, frames=2, pairs_per_clip=1)
-    stages = [{"stage": 1, "steps": 4}, {"stage": 2, "steps": 2, "frames": 2}]
+    stages = [{"stage": 1, "steps": 4}, {"stage": 2, "steps": 4, "frames": 2}]  # checkpoints at 3 and 4
     whole = train_locally(tiny_config(dataset, tmp_path / "whole", stages=stages)).losses
 
     config = tiny_config(dataset, tmp_path / "killed", stages=stages)
     with pytest.raises(Interrupted):
-        train(config, KilledAfter(config, step=4))  # stage 1 done at 4 (checkpointed), killed before stage 2
+        train(config, KilledAfter(config, stage=1, step=4))  # stage 1 done, killed before stage 2
     with pytest.raises(Interrupted):
-        train(config, KilledAfter(config, step=1))  # stage 2's first step, not checkpointed
+        train(config, KilledAfter(config, stage=2, step=3))  # mid-stage 2, its step-3 checkpoint written
     resumed = train_locally(config).losses
-    assert len(whole) == 6 and len(resumed) == 2
-    np.testing.assert_allclose(resumed, whole[4:], rtol=1e-5)
+    assert len(whole) == 8 and len(resumed) == 1
+    np.testing.assert_allclose(resumed, whole[7:], rtol=1e-5)
     assert (config.run_dir / "pipeline" / "model_index.json").is_file()
 
 
