@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 
 from data_specs.config import ExecutionConfig
-from flows.ray_runtime import ray_session
+from flows.ray_runtime import ray_session, reachable_address
 
 
 def _temporary_prefect_server():
@@ -42,6 +42,7 @@ def _drain_prefect_queues() -> None:
 @contextlib.contextmanager
 def embedded_services(execution: ExecutionConfig) -> Iterator[None]:
     """A running temporary Prefect server (when no API is configured) and Ray, for the block."""
+    reachable_address(execution)  # an unreachable cluster fails in seconds, before the server starts
     server = _temporary_prefect_server()
     if server is None:
         with ray_session(execution):

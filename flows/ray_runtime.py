@@ -65,18 +65,26 @@ def worker_env() -> dict[str, str]:
     return {name: os.environ[name] for name in ("PYTHONPATH",) if name in os.environ}
 
 
+def reachable_address(execution: ExecutionConfig) -> str | None:
+    """HOST:PORT of the configured cluster once its head answers (None: a private local Ray)."""
+    if execution.ray_address is None:
+        return None
+    address = resolve_address(execution.ray_address)
+    check_reachable(execution.ray_address, address, execution.ray_connect_timeout_s)
+    return address
+
+
 def connect(execution: ExecutionConfig) -> bool:
     """Initialise Ray for `execution` in this process, unless it already is; True if this call started it."""
     if ray.is_initialized():
         return False
-    if execution.ray_address is None:
+    address = reachable_address(execution)
+    if address is None:
         # A local Ray's workers inherit this process's environment. A runtime_env would make Ray start
         # every worker through its runtime-env agent instead of using the ones it pre-starts (seconds).
         ray.init(address="local", num_cpus=execution.local_ray_cpus, include_dashboard=False,
                  logging_level="WARNING")
     else:
-        address = resolve_address(execution.ray_address)
-        check_reachable(execution.ray_address, address, execution.ray_connect_timeout_s)
         ray.init(address=address, runtime_env={"env_vars": worker_env()}, logging_level="WARNING")
     return True
 

@@ -93,13 +93,17 @@ def test_real_architectures_with_random_weights_run_in_the_flow(video_library: P
     torch.save({f"module.{k}": v for k, v in detector.state_dict().items()},
                weights / FACEXLIB_WEIGHTS["retinaface_mobile0.25"][0])
     cpu = {"device": "cpu", "cpus": 0.25, "batch_size": 4}
+    one_video = tmp_path / "one"  # 3 clips: BiSeNet runs at its trained 512 x 512 on one CPU thread
+    one_video.mkdir()
+    for name in ("portrait_0000.mp4", "portrait_0000.truth.npz"):  # the video and its true face track
+        shutil.copy(video_library / "good" / name, one_video)
     output = tmp_path / "out"
-    config = small_config(video_library / "good", output, decode={"size": 96}, perception=perception(
+    config = small_config(one_video, output, decode={"size": 96}, perception=perception(
         keypoints={"backend": "sapiens", "checkpoint": str(sapiens), "arch": "tiny", "image_size": TINY_INPUT,
                    "runtime": cpu},
         segmentation={"backend": "bisenet", "weights_dir": str(weights), "attributes": ["hair", "hat"],
                       "runtime": cpu}))
-    assert build_dataset(config).samples == 15
+    assert build_dataset(config).samples == 3
     for sample in read_samples(output)[:3]:
         assert sample.keypoints.shape == (4, 238, 3) and np.isfinite(sample.keypoints).all()
         assert set(sample.masks) == {"hair", "hat"} and sample.masks["hair"].shape == (4, CROP, CROP)
@@ -107,11 +111,7 @@ def test_real_architectures_with_random_weights_run_in_the_flow(video_library: P
 
     # RetinaFace with random weights finds no real face: every clip is a recorded rejection, none is lost.
     detect = {"backend": "retinaface_mobile0.25", "weights_dir": str(weights), "runtime": cpu}
-    one_video = tmp_path / "one"
-    one_video.mkdir()
-    shutil.copy(video_library / "good" / "portrait_0000.mp4", one_video)
-    config = small_config(one_video, tmp_path / "out2", decode={"size": 96}, perception={
-        **config.perception.model_dump(mode="json"), "detection": detect})
+    config = small_config(one_video, tmp_path / "out2", decode={"size": 96}, perception=perception(detection=detect))
     summary = build_dataset(config)
     failures = read_table("failures", tmp_path / "out2" / "manifests" / "failures.parquet").to_pylist()
     assert summary.clips == 3 and summary.samples + len(failures) == 3
