@@ -19,9 +19,7 @@ fi
 stamp="$VENV/.durian-installed-$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "[bootstrap] installing locked dependencies (first run: a few minutes)"
-  # --no-compile: byte-compiling all of torch and CUDA's Python files took over a minute; Python compiles
-  # (and caches) just the modules that are imported, the first time they are.
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-compile -r requirements.lock
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.lock
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
   rm -f "$VENV"/.durian-installed-*
   touch "$stamp"
