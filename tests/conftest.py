@@ -22,16 +22,6 @@ SMALL_BUILD = {
 }
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules with slow (end-to-end) tests first, each kept whole and in order: the parallel workers of
-    `scripts/test.sh` take the long modules first and so finish at about the same time."""
-    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-    first: dict[str, int] = {}
-    for index, item in enumerate(items):
-        first.setdefault(item.module.__name__, index)
-    items.sort(key=lambda item: (item.module.__name__ not in slow, first[item.module.__name__]))
-
-
 @pytest.fixture(scope="session")
 def video_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Good synthetic portrait videos plus every awkward input, generated once per session."""
