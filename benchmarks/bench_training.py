@@ -1,21 +1,22 @@
 """Training throughput on the CPU: the loader against the step it feeds, Ray Train workers, the whole command.
 
 The data is a dataset the real flow makes: generated 256 px videos -> `durian build-dataset` with ground-truth
-perception (SIZE px face crops, 16-frame clips) and training pairs (2 stage-1 and 2 stage-2 pairs of FRAMES
-frames per clip). The model is the tiny flavour at SIZE px, randomly initialised; every run trains stage 1,
-then stage 2 on FRAMES frames, BATCH samples per worker per step, the other settings at their defaults.
+perception (SIZE px face crops, clips of max(16, FRAMES) frames) and training pairs (2 stage-1 and 2 stage-2
+pairs of FRAMES frames per clip). The model is the tiny flavour at SIZE px, randomly initialised; every run
+trains stage 1, then stage 2 on FRAMES frames, BATCH samples per worker per step, other settings at defaults.
 
-1. loader: samples/s of `training.data.make_loader`, pulled as fast as it gives them, per stage and number of
-   loader workers, against the samples/s that `training.loop.train`'s step consumes on this machine in the same
-   run: the real loop with its loader swapped for batches already in memory, so only the step is timed
-   (the frozen encoders included, as in training), on --threads torch threads: 1 by default, as a Ray Train
-   worker with `scaling.cpus_per_worker: 1` runs it (Ray sets OMP_NUM_THREADS to a worker's CPUs). Issue 10's
-   goal: the loader at least 5x the step.
+1. loader and step: samples/s of `training.data.make_loader`, pulled as fast as it gives them, per stage and
+   number of loader workers, against the samples/s that `training.loop.train`'s step consumes on this machine
+   in the same run: the real loop with its loader swapped for batches already in memory, so only the step is
+   timed (the frozen encoders included, as in training), on --threads torch threads: 1 by default, as a Ray
+   Train worker with `scaling.cpus_per_worker: 1` runs it (Ray sets OMP_NUM_THREADS to a worker's CPUs).
+   Issue 10's goal: the loader at least 5x the step.
 2. ray: the whole training through `training.ray_train.launch` after `ray.init`, with 1 and 2 gloo workers:
    seconds per step, steps/s and samples/s, and the wall time of `launch`; what the steps do not explain is
    fixed cost (worker start-up, process group, model build, loader start, validation, checkpoints, export).
-   Once with Ray Train's controller polling its workers every 2 s (Ray's default) and once every 0.1 s: the
-   loop reports every step, and `ray.train.report` waits for the controller to take the previous report.
+   Once with Ray Train's controller polling its workers every 2 s (Ray's default) and once every 0.1 s:
+   `ray.train.report` waits for the controller to take the previous report, so the loop reports at
+   checkpoints only, and the two should match (when it reported every step, a run made one step per poll).
 3. command: `durian train` as a user waits for it, the whole process (ephemeral Prefect, a private local Ray,
    the flow), split at two of Prefect's log lines (server starting, flow run beginning) and by the times in
    the run's metrics.jsonl (first and last step logged). After one warm-up run that creates Prefect's database.
@@ -24,7 +25,8 @@ Seconds per step are the median interval between consecutive logged steps of a s
 with its optimiser and loader start, is left out). Every figure is the median over --repeats; the Ray runs
 with 1 and 2 workers take turns.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_training.py [--dataset DIR] [--parts loader,ray,command] [--markdown]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_training.py [--dataset DIR] [--markdown]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_training.py --size 512 --frames 24 --parts loader  # loader only
 """
 
 from __future__ import annotations
@@ -39,16 +41,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from unittest import mock
 
+import cv2
+import numpy as np
 import ray
 import torch
+import torch.multiprocessing  # registers the shared-memory pickling of tensors that DataLoader workers use
 
 import training.data
+from data_specs.sample import decode_sample
 from data_specs.training import StageRun, TrainConfig, load_train_config
-from training.data import DatasetIndex, TrainingBatch, make_loader
+from training.data import DatasetIndex, TrainingBatch, _read_shard, collate, make_loader
 from training.loop import train
 from training.monitoring import read_metrics
 from training.ray_train import LocalSession, launch
@@ -56,7 +63,7 @@ from training.ray_train import LocalSession, launch
 REPO = Path(__file__).resolve().parent.parent
 GOAL = 5.0  # issue 10: the loader gives at least 5x the samples/s the step consumes
 # Ray Train's controller polls its workers this often; a worker's `ray.train.report` waits until the controller
-# has taken its previous report (a queue of one), so reporting every step caps a run at one step per interval.
+# has taken its previous report (a queue of one), so a report per step would cap a run at one step per interval.
 POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 # Lines of `durian train`'s output that end its first phases, by the phase they end.
 COMMAND_MARKS = {"imports": "prefect - Starting temporary server", "services": "Beginning flow run"}
@@ -77,7 +84,8 @@ def build_dataset(work: Path, videos: int, size: int, frames: int, env: dict[str
     truth = {"backend": "truth"}
     perception = {"detection": truth, "keypoints": truth, "crop": {"size": size},
                   "segmentation": {**truth, "attributes": ["hair", "eyeglasses", "beard", "hat"]}}
-    overrides = ["decode.fps=24", "decode.size=256", "clips.length=16", "clips.stride=16",
+    clip = max(16, frames)
+    overrides = ["decode.fps=24", "decode.size=256", f"clips.length={clip}", f"clips.stride={clip}",
                  "shards.samples_per_shard=16", "execution.videos_per_unit=2", f"perception={json.dumps(perception)}",
                  f"training_samples={json.dumps({'pairs': {'pairs_per_clip': 2, 'frames': frames}})}"]
     command = [sys.executable, "-m", "flows.cli", "build-dataset", "-i", str(work / "videos"), "-o",
@@ -151,6 +159,7 @@ def log_marks(log: Path, started: float) -> list[tuple[str, float]]:
 
 
 def medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Key by key, the median over repeated runs (one noisy run on a shared machine moves no figure)."""
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
@@ -173,6 +182,7 @@ def run_command(config: dict, env: dict[str, str]) -> dict[str, float]:
 
 
 def table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
+    """Rows as a Markdown table (for BENCHMARKS.md) or as aligned text."""
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
@@ -180,32 +190,90 @@ def table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in [header, *rows])
 
 
-def measure_loader(index: DatasetIndex, config: TrainConfig, work: Path, args: argparse.Namespace
-                   ) -> dict[int, float]:
-    """Part 1; prints its table and returns the in-process seconds per step of each stage."""
-    stage_runs = {run.stage: run for run in config.stages}
+def measure_step(index: DatasetIndex, config: TrainConfig, work: Path, repeats: int) -> dict[int, float]:
+    """The in-process step's seconds per step of each stage, median over `repeats` runs, on real batches."""
     no_workers = config.data.model_copy(update={"loader_workers": 0})
-    batches = {stage: list(itertools.islice(make_loader(index, no_workers, run, seed=config.seed), 4))
-               for stage, run in stage_runs.items()}
+    batches = {run.stage: list(itertools.islice(make_loader(index, no_workers, run, seed=config.seed), 4))
+               for run in config.stages}
     per_step = [step_seconds(config.model_copy(update={"output_dir": str(work / "step" / str(r))}), batches)
-                for r in range(args.repeats)]
-    step_s = {stage: statistics.median(s[stage] for s in per_step) for stage in stage_runs}
+                for r in range(repeats)]
+    return {stage: statistics.median(s[stage] for s in per_step) for stage in batches}
+
+
+def median_seconds(fn: Callable[[object], object], repeats: int, setup: Callable[[], object] = lambda: None
+                   ) -> float:
+    """Median wall seconds of `fn(setup())` over `repeats` calls, `setup` untimed."""
+    times = []
+    for _ in range(repeats):
+        given = setup()
+        started = time.perf_counter()
+        fn(given)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def loader_breakdown(index: DatasetIndex, run: StageRun, args: argparse.Namespace) -> list[str]:
+    """Where one loader worker's time goes, per sample, on the stage's samples of one shard: read + sha256 +
+    untar, `decode_sample` (against the bare OpenCV decode of the same images), `collate` into float tensors,
+    and the hand-over to the training process (pickling the batch into shared memory, as a DataLoader worker
+    does); a table row."""
+    pairs = index.training_pairs(run.stage)
+    shard, sha256 = pairs[0].shard, index.shard_sha256[pairs[0].shard]
+    keys = {p.key for p in pairs if p.shard == shard}
+    raws = _read_shard(index.root, shard, sha256, keys)
+    samples = [decode_sample(raw) for raw in raws]
+    images = [np.frombuffer(blob, np.uint8) for raw in raws for name, blob in raw.items()
+              if name.endswith((".jpg", ".png"))]
+    size = args.batch_size
+    groups = [samples[i:i + size] for i in range(0, len(samples) - size + 1, size)]
+
+    def collated() -> list[TrainingBatch]:
+        return [collate(group, run.frames) for group in groups]
+
+    read, decode, floor, collating = (median_seconds(fn, args.repeats) for fn in (
+        lambda _: _read_shard(index.root, shard, sha256, keys),
+        lambda _: [decode_sample(raw) for raw in raws],
+        lambda _: [cv2.imdecode(image, cv2.IMREAD_UNCHANGED) for image in images],
+        lambda _: collated()))
+    # Fresh batches each time: pickling moves a tensor's storage into shared memory once, then only passes it.
+    handing = median_seconds(lambda batches: [ForkingPickler.dumps(batch) for batch in batches], args.repeats,
+                             setup=collated)
+    per_sample = [read / len(raws), decode / len(raws), floor / len(raws), collating / (len(groups) * size),
+                  handing / (len(groups) * size)]
+    total = per_sample[0] + per_sample[1] + per_sample[3] + per_sample[4]
+    megabytes = sum(t.numel() * t.element_size() for t in vars(collate(groups[0], run.frames)).values()
+                    if isinstance(t, torch.Tensor)) / size / 1e6
+    return [f"stage {run.stage}, {run.frames} frame{'s' * (run.frames > 1)}, {args.size} px",
+            *(f"{t * 1e3:.1f}" for t in per_sample), f"{megabytes:.1f}", f"{total * 1e3:.1f} -> {1 / total:.1f}"]
+
+
+def measure_loader(index: DatasetIndex, config: TrainConfig, args: argparse.Namespace,
+                   step_s: dict[int, float]) -> None:
+    """Part 1: prints the loader's samples/s by stage and loader workers, against the step's when measured, and
+    where one loader worker's time goes."""
     workers = [int(w) for w in args.loader_workers.split(",")]
-    rates = {(stage, w): statistics.median(loader_rate(index, config, run, w, args.loader_batches)
-                                           for _ in range(args.repeats))
-             for stage, run in stage_runs.items() for w in workers}
+    header = ["samples", "loader workers", "loader samples/s"]
+    if step_s:
+        header += [f"step in this process ({torch.get_num_threads()} threads), samples/s",
+                   f"loader / step (goal {GOAL:g}x)"]
     rows = []
-    for stage in stage_runs:
-        consumed = args.batch_size / step_s[stage]
+    for run in config.stages:
         for w in workers:
-            ratio = rates[stage, w] / consumed
-            rows.append([f"stage {stage}" + (f", {args.frames} frames" if stage == 2 else ", 1 frame"), str(w),
-                         f"{rates[stage, w]:.1f}", f"{step_s[stage] * 1e3:.0f} ms -> {consumed:.2f}",
-                         f"**{ratio:.0f}x** ({'met' if ratio >= GOAL else 'not met'})"])
-    print(table(["samples", "loader workers", "loader samples/s",
-                 f"step in this process ({torch.get_num_threads()} threads), samples/s",
-                 f"loader / step (goal {GOAL:g}x)"], rows, args.markdown), flush=True)
-    return step_s
+            rate = statistics.median(loader_rate(index, config, run, w, args.loader_batches)
+                                     for _ in range(args.repeats))
+            row = [f"stage {run.stage}, {run.frames} frame{'s' * (run.frames > 1)}, {args.size} px", str(w),
+                   f"{rate:.1f}"]
+            if step_s:
+                consumed = args.batch_size / step_s[run.stage]
+                ratio = rate / consumed
+                row += [f"{step_s[run.stage] * 1e3:.0f} ms -> {consumed:.2f}",
+                        f"**{ratio:.0f}x** ({'met' if ratio >= GOAL else 'not met'})"]
+            rows.append(row)
+    print(table(header, rows, args.markdown), flush=True)
+    rows = [loader_breakdown(index, run, args) for run in config.stages]
+    print(table(["one loader worker, ms per sample", "read + sha256 + untar", "decode_sample", "(bare OpenCV decode)",
+                 "collate", "hand-over (shared memory)", "tensor MB", "sum -> samples/s"], rows, args.markdown),
+          flush=True)
 
 
 def measure_ray(runs: dict[int, TrainConfig], work: Path, args: argparse.Namespace
@@ -272,7 +340,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8, help="Stage-2 target frames.")
     parser.add_argument("--batch-size", type=int, default=2, help="Samples per worker per step.")
     parser.add_argument("--steps", type=int, default=12, help="Steps of each stage in every training run.")
-    parser.add_argument("--parts", default="loader,ray,command", help="Which parts to run (see above).")
+    parser.add_argument("--parts", default="loader,step,ray,command", help="Which parts to run (see above; "
+                        "`step` is the step of part 1, the peer of the loader and of the Ray runs).")
     parser.add_argument("--loader-workers", default="0,1,2", help="DataLoader worker counts for the loader rate.")
     parser.add_argument("--loader-batches", type=int, default=40, help="Batches timed per loader measurement.")
     parser.add_argument("--ray-workers", default="1,2", help="Ray Train worker counts.")
@@ -301,7 +370,9 @@ def main() -> None:
           flush=True)
     runs = {w: load_train_config(config_data(dataset, work / "runs", args, w, args.steps))
             for w in {1, *map(int, args.ray_workers.split(","))}}
-    step_s = measure_loader(index, runs[1], work, args) if "loader" in parts else {}
+    step_s = measure_step(index, runs[1], work, args.repeats) if "step" in parts else {}
+    if "loader" in parts:
+        measure_loader(index, runs[1], args, step_s)
     whole: dict[str, tuple[int, dict[str, float]]] = {}
     if "ray" in parts:
         for (poll, w), timing in measure_ray(runs, work, args).items():
