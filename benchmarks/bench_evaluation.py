@@ -48,6 +48,7 @@ from typing import Self
 import numpy as np
 import torch
 from diffusers.utils import logging as diffusers_logging
+from report_table import format_table
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, Dinov2Config, Dinov2Model
 from transformers.utils import logging as transformers_logging
 
@@ -326,14 +327,8 @@ def main() -> None:
         ("`Evaluator` set-up (pipeline + extractors loaded)", f"{setup.wall:.2f} s", "once per worker"),
         ("peer's frames identical to the evaluation's", "yes" if identical else "**no**", ""),
     ]
-    print(header)
-    if args.markdown:
-        print("\n| what | figure | against |\n|---|---:|---|")
-        for line in lines:
-            print("| " + " | ".join(line) + " |")
-    else:
-        for what, figure, against in lines:
-            print(f"{what:<60} {figure:>28}  {against}")
+    print(header + ("\n" if args.markdown else ""))
+    print(format_table(("what", "figure", "against"), lines, args.markdown, right={1}))
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from report_table import format_table
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
@@ -502,18 +503,6 @@ def build_runs(videos: Path, work: Path, weights: Path, pose_checkpoint: Path,
 # ---------------------------------------------------------------------------------------------
 
 
-def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]], markdown: bool) -> None:
-    """Columns aligned for a terminal, or a Markdown table."""
-    if markdown:
-        print(f"| {' | '.join(header)} |\n|{'---|' * len(header)}")
-        for row in rows:
-            print(f"| {' | '.join(row)} |")
-        return
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    for row in (header, *rows):
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-
-
 def print_results(timings: list[StageTiming], runs: list[BuildRun], args: argparse.Namespace) -> None:
     """The stage table and the build table; with `--markdown` both again as Markdown."""
     header = ("stage", "input", "batch", "frames", "frames/s", "GFLOP/frame", "GFLOP/s", "matmul GFLOP/s, before/after",
@@ -540,7 +529,7 @@ def print_results(timings: list[StageTiming], runs: list[BuildRun], args: argpar
     for markdown in (False, True) if args.markdown else (False,):
         for table_header, table_rows in tables:
             print()
-            print_table(table_header, table_rows, markdown)
+            print(format_table(table_header, table_rows, markdown))
 
 
 def main() -> None:

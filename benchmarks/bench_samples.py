@@ -29,6 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import webdataset as wds
+from report_table import format_table
 
 from data_specs.perception import PerceptionConfig
 from data_specs.sample import PairSample, decode_sample, encode_sample
@@ -187,13 +188,7 @@ def main() -> None:
         ("`durian build-dataset`, clips only", f"{plain_s:.1f} s", ""),
         ("`durian build-dataset`, with training samples", f"{pairs_s:.1f} s", f"{pairs_s / plain_s:.2f}x"),
     ]
-    if args.markdown:
-        print("| what | figure | against |\n|---|---:|---|")
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
-    else:
-        for what, figure, against in rows:
-            print(f"{what:<48} {figure:>28}  {against}")
+    print(format_table(("what", "figure", "against"), rows, args.markdown, right={1}))
 
 
 if __name__ == "__main__":

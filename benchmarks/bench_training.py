@@ -51,6 +51,7 @@ import numpy as np
 import ray
 import torch
 import torch.multiprocessing  # registers the shared-memory pickling of tensors that DataLoader workers use
+from report_table import format_table
 
 import training.data
 from data_specs.sample import decode_sample
@@ -181,15 +182,6 @@ def run_command(config: dict, env: dict[str, str]) -> dict[str, float]:
     return phases(started, exited, output_dir / config["name"], log_marks(log, started))
 
 
-def table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
-    """Rows as a Markdown table (for BENCHMARKS.md) or as aligned text."""
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in [header, *rows])
-
-
 def measure_step(index: DatasetIndex, config: TrainConfig, work: Path, repeats: int) -> dict[int, float]:
     """The in-process step's seconds per step of each stage, median over `repeats` runs, on real batches."""
     no_workers = config.data.model_copy(update={"loader_workers": 0})
@@ -269,9 +261,9 @@ def measure_loader(index: DatasetIndex, config: TrainConfig, args: argparse.Name
                 row += [f"{step_s[run.stage] * 1e3:.0f} ms -> {consumed:.2f}",
                         f"**{ratio:.0f}x** ({'met' if ratio >= GOAL else 'not met'})"]
             rows.append(row)
-    print(table(header, rows, args.markdown), flush=True)
+    print(format_table(header, rows, args.markdown), flush=True)
     rows = [loader_breakdown(index, run, args) for run in config.stages]
-    print(table(["one loader worker, ms per sample", "read + sha256 + untar", "decode_sample", "(bare OpenCV decode)",
+    print(format_table(["one loader worker, ms per sample", "read + sha256 + untar", "decode_sample", "(bare OpenCV decode)",
                  "collate", "hand-over (shared memory)", "tensor MB", "sum -> samples/s"], rows, args.markdown),
           flush=True)
 
@@ -318,7 +310,7 @@ def report_runs(runs: dict[str, tuple[int, dict[str, float]]], step_s: dict[int,
             samples = args.batch_size * workers / s
             peer = f"{samples / (args.batch_size / step_s[stage]):.2f}" if stage in step_s else "-"
             rows.append([label, f"stage {stage}", f"{s * 1e3:.0f}", f"{1 / s:.2f}", f"{samples:.2f}", peer])
-    print(table(["run", "stage", "ms/step", "steps/s", "samples/s", "x the step in this process"], rows,
+    print(format_table(["run", "stage", "ms/step", "steps/s", "samples/s", "x the step in this process"], rows,
                 args.markdown), flush=True)
     steps = {label: sum(args.steps * timing[f"stage {stage}"] for stage in (1, 2))
              for label, (_, timing) in runs.items()}
@@ -327,7 +319,7 @@ def report_runs(runs: dict[str, tuple[int, dict[str, float]]], step_s: dict[int,
     rows.append([f"{2 * args.steps} steps at the median step times", *(f"{steps[label]:.1f}" for label in runs)])
     rows.append(["**fixed cost** (whole - steps)",
                  *(f"{timing['whole'] - steps[label]:.1f}" for label, (_, timing) in runs.items())])
-    print(table(["seconds (median)", *runs], rows, args.markdown), flush=True)
+    print(format_table(["seconds (median)", *runs], rows, args.markdown), flush=True)
 
 
 def main() -> None:
