@@ -218,8 +218,11 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: to
     (the one just written always stays; None keeps all).
 
     `extra` goes to state.json (JSON-safe values: stage, batches consumed, seed, `rng_state()`, ...); `step` is
-    added to it. Call on one rank only. A checkpoint of the same step is replaced.
+    added to it, so `extra` may not hold a `step` of its own. Call on one rank only. A checkpoint of the same
+    step is replaced.
     """
+    if extra and "step" in extra:  # it would be overwritten by `step` without a word
+        raise ValueError("save_checkpoint: `extra` may not contain 'step' (state.json's 'step' is the `step` argument)")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     _clean_stale(root)

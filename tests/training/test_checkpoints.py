@@ -93,6 +93,13 @@ def test_round_trip_of_the_training_state(components: DurianComponents, tmp_path
     assert all(torch.equal(a, b) for a, b in zip(ema.shadow_params, saved_ema))
 
 
+def test_extra_may_not_shadow_the_step(components: DurianComponents, tmp_path: Path) -> None:
+    """state.json's `step` is the argument; an `extra` step (a stage's own count, say) would be lost silently."""
+    with pytest.raises(ValueError, match="may not contain 'step'"):
+        save_checkpoint(tmp_path, 7, components.model, None, None, extra={"step": 3})
+    assert not any(tmp_path.iterdir())
+
+
 def test_strict_keys_and_tied_weights(tmp_path: Path) -> None:
     model = Small()
     with torch.no_grad():
