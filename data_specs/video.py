@@ -53,6 +53,11 @@ class DecodeConfig(BaseModel):
         description="'center': scale the short side to `size` and crop the centre; 'pad': fit the long side and "
         "letterbox with black.",
     )
+    max_side: int = Field(
+        default=1920, ge=16, le=8192, multiple_of=2,
+        description="With perception on, frames keep the source's aspect ratio and resolution (the face crop is "
+        "cut from them); a source whose longer side exceeds this is scaled down to it (memory bound).",
+    )
     threads: int = Field(default=1, ge=1, le=64, description="ffmpeg threads (decoder and filters) per worker.")
     max_source_pixels: int = Field(
         default=4096 * 4096, ge=1, description="Sources with more stored pixels per frame are rejected as bad data."

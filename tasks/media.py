@@ -153,10 +153,22 @@ def check_decodable(probe: VideoProbe, cfg: DecodeConfig) -> None:
         )
 
 
+def source_frame_size(probe: VideoProbe, cfg: DecodeConfig) -> tuple[int, int]:
+    """(width, height) of frames decoded at source resolution: the upright size, scaled down to
+    `cfg.max_side` on the longer side when larger, both even (4:2:0)."""
+    scale = min(1.0, cfg.max_side / max(probe.width, probe.height))
+    return (max(2, round(probe.width * scale / 2) * 2), max(2, round(probe.height * scale / 2) * 2))
+
+
 def iter_frames(
-    path: str, probe: VideoProbe, cfg: DecodeConfig, start_s: float = 0.0, end_s: float | None = None
+    path: str, probe: VideoProbe, cfg: DecodeConfig, start_s: float = 0.0, end_s: float | None = None,
+    source_size: bool = False,
 ) -> Iterator[Frame]:
-    """Decode [start_s, end_s) of a video to upright, size x size RGB frames, one at a time.
+    """Decode [start_s, end_s) of a video to upright RGB frames, one at a time.
+
+    Frames are `cfg.size` squares (scaled and cropped or padded, `cfg.crop`), or with
+    `source_size` the source's own aspect ratio and resolution (`source_frame_size`), for
+    perception that crops faces from the source picture.
 
     Output is at a constant rate: `cfg.fps`, or the source's own rate (a variable-rate
     source is resampled to its average rate, so `time_s` stays meaningful). Frames are
@@ -168,7 +180,8 @@ def iter_frames(
     if start_s < 0 or (end_s is not None and end_s <= start_s):
         raise ValueError(f"invalid time range [{start_s}, {end_s})")
     rate = cfg.fps or probe.fps
-    process = _decode_graph(path, probe, cfg, start_s, end_s).run_async(
+    frame_size = source_frame_size(probe, cfg) if source_size else (cfg.size, cfg.size)
+    process = _decode_graph(path, probe, cfg, start_s, end_s, frame_size, source_size).run_async(
         cmd=find_ffmpeg()[0], pipe_stdout=True, pipe_stderr=True
     )
     # ffmpeg blocks once the stderr pipe is full; a thread keeps it drained.
@@ -180,7 +193,7 @@ def iter_frames(
     _widen_pipe(process.stdout)
     ready: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=READ_AHEAD_FRAMES)
     stop = threading.Event()
-    reader = threading.Thread(target=_read_frames, args=(process.stdout, cfg.size, ready, stop), daemon=True)
+    reader = threading.Thread(target=_read_frames, args=(process.stdout, frame_size, ready, stop), daemon=True)
     reader.start()
     index = 0
     try:
@@ -210,13 +223,14 @@ def iter_frames(
         process.stderr.close()
 
 
-def _read_frames(stdout: IO[bytes], size: int, ready: queue.Queue, stop: threading.Event) -> None:
+def _read_frames(stdout: IO[bytes], frame_size: tuple[int, int], ready: queue.Queue, stop: threading.Event) -> None:
     """Read whole I420 frames from ffmpeg, convert them to RGB, put them in `ready`; None ends the stream.
 
     ffmpeg hands over planar YUV because its own RGB conversion is the slowest part of
     the graph; OpenCV's (same BT.601 limited-range maths) costs a fraction of it.
     """
-    planes = np.empty((size * 3 // 2, size), np.uint8)
+    width, height = frame_size
+    planes = np.empty((height * 3 // 2, width), np.uint8)
     while not stop.is_set():
         # A buffered pipe read fills the whole frame unless ffmpeg stopped writing
         # mid-frame, which only a crash does (and the exit code then tells).
@@ -283,9 +297,10 @@ def run_ffmpeg(output: ffmpeg.nodes.OutputStream, frames: np.ndarray | None = No
 
 
 def _decode_graph(
-    path: str, probe: VideoProbe, cfg: DecodeConfig, start_s: float, end_s: float | None
+    path: str, probe: VideoProbe, cfg: DecodeConfig, start_s: float, end_s: float | None,
+    frame_size: tuple[int, int], source_size: bool,
 ) -> ffmpeg.nodes.OutputStream:
-    """The ffmpeg graph for `iter_frames`: seek, trim, rate, scale, crop or pad, raw RGB out."""
+    """The ffmpeg graph for `iter_frames`: seek, trim, rate, scale (and crop or pad), raw YUV out."""
     # Input-side -ss seeks to the keyframe before start_s and decodes up to it (accurate
     # and fast); -t then ends the range. `threads` limits the decoder.
     trim = {"ss": start_s} if start_s else {}
@@ -295,7 +310,9 @@ def _decode_graph(
     if cfg.fps or probe.variable_fps:
         stream = stream.filter("fps", fps=cfg.fps or probe.fps, eof_action="pass")
     size = cfg.size
-    if cfg.crop == "center":
+    if source_size:
+        stream = stream.filter("scale", *frame_size, flags="area")
+    elif cfg.crop == "center":
         stream = stream.filter("scale", size, size, force_original_aspect_ratio="increase").filter("crop", size, size)
     else:
         stream = stream.filter("scale", size, size, force_original_aspect_ratio="decrease").filter(
