@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from data_specs.perception import KEYPOINT_LAYOUTS, PerceptionMeta, arcface_points
+from data_specs.perception import PerceptionMeta
 from data_specs.sample import GENERATED, ClipSample, PairSample
 from data_specs.training_samples import (AugmentParams, ExpansionMeta, GenerateConfig, InpaintConfig, LatentConfig,
                                          PairMeta, ReferenceMeta, TrainingSamplesConfig)
@@ -97,8 +97,8 @@ class TrainingSampleStage:
 
     def __call__(self, sample: ClipSample) -> list[PairSample]:
         perception = sample.meta.perception
-        if perception is None or sample.pose_frames is None or not sample.masks:
-            raise ValueError("training samples need perception's crops, pose frames and masks "
+        if perception is None or sample.pose_frames is None or not sample.masks or sample.landmarks is None:
+            raise ValueError("training samples need perception's crops, pose frames, masks and landmarks "
                              "(set `perception` in the build config)")
         presence = {attribute: np.asarray(flags, bool) for attribute, flags in perception.presence.items()}
         drafts = []
@@ -150,35 +150,35 @@ class TrainingSampleStage:
     def _references(self, sample: ClipSample, drafts: list[_Draft]) -> list[tuple[np.ndarray, ...]]:
         """Per pair: (attribute ref, M_attr, portrait ref, M_port_train, portrait unmasked), augmented.
 
-        The steps of `augment.apply`, with the inpainting fill batched over the clip's references.
+        The steps of `augment.apply`, with the inpainting fill batched over the clip's portrait references.
         """
-        images, masks, exposed, params = [], [], [], []  # attribute then portrait reference of each pair
+        warped, params = [], []  # attribute then portrait reference of each pair
         for draft in drafts:
             plan = draft.plan
             portrait_mask = expand(sample.masks[plan.attribute][plan.portrait_ref], draft.extra_mask)
             draft.expansion = draft.expansion.model_copy(update={"expanded_area": float(portrait_mask.mean())})
-            for position, mask, drawn in ((plan.attribute_ref, sample.masks[plan.attribute][plan.attribute_ref],
-                                           draft.attribute_params),
-                                          (plan.portrait_ref, portrait_mask, draft.portrait_params)):
-                image, warped_mask, outside = augment.warp(sample.frames[position], mask, drawn)
-                images.append(image)
-                masks.append(warped_mask)
-                exposed.append(outside)
-                params.append(drawn.model_copy(update={"exposed_area": float(outside.mean())}))
-        to_paint = [i for i, p in enumerate(params) if p.fill == "inpaint" and exposed[i].any()]
+            for role, position, mask, drawn in (
+                    (augment.ATTRIBUTE, plan.attribute_ref, sample.masks[plan.attribute][plan.attribute_ref],
+                     draft.attribute_params),
+                    (augment.PORTRAIT, plan.portrait_ref, portrait_mask, draft.portrait_params)):
+                reference = augment.warp_reference(sample.frames[position], mask, drawn, role)
+                warped.append(reference)
+                params.append(drawn.model_copy(update={"exposed_area": float(reference.exposed.mean())}))
+        regions = [w.paint_region() if p.fill == "inpaint" else None for w, p in zip(warped, params)]
+        to_paint = [i for i, region in enumerate(regions) if region is not None]
+        painted: dict[int, np.ndarray] = {}
         if to_paint:
-            painted = self._clients[INPAINTER].call("inpaint", np.stack([images[i] for i in to_paint]),
-                                                    np.stack([exposed[i] for i in to_paint]),
-                                                    [params[i].inpaint_seed or 0 for i in to_paint])
-            for i, image in zip(to_paint, painted):
-                images[i] = np.asarray(image, np.uint8)
+            images = self._clients[INPAINTER].call("inpaint", np.stack([warped[i].kept for i in to_paint]),
+                                                   np.stack([regions[i] for i in to_paint]),
+                                                   [params[i].inpaint_seed or 0 for i in to_paint])
+            painted = dict(zip(to_paint, images))
         out = []
         for k, draft in enumerate(drafts):
             a, p = 2 * k, 2 * k + 1
             draft.attribute_params, draft.portrait_params = params[a], params[p]
-            attribute_ref = augment.jitter(images[a], params[a]) * masks[a][..., None]
-            portrait_image = augment.jitter(images[p], params[p])
-            out.append((attribute_ref, masks[a], portrait_image * ~masks[p][..., None], masks[p], portrait_image))
+            attribute = augment.finish(warped[a], params[a], painted.get(a))
+            portrait = augment.finish(warped[p], params[p], painted.get(p))
+            out.append((attribute.image, attribute.mask, portrait.image, portrait.mask, portrait.unmasked))
         return out
 
     def _latents(self, sample: ClipSample, drafts: list[_Draft],
@@ -202,10 +202,10 @@ class TrainingSampleStage:
               generated: np.ndarray | None, latents: dict[str, np.ndarray]) -> PairSample:
         plan, meta = draft.plan, sample.meta
         attribute_ref, attribute_mask, portrait_ref, portrait_mask, portrait_image = refs
-        layout = KEYPOINT_LAYOUTS[perception.keypoint_layout]
-        # ArcFace points where each reference's augmentation warp moved them.
+        # ArcFace points (the face detector's five, which ArcFace aligns with) where each reference's
+        # augmentation warp moved them.
         portrait_keypoints, attribute_keypoints = (
-            augment.warp_points(arcface_points(sample.keypoints[position], layout), params, portrait_image.shape[:2])
+            augment.warp_points(sample.landmarks[position], params, portrait_image.shape[:2])
             for position, params in ((plan.portrait_ref, draft.portrait_params),
                                      (plan.attribute_ref, draft.attribute_params)))
         expansion = draft.expansion
@@ -236,6 +236,7 @@ class TrainingSampleStage:
             targets=sample.frames[targets],
             pose_frames=sample.pose_frames[targets],
             keypoints=sample.keypoints[targets] if sample.keypoints is not None else None,
+            landmarks=sample.landmarks[targets],
             attribute_ref=attribute_ref.astype(np.uint8),
             attribute_mask=attribute_mask,
             portrait_ref=portrait_ref.astype(np.uint8),

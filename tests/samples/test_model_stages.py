@@ -13,6 +13,7 @@ from data_specs.training_samples import DEFAULT_PROMPTS, TrainingSamplesConfig
 from tasks.perception import build_segmenter
 from tasks.samples import augment
 from tasks.samples.diffusion import Inpainter, LatentEncoder
+from tasks.samples.expansion import dilate_erode
 from tests.perception.perception_testing import TINY_INPUT, save_official_pth
 from tests.samples.samples_testing import perceived_clip, sample_stage
 
@@ -49,7 +50,7 @@ def test_generated_expansion_unites_the_segmented_controlnet_image_with_the_mask
         generated_mask = segmenter(sample.generated[None])[sample.meta.attribute][0]
         attribute_mask = clip.masks[sample.meta.attribute][sample.meta.portrait_ref.position]
         params = sample.meta.portrait_ref.augmentation
-        _, expected = augment.apply(clip.frames[0], attribute_mask | generated_mask, params)
+        expected = augment.apply(clip.frames[0], attribute_mask | generated_mask, params, augment.PORTRAIT).mask
         np.testing.assert_array_equal(sample.portrait_mask, expected)
         assert not sample.portrait_ref[sample.portrait_mask].any()
         decoded = decode_sample(encode_sample(sample, 95))
@@ -69,11 +70,16 @@ def test_inpainting_fill_is_replayed_from_the_recorded_seed():
         return inpainter.inpaint(image[None], exposed[None], [seed])[0]
 
     for sample in samples:
-        ref = sample.meta.attribute_ref
+        ref = sample.meta.portrait_ref
         assert ref.augmentation.fill == "inpaint" and ref.augmentation.exposed_area > 0
         mask = clip.masks[sample.meta.attribute][ref.position]
-        image, warped_mask = augment.apply(clip.frames[ref.position], mask, ref.augmentation, inpaint=paint)
-        np.testing.assert_array_equal(image * warped_mask[..., None], sample.attribute_ref)
+        grown = mask | dilate_erode(mask, sample.meta.expansion.dilate_px, sample.meta.expansion.erode_px)
+        replayed = augment.apply(clip.frames[ref.position], grown, ref.augmentation, augment.PORTRAIT, inpaint=paint)
+        np.testing.assert_array_equal(replayed.image, sample.portrait_ref)
+        np.testing.assert_array_equal(replayed.unmasked, sample.portrait_image)
+        # The exposed area is painted (not the constant fill's black) and the mask stays empty.
+        exposed = augment.warp_reference(clip.frames[ref.position], grown, ref.augmentation, augment.PORTRAIT).exposed
+        assert sample.portrait_ref[exposed].any() and not sample.portrait_ref[sample.portrait_mask].any()
 
 
 def test_latents_are_the_vae_encoding_of_targets_and_masked_references():

@@ -66,16 +66,25 @@ def test_recorded_augmentation_reproduces_the_reference(fill):
     for sample in samples:
         meta = sample.meta
         attribute_mask = clip.masks[meta.attribute][meta.attribute_ref.position]
-        image, mask = augment.apply(clip.frames[meta.attribute_ref.position], attribute_mask,
-                                    meta.attribute_ref.augmentation)
-        np.testing.assert_array_equal(mask, sample.attribute_mask)
-        np.testing.assert_array_equal(image * mask[..., None], sample.attribute_ref)
+        reference = augment.apply(clip.frames[meta.attribute_ref.position], attribute_mask,
+                                  meta.attribute_ref.augmentation, augment.ATTRIBUTE)
+        np.testing.assert_array_equal(reference.mask, sample.attribute_mask)
+        np.testing.assert_array_equal(reference.image, sample.attribute_ref)
+        # The portrait reference replays from M_port_train (M_attr grown by the recorded radii).
+        mask = clip.masks[meta.attribute][meta.portrait_ref.position]
+        grown = mask | dilate_erode(mask, meta.expansion.dilate_px, meta.expansion.erode_px)
+        portrait = augment.apply(clip.frames[meta.portrait_ref.position], grown, meta.portrait_ref.augmentation,
+                                 augment.PORTRAIT)
+        np.testing.assert_array_equal(portrait.mask, sample.portrait_mask)
+        np.testing.assert_array_equal(portrait.image, sample.portrait_ref)
+        np.testing.assert_array_equal(portrait.unmasked, sample.portrait_image)
         assert meta.attribute_ref.augmentation.angle_deg != 0 and meta.attribute_ref.augmentation.exposed_area > 0
         # The stored ArcFace points follow the warp: a one-pixel mask at a point lands where the points say.
         point = clip.keypoints[meta.attribute_ref.position, 0, :2]
         dot = np.zeros(attribute_mask.shape, bool)
         dot[int(round(point[1])), int(round(point[0]))] = True
-        moved = augment.warp(dot.astype(np.uint8)[..., None].repeat(3, -1), dot, meta.attribute_ref.augmentation)[1]
+        moved = augment.warp_reference(dot.astype(np.uint8)[..., None].repeat(3, -1), dot,
+                                       meta.attribute_ref.augmentation, augment.ATTRIBUTE).mask
         y, x = np.argwhere(moved).mean(axis=0)
         expected = augment.warp_points(np.round(point)[None], meta.attribute_ref.augmentation, dot.shape)[0]
         np.testing.assert_allclose([x, y], expected, atol=1.0)
@@ -96,8 +105,8 @@ def test_references_are_masked_complementarily():
         assert sample.attribute_ref[sample.attribute_mask].any()
         # M_port_train contains M_attr of the portrait frame, under the same warp.
         params = meta.portrait_ref.augmentation
-        _, attribute_in_portrait = augment.apply(clip.frames[0], clip.masks[meta.attribute][meta.portrait_ref.position],
-                                                 params)
+        attribute_in_portrait = augment.apply(clip.frames[0], clip.masks[meta.attribute][meta.portrait_ref.position],
+                                              params, augment.PORTRAIT).mask
         assert sample.portrait_mask[attribute_in_portrait].all()
         if meta.attribute == "hair":  # the hat is not visible in any frame far enough from a hat frame
             assert meta.expansion.expanded_area > meta.expansion.attribute_area > 0
