@@ -9,7 +9,16 @@ run is skipped.
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel, ConfigDict, Field
+
+# A video id starts every sample key and so every tar member name of its samples. USTAR (the shards' tar format)
+# holds names of at most 100 bytes; the longest member, a pair's "{id}_c00000_s2_p1023.latent.attr_ref.npy", is the
+# id plus 36 characters, so ids stop at 60 (room for longer clip indices). WebDataset splits a key at its first dot,
+# and slashes or spaces break paths: an id holds letters, digits, '_' and '-' only.
+MAX_VIDEO_ID_LENGTH = 60
+VIDEO_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class VideoRef(BaseModel):
@@ -17,7 +26,8 @@ class VideoRef(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    video_id: str = Field(description="Stable id: readable stem plus a hash of the URI.")
+    video_id: str = Field(description="Stable id: readable stem plus a hash of the URI (and time range), or the "
+                          "manifest's; letters, digits, '_' and '-', at most MAX_VIDEO_ID_LENGTH characters.")
     uri: str = Field(description="Local path or fsspec URL.")
     size_bytes: int
     modified: str = Field(description="Modification time (ns) or ETag, whatever the filesystem offers.")

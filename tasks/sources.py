@@ -3,6 +3,11 @@
 Inputs are a local folder, a Parquet/CSV manifest, or an fsspec URL/glob. Listing only
 stats files (size, modification time), so planning a rebuild of a large dataset
 costs no reads; content hashes are taken by the workers.
+
+Every listed video gets a distinct id that can start a sample key: a manifest's `video_id`
+is checked (letters, digits, '_' and '-', at most `MAX_VIDEO_ID_LENGTH`), and a derived id
+hashes the URI together with the row's time range, so one file listed with two ranges gives
+two videos. A bad or repeated id is an `InputError` naming the manifest row, before any work.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from data_specs.config import BuildConfig, InputsConfig
 from data_specs.lineage import code_version
 from data_specs.sample import safe_key
 from data_specs.layout import OutputLayout
-from data_specs.units import UnitReport, VideoRef, WorkUnit
+from data_specs.units import MAX_VIDEO_ID_LENGTH, VIDEO_ID_PATTERN, UnitReport, VideoRef, WorkUnit
 
 _MANIFEST_SUFFIXES = (".parquet", ".csv")
 
@@ -46,7 +51,7 @@ def list_videos(inputs: InputsConfig) -> list[VideoRef]:
         refs = _from_manifest(source)
     else:
         refs = _from_listing(source, inputs.extensions)
-    return sorted(refs, key=lambda ref: ref.uri)
+    return sorted(refs, key=lambda ref: (ref.uri, ref.start_s, ref.end_s or float("inf"), ref.video_id))
 
 
 def _from_listing(source: str, extensions: tuple[str, ...]) -> list[VideoRef]:
@@ -79,8 +84,9 @@ def _from_manifest(source: str) -> list[VideoRef]:
     if "path" not in table.column_names:
         raise InputError(f"manifest {source!r} has no 'path' column (columns: {table.column_names})")
     base = source.rsplit("/", 1)[0] if "/" in source else "."
-    refs = []
-    for row in table.to_pylist():
+    refs, rows_of_id = [], {}
+    for number, row in enumerate(table.to_pylist(), start=1):
+        where = f"manifest {source!r} row {number} (path {row['path']!r})"
         uri = str(row["path"])
         if "://" not in uri and not uri.startswith("/"):
             uri = f"{base}/{uri}"
@@ -90,30 +96,58 @@ def _from_manifest(source: str) -> list[VideoRef]:
         except FileNotFoundError:
             # Listed but absent: keep it, so the worker records it as a failure row.
             info = {"size": -1}
-        refs.append(
-            _ref(fs, path, info, video_id=row.get("video_id"), start_s=row.get("start_s"), end_s=row.get("end_s"))
-        )
+        video_id = row.get("video_id")
+        if video_id is not None and str(video_id) != "":
+            _check_video_id(str(video_id), where)
+        start_s, end_s = row.get("start_s"), row.get("end_s")
+        try:
+            start, end = float(start_s or 0.0), float(end_s) if end_s else None
+        except (TypeError, ValueError) as err:
+            raise InputError(f"{where}: start_s {start_s!r} and end_s {end_s!r} must be seconds") from err
+        if start < 0 or (end is not None and end <= start):
+            raise InputError(f"{where}: the time range start_s {start} to end_s {end} is not a range of the video")
+        ref = _ref(fs, path, info, video_id=video_id, start_s=start, end_s=end)
+        if ref.video_id in rows_of_id:
+            raise InputError(f"{where}: video id {ref.video_id!r} is already row {rows_of_id[ref.video_id]}'s "
+                             "(the same file and time range listed twice, or a repeated video_id); sample keys "
+                             "start with the video id and must be unique")
+        rows_of_id[ref.video_id] = number
+        refs.append(ref)
     return refs
+
+
+def _check_video_id(video_id: str, where: str) -> None:
+    """Raise `InputError` for a manifest id that cannot start a sample key."""
+    if not VIDEO_ID_PATTERN.fullmatch(video_id):
+        bad = sorted(set(VIDEO_ID_PATTERN.sub("", video_id)))
+        raise InputError(f"{where}: video_id {video_id!r} may hold only letters, digits, '_' and '-' (it starts "
+                         f"every sample key and tar member name; found {''.join(bad)!r})")
+    if len(video_id) > MAX_VIDEO_ID_LENGTH:
+        raise InputError(f"{where}: video_id {video_id!r} has {len(video_id)} characters, at most "
+                         f"{MAX_VIDEO_ID_LENGTH} fit the shards' tar member names")
 
 
 def _ref(fs: fsspec.AbstractFileSystem, path: str, info: dict, video_id: str | None = None,
          start_s: float | None = None, end_s: float | None = None) -> VideoRef:
     uri = path if _is_local(fs) else fs.unstrip_protocol(path)
     modified = info.get("mtime") or info.get("LastModified") or info.get("ETag") or info.get("etag") or ""
+    start, end = float(start_s or 0.0), float(end_s) if end_s else None
     return VideoRef(
-        video_id=video_id or make_video_id(uri),
+        video_id=str(video_id) if video_id is not None and str(video_id) != "" else make_video_id(uri, start, end),
         uri=uri,
         size_bytes=int(info.get("size") or 0),
         modified=str(modified),
-        start_s=float(start_s or 0.0),
-        end_s=float(end_s) if end_s else None,
+        start_s=start,
+        end_s=end,
     )
 
 
-def make_video_id(uri: str) -> str:
-    """Readable and unique: the file stem (made key-safe) plus a hash of the full URI."""
+def make_video_id(uri: str, start_s: float = 0.0, end_s: float | None = None) -> str:
+    """Readable and unique: the file stem (made key-safe) plus a hash of the full URI and, for a part of the
+    file, its time range (so two ranges of one file are two videos; a whole file's id is the URI's alone)."""
     stem = safe_key(Path(uri.rsplit("/", 1)[-1]).stem)[:40]
-    return f"{stem}-{hashlib.sha256(uri.encode()).hexdigest()[:10]}"
+    identity = uri if start_s == 0 and end_s is None else f"{uri}#t={start_s!r},{end_s!r}"
+    return f"{stem}-{hashlib.sha256(identity.encode()).hexdigest()[:10]}"
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
@@ -126,13 +160,15 @@ def plan_units(videos: list[VideoRef], config: BuildConfig) -> list[WorkUnit]:
     A unit ends after a video whose file-name hash falls on a boundary (content-defined
     chunking), so adding or removing one video changes only the unit it lands in: the
     others keep their ids and fingerprints and are skipped by an incremental rebuild.
+    The time ranges of one file stay in one unit (its id hashes their URIs).
     """
     target = config.execution.videos_per_unit
     groups: list[list[VideoRef]] = [[]]
-    for video in videos:
+    for index, video in enumerate(videos):
         groups[-1].append(video)
         name = video.uri.rsplit("/", 1)[-1]
-        if int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % target == 0:
+        more_of_file = index + 1 < len(videos) and videos[index + 1].uri == video.uri
+        if not more_of_file and int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % target == 0:
             groups.append([])
     version, config_hash = code_version(), config.output_hash()
     units = []
