@@ -2,7 +2,9 @@
 
 Per clip the stage draws K self-reconstruction pairs (`PairConfig`): an attribute-reference
 frame, a portrait-reference frame at least `min_ref_distance` frames away, and targets
-(stage 1: one frame; stage 2: `frames` consecutive frames at `frame_stride`). The two
+(stage 1: one frame; stage 2: `frames` consecutive frames at `frame_stride`). The references
+come from the clip's scene (or video, or the clip itself: `ReferenceConfig`), at least
+`references.min_gap_s` from the targets. The two
 references are masked complementarily: the attribute reference keeps only M_attr, the
 portrait reference loses M_port_train = M_attr U M_gen, where M_gen comes from the mask
 expansion (`ExpansionConfig`: none, random dilation and erosion, or the paper's
@@ -19,6 +21,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from data_specs.perception import ATTRIBUTES, RGB, RuntimeConfig
+from data_specs.scenes import ReferenceConfig, ReferenceScope
 from data_specs.spec import Spec
 
 ExpansionMode = Literal["none", "dilate", "generate"]
@@ -70,8 +73,11 @@ class PairConfig(Spec):
     frames: int = Field(8, ge=1, le=256, description="Target frames of a stage-2 sample (F).")
     frame_stride: int = Field(1, ge=1, le=64, description="Clip frames between consecutive stage-2 targets.")
     min_ref_distance: int = Field(
-        4, ge=0, le=1024, description="Least distance, in clip frames, between the attribute and the portrait "
+        4, ge=0, le=1024, description="Least distance, in decoded frames, between the attribute and the portrait "
         "reference frames.")
+    references: ReferenceConfig = Field(default_factory=ReferenceConfig,
+                                        description="Where the two references come from: the scene, the video or "
+                                        "the clip, and how far from the targets.")
     seed: int = Field(0, ge=0, description="Seed of every random draw; a clip's draws depend only on it and the "
                       "clip's key, so results do not depend on the order units run in.")
 
@@ -88,7 +94,8 @@ class PairConfig(Spec):
 
     def frames_needed(self) -> int:
         """The shortest clip that can give a pair for every configured stage."""
-        return max(max(self.target_span(stage) for stage in self.stages), self.min_ref_distance + 1)
+        targets = max(self.target_span(stage) for stage in self.stages)
+        return max(targets, self.min_ref_distance + 1) if self.references.scope == "clip" else targets
 
 
 class DilateConfig(Spec):
@@ -235,8 +242,11 @@ class AugmentParams(Spec):
 class ReferenceMeta(Spec):
     """One of the two reference frames."""
 
-    position: int = Field(ge=0, description="Frame position within the clip.")
+    position: int | None = Field(ge=0, description="Frame position within the clip; None for a reference from "
+                                 "elsewhere in the scene or video.")
     frame_index: int = Field(description="Output-frame index in the decoded video.")
+    time_s: float | None = Field(None, description="Source presentation time, seconds.")
+    gap_s: float | None = Field(None, description="Time to the nearest target frame of the pair, seconds.")
     mask_area: float = Field(description="Fraction of the reference its stored mask covers (after augmentation).")
     augmentation: AugmentParams | None = None
 
@@ -267,6 +277,10 @@ class PairMeta(Spec):
     config_hash: str
     code_version: str
     fps: float = Field(gt=0)
+    scene_index: int | None = Field(None, ge=0, description="The clip's scene within its video (None: built "
+                                    "before scenes were detected).")
+    reference_scope: ReferenceScope = Field("clip", description="Where the references were drawn from "
+                                            "(`pairs.references.scope`).")
     training_stage: TrainingStage
     pair_index: int = Field(ge=0)
     attribute: str
@@ -280,6 +294,12 @@ class PairMeta(Spec):
     seed: int
     provenance: dict[str, str] = Field(description="What produced each part (models and weights, or truth).")
     latents_vae: str | None = Field(None, description="The VAE that encoded the stored latents.")
+
+    @property
+    def reference_gap_s(self) -> float | None:
+        """Time from the nearer of the two references to the nearest target, seconds (None when not recorded)."""
+        gaps = [ref.gap_s for ref in (self.attribute_ref, self.portrait_ref) if ref.gap_s is not None]
+        return min(gaps) if gaps else None
 
     @model_validator(mode="after")
     def _targets(self) -> PairMeta:
