@@ -1,6 +1,6 @@
 """Contracts of scene detection and of drawing a pair's references from across its scene.
 
-Scenes (`SceneConfig`): every video is cut into shots once, by PySceneDetect's content or adaptive
+Scenes (`SceneConfig`): every video is cut into shots once, by PySceneDetect's adaptive or content
 detector run on small copies of the frames the build decodes anyway, and clips are cut inside
 scenes only, so a clip never straddles a cut (a hard cut, or a zoom cut to the same person). Each
 clip records the index of its scene within its video.
@@ -29,9 +29,10 @@ class SceneConfig(Spec):
     """How a video is cut into scenes before it is cut into clips."""
 
     detector: SceneDetectorName = Field(
-        "content", description="'content': PySceneDetect's ContentDetector (a cut where the mean HSV change between "
-        "consecutive frames exceeds `threshold`); 'adaptive': its AdaptiveDetector (the change relative to its "
-        "neighbours', steadier under camera motion); 'none': the whole video is one scene.")
+        "adaptive", description="'adaptive': PySceneDetect's AdaptiveDetector (a cut where the mean HSV change between "
+        "consecutive frames is `adaptive_threshold` times its neighbours' and at least `min_content_val`: it finds "
+        "zoom cuts on a steady background, and is steadier under camera motion); 'content': its ContentDetector (a "
+        "cut where the change exceeds the fixed `threshold`); 'none': the whole video is one scene.")
     threshold: float = Field(27.0, gt=0, le=255, description="ContentDetector: the mean HSV change (0-255) that makes "
                              "a cut (PySceneDetect's default).")
     adaptive_threshold: float = Field(3.0, gt=0, description="AdaptiveDetector: how many times its neighbours' "

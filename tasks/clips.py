@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
@@ -29,3 +30,14 @@ def cut_clips(frames: Iterable[FrameT], length: int, stride: int) -> Iterator[li
             else:
                 for _ in range(stride):
                     window.popleft()
+
+
+def cut_scene_clips(scenes: Iterable[tuple[int, FrameT]], length: int,
+                    stride: int) -> Iterator[tuple[int, list[FrameT]]]:
+    """Yield (scene index, clip): `cut_clips` within each run of frames of one scene, so no clip straddles a cut.
+
+    Windows start afresh at every scene's first frame; a scene's tail shorter than `length` is dropped.
+    """
+    for scene, run in itertools.groupby(scenes, key=lambda item: item[0]):
+        for clip in cut_clips((frame for _, frame in run), length, stride):
+            yield scene, clip

@@ -1,0 +1,90 @@
+"""Scenes: PySceneDetect on the decoded frames, streamed; clips never straddle a cut; the seeded scene sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_specs.scenes import SceneConfig
+from data_specs.video import DecodeConfig
+from tasks.clips import cut_clips, cut_scene_clips
+from tasks.media import Frame, iter_frames, probe_video
+from tasks.scenes import sample_scene_frames, split_scenes
+from tests.scene_videos import SCENES_AT_12_FPS, write_cut_video
+
+DECODE = DecodeConfig(fps=12, size=64)
+
+
+@pytest.fixture(scope="module")
+def cut_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_cut_video(tmp_path_factory.mktemp("scenes"))
+
+
+def decoded(path: Path) -> list[Frame]:
+    return list(iter_frames(str(path), probe_video(str(path)), DECODE))
+
+
+@pytest.mark.parametrize("config", [SceneConfig(), SceneConfig(detector="content", threshold=20)])
+def test_a_hard_cut_and_a_zoom_cut_start_scenes(cut_video: Path, config: SceneConfig):
+    scenes = list(split_scenes(decoded(cut_video), config, 12.0))
+    assert [frame.index for _, frame in scenes] == list(range(len(SCENES_AT_12_FPS)))
+    assert [scene for scene, _ in scenes] == SCENES_AT_12_FPS
+
+
+def test_the_default_content_threshold_misses_the_zoom_cut(cut_video: Path):
+    """Why the adaptive detector is the default: the zoom cut changes a fifth of the picture by a little."""
+    scenes = [scene for scene, _ in split_scenes(decoded(cut_video), SceneConfig(detector="content"), 12.0)]
+    assert scenes == [0] * 11 + [1] * 25
+
+
+def test_without_a_detector_the_video_is_one_scene(cut_video: Path):
+    assert {scene for scene, _ in split_scenes(decoded(cut_video), SceneConfig(detector="none"), 12.0)} == {0}
+
+
+def test_clips_never_straddle_a_cut(cut_video: Path):
+    frames = decoded(cut_video)
+    naive = [[f.index for f in clip] for clip in cut_clips(frames, 4, 4)]
+    assert [8, 9, 10, 11] in naive  # the cut at frame 11 would sit in the last frame of this clip
+    clips = [(scene, [f.index for f in clip])
+             for scene, clip in cut_scene_clips(split_scenes(frames, SceneConfig(), 12.0), 4, 4)]
+    assert clips == [(0, [0, 1, 2, 3]), (0, [4, 5, 6, 7]), (1, [11, 12, 13, 14]), (1, [15, 16, 17, 18]),
+                     (1, [19, 20, 21, 22]), (2, [23, 24, 25, 26]), (2, [27, 28, 29, 30]), (2, [31, 32, 33, 34])]
+
+
+def test_detection_holds_back_only_the_detectors_lookahead():
+    """Frames come out at most `min_scene_s` seconds after they went in: the video is never held."""
+    taken = []
+
+    def frames():
+        for index in range(200):
+            taken.append(index)
+            yield Frame(index, index / 12, np.full((32, 32, 3), 50 if index < 100 else 200, np.uint8))
+
+    for scene, frame in split_scenes(frames(), SceneConfig(min_scene_s=0.5), 12.0):
+        assert taken[-1] - frame.index <= 6 and scene == (frame.index >= 100)
+
+
+def _rng(scene: int | None) -> np.random.Generator:
+    return np.random.default_rng([0, 1000 if scene is None else scene])
+
+
+def test_the_scene_sample_is_bounded_uniform_and_seeded():
+    stream = [(index // 30, Frame(index, index / 12, np.zeros((2, 2, 3), np.uint8))) for index in range(75)]
+    samples = list(sample_scene_frames(iter(stream), 8, _rng))
+    assert [(s.scene_index, s.first_index, s.last_index, len(s.frames)) for s in samples] == [
+        (0, 0, 29, 8), (1, 30, 59, 8), (2, 60, 74, 8)]
+    for sample in samples:
+        indices = [f.index for f in sample.frames]
+        assert indices == sorted(set(indices)) and sample.first_index <= indices[0] <= indices[-1] <= sample.last_index
+    again = list(sample_scene_frames(iter(stream), 8, _rng))
+    assert [[f.index for f in s.frames] for s in again] == [[f.index for f in s.frames] for s in samples]
+    (video,) = sample_scene_frames(iter(stream), 5, _rng, whole_video=True)
+    assert video.scene_index is None and (video.first_index, video.last_index, len(video.frames)) == (0, 74, 5)
+    # Uniform: over many seeds every frame of a scene is about as likely to be kept.
+    counts = np.zeros(30)
+    for seed in range(400):
+        (sample,) = sample_scene_frames(iter(stream[:30]), 3, lambda s, seed=seed: np.random.default_rng(seed))
+        counts[[f.index for f in sample.frames]] += 1
+    assert counts.sum() == 1200 and counts.min() > 20 and counts.max() < 60
