@@ -367,6 +367,7 @@ def stage_timings(clips: list[Clip], weights: Path, pose_checkpoint: Path, args:
     face_boxes = np.concatenate([boxes for _, boxes in cropped])
 
     keypoint_config = KeypointConfig(backend="sapiens", checkpoint=str(pose_checkpoint), arch=SAPIENS_ARCH,
+                                     trust_code=True,  # the .pt2 this script exported itself
                                      image_size=SAPIENS_INPUT, runtime=runtime(device, args.pose_batch))
     estimator = build_keypoint_estimator(keypoint_config)
     estimator.setup()
@@ -465,7 +466,7 @@ def flow_perception(weights: Path, pose_checkpoint: Path, args: argparse.Namespa
     truth = {"backend": "truth"}
     if args.device == "cuda":
         gpu = {"device": "cuda", "gpus": 0.5}
-        keypoints = {"backend": "sapiens", "checkpoint": str(pose_checkpoint), "arch": SAPIENS_ARCH,
+        keypoints = {"backend": "sapiens", "checkpoint": str(pose_checkpoint), "arch": SAPIENS_ARCH, "trust_code": True,
                      "image_size": list(SAPIENS_INPUT), "runtime": {**gpu, "batch_size": args.pose_batch}}
         runtime_section = {**gpu, "batch_size": args.mask_batch}
     else:

@@ -33,12 +33,17 @@ class InputsConfig(Spec):
     source: str = Field(
         description=(
             "A folder of videos, a Parquet or CSV manifest with a `path` column "
-            "(optional `start_s`, `end_s`, `video_id`), or an fsspec URL or glob "
+            "(optional `start_s`, `end_s`, `video_id`, `group`), or an fsspec URL or glob "
             "(file://, s3://, gs://, ...)."
         )
     )
     extensions: tuple[str, ...] = Field(
         VIDEO_EXTENSIONS, description="File name endings taken as videos when listing a folder or URL."
+    )
+    protocols: tuple[str, ...] = Field(
+        ("file",), description="fsspec protocols a manifest row may name besides the source's own (a plain path is "
+        "'file'): a manifest is data that anyone can write, and a row naming another protocol (http, s3, memory, "
+        "a chained URL, ...) stops the listing with the row named. Add e.g. 's3' to mix local and remote videos."
     )
 
     @field_validator("source")
@@ -99,10 +104,13 @@ class ExecutionConfig(Spec):
 
 
 class StageSpec(Spec):
-    """A per-clip processing stage, named by import path, e.g. `tasks.face:FaceCropStage`."""
+    """A per-clip processing stage: an entry point of the `durian.clip_stages` group, by name or by its
+    `module:Class`, or a `module:Class` that this machine's allow-list file (`$DURIAN_STAGE_ALLOWLIST`) names."""
 
-    target: str = Field(description="`module:factory` that builds a `tasks.base.ClipStage`.", pattern=r"^[\w.]+:\w+$")
-    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory.")
+    target: str = Field(description="Entry-point name or `module:Class` of a `tasks.base.ClipStage`; anything an "
+                        "installed package does not declare and the allow-list does not name is refused.",
+                        pattern=r"^[\w.-]+(:\w+)?$")
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the class.")
 
 
 class BuildConfig(Spec):
@@ -143,6 +151,7 @@ class BuildConfig(Spec):
             raise ValueError(f"clips.length {self.clips.length} is shorter than the {needed} frames a pair needs "
                              f"(training_samples.pairs: frames, frame_stride, min_ref_distance)")
         samples.check_attributes(self.perception.segmentation.attributes)
+        samples.check_keypoints(self.perception.keypoints.backend)
         if samples.expansion.mode == "generate" and self.perception.segmentation.backend == "truth":
             raise ValueError("expansion.mode 'generate' segments generated images: the 'truth' segmenter knows "
                              "only the test videos; choose a segmentation model")

@@ -582,6 +582,9 @@ class KeypointConfig(Spec):
         "torch.export .pt2 (the format is read from the file, never from its name)."
     )
     arch: SapiensSize = Field("0.3b", description="Sapiens size of a .pth checkpoint.")
+    trust_code: bool = Field(False, description="Load a TorchScript or torch.export `checkpoint`: these run "
+                             "code when opened (a crafted one runs anything), so they are refused unless set; "
+                             "the .pth release is weights only.")
     image_size: SapiensInput = Field((1024, 768), description="Network input (height, width); multiples of 16.")
     box_scale: float = Field(1.25, gt=0, description="Top-down box = face box x this, widened to 3:4.")
     blur_kernel: int = Field(11, ge=1, description="DARK heatmap modulation kernel (odd).")
@@ -618,6 +621,9 @@ class SegmentationConfig(Spec):
     allow_download: bool = Field(False, description="facexlib backends: let facexlib download missing weights.")
     checkpoint: str | None = Field(None, description="Sapiens backends: a .pth or .pt2 segmentation checkpoint.")
     arch: SapiensSize = Field("1b", description="Sapiens size of a .pth checkpoint.")
+    trust_code: bool = Field(False, description="Load a TorchScript or torch.export `checkpoint`: these run "
+                             "code when opened (a crafted one runs anything), so they are refused unless set; "
+                             "the .pth release is weights only.")
     image_size: SapiensInput = Field((1024, 768), description="Sapiens input (height, width); multiples of 16.")
     presence_min_area: float = Field(
         0.002, ge=0, lt=1, description="An attribute is present in a frame when its mask covers more than this "

@@ -33,6 +33,8 @@ class VideoRef(BaseModel):
     modified: str = Field(description="Modification time (ns) or ETag, whatever the filesystem offers.")
     start_s: float = Field(0.0, ge=0, description="Start of the time range to use.")
     end_s: float | None = Field(None, gt=0, description="End of the time range (None: to the end).")
+    group: str | None = Field(None, description="What videos of one identity share (the manifest's `group` column: "
+                              "person, take, ...); the train/eval split is drawn per group when set.")
 
 
 class WorkUnit(BaseModel):

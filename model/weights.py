@@ -47,15 +47,24 @@ class SafetensorsFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        file_size = path.stat().st_size
         with path.open("rb") as file:
             try:
                 (header_size,) = struct.unpack("<Q", file.read(8))
+                # Sizes in the file are claims: checked against the file before anything is allocated from them.
+                if 8 + header_size > file_size:
+                    raise ValueError(f"the header claims {header_size} bytes, the file holds {file_size}")
                 header = json.loads(file.read(header_size))
             except (struct.error, ValueError) as error:
                 raise CheckpointError(f"{path}: not a safetensors file ({error})") from error
         header.pop("__metadata__", None)
         self._header = header
         self._data_start = 8 + header_size
+        data_size = file_size - self._data_start
+        for key, info in header.items():
+            begin, end = info["data_offsets"]
+            if not 0 <= begin <= end <= data_size:
+                raise CheckpointError(f"{path}: tensor {key} claims bytes {begin}..{end}; the file holds {data_size}")
 
     def keys(self) -> list[str]:
         return list(self._header)

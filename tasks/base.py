@@ -17,22 +17,34 @@ Ray (tests, `LocalModel`) the same object runs in-process, set up on first use.
 Stages are built from the config and set up once per worker process and build
 (`stages_for`), not once per unit. Without Prefect or Ray imports here: the flow wires
 the clients in.
+
+A `stages:` entry names code to run, and build parameters can be edited in the Prefect UI, so
+entries are looked up, never imported blindly: a stage loads only when an installed package
+declares it in the `durian.clip_stages` entry-point group, or when the machine's allow-list file
+(named by the environment variable `DURIAN_STAGE_ALLOWLIST`, one `module:attribute` per line)
+lists it; and the object must be a class implementing `ClipStage` before anything of it is called.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from data_specs.config import BuildConfig, StageSpec
 from data_specs.sample import Sample
 from data_specs.spec import Resources
 
-__all__ = ["ClipStage", "LocalModel", "ModelClient", "ModelSpec", "Resources", "build_stages", "model_specs",
-           "stages_for"]
+__all__ = ["STAGE_ALLOWLIST_VAR", "STAGE_ENTRY_POINTS", "ClipStage", "LocalModel", "ModelClient", "ModelSpec",
+           "Resources", "StageNotAllowedError", "build_stages", "model_specs", "stages_for"]
+
+STAGE_ENTRY_POINTS = "durian.clip_stages"  # the entry-point group a package declares its clip stages in
+STAGE_ALLOWLIST_VAR = "DURIAN_STAGE_ALLOWLIST"  # path of this machine's list of further allowed stages
 
 
 @dataclass(frozen=True)
@@ -106,17 +118,53 @@ def build_stages(config: BuildConfig) -> list[ClipStage]:
     return stages
 
 
+class StageNotAllowedError(ValueError):
+    """A `stages:` entry that no installed package declares and the machine's allow-list does not name."""
+
+
 def _import_stage(spec: StageSpec) -> ClipStage:
-    module_name, _, attribute = spec.target.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"stages: cannot import {spec.target!r}: {err}") from err
+    factory = _allowed_factory(spec.target)
+    # Check before calling: `subprocess:run` or any other callable must not run with the entry's params.
+    if not (isinstance(factory, type) and callable(getattr(factory, "setup", None))
+            and any("__call__" in vars(klass) for klass in factory.__mro__[:-1])):
+        raise TypeError(f"stages: {spec.target!r} is not a ClipStage class (name, resources, models, setup, "
+                        "__call__); it was not called")
     stage = factory(**spec.params)
     if not isinstance(stage, ClipStage):
         raise TypeError(f"stages: {spec.target!r} did not build a ClipStage (name, resources, models, setup, "
                         "__call__)")
     return stage
+
+
+def _allowed_factory(target: str) -> Any:
+    """The object a `stages:` target names, if an entry point or the allow-list allows it."""
+    declared = {entry.name: entry for entry in metadata.entry_points(group=STAGE_ENTRY_POINTS)}
+    if target in declared:
+        return declared[target].load()
+    allowed = {entry.value for entry in declared.values()} | _allow_listed()
+    if target not in allowed:
+        listing = os.environ.get(STAGE_ALLOWLIST_VAR) or "not set"
+        raise StageNotAllowedError(
+            f"stages: {target!r} is not an allowed stage. Stages load only from the {STAGE_ENTRY_POINTS!r} entry "
+            f"points of installed packages ({', '.join(sorted(declared)) or 'none installed'}) or from this "
+            f"machine's allow-list file (${STAGE_ALLOWLIST_VAR}: {listing}); build parameters cannot add one")
+    module_name, _, attribute = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"stages: cannot import {target!r}: {err}") from err
+
+
+def _allow_listed() -> set[str]:
+    """The `module:attribute` lines of the file `$DURIAN_STAGE_ALLOWLIST` names (none when unset)."""
+    listing = os.environ.get(STAGE_ALLOWLIST_VAR)
+    if not listing:
+        return set()
+    try:
+        lines = Path(listing).read_text().splitlines()
+    except OSError as err:
+        raise StageNotAllowedError(f"${STAGE_ALLOWLIST_VAR}={listing} cannot be read: {err}") from err
+    return {line.split("#", 1)[0].strip() for line in lines} - {""}
 
 
 def model_specs(stages: Sequence[ClipStage]) -> dict[str, ModelSpec]:

@@ -48,7 +48,7 @@ def list_videos(inputs: InputsConfig) -> list[VideoRef]:
             raise InputError(f"input {source!r} is a file but not a .parquet or .csv manifest")
         source = str(path.resolve())
     if source.lower().endswith(_MANIFEST_SUFFIXES):
-        refs = _from_manifest(source)
+        refs = _from_manifest(source, {*inputs.protocols, *_protocols(source)})
     else:
         refs = _from_listing(source, inputs.extensions)
     return sorted(refs, key=lambda ref: (ref.uri, ref.start_s, ref.end_s or float("inf"), ref.video_id))
@@ -78,7 +78,13 @@ def _followed(fs: fsspec.AbstractFileSystem, info: dict) -> dict:
         return {}
 
 
-def _from_manifest(source: str) -> list[VideoRef]:
+def _protocols(uri: str) -> list[str]:
+    """Every fsspec protocol a URI names (a chained URL names several); a plain path is 'file'."""
+    *outer, inner = uri.split("::")
+    return [part.split("://", 1)[0] for part in outer] + [fsspec.core.split_protocol(inner)[0] or "file"]
+
+
+def _from_manifest(source: str, protocols: set[str]) -> list[VideoRef]:
     with fsspec.open(source, "rb") as handle:
         table = pq.read_table(handle) if source.lower().endswith(".parquet") else pa_csv.read_csv(handle)
     if "path" not in table.column_names:
@@ -90,6 +96,9 @@ def _from_manifest(source: str) -> list[VideoRef]:
         uri = str(row["path"])
         if "://" not in uri and not uri.startswith("/"):
             uri = f"{base}/{uri}"
+        if refused := set(_protocols(uri)) - protocols - {"local"}:
+            raise InputError(f"{where}: {', '.join(sorted(refused))} URLs are not allowed (inputs.protocols: "
+                             f"{', '.join(sorted(protocols))})")
         fs, path = fsspec.core.url_to_fs(uri)
         try:
             info = fs.info(path)
@@ -106,7 +115,7 @@ def _from_manifest(source: str) -> list[VideoRef]:
             raise InputError(f"{where}: start_s {start_s!r} and end_s {end_s!r} must be seconds") from err
         if start < 0 or (end is not None and end <= start):
             raise InputError(f"{where}: the time range start_s {start} to end_s {end} is not a range of the video")
-        ref = _ref(fs, path, info, video_id=video_id, start_s=start, end_s=end)
+        ref = _ref(fs, path, info, video_id=video_id, start_s=start, end_s=end, group=row.get("group"))
         if ref.video_id in rows_of_id:
             raise InputError(f"{where}: video id {ref.video_id!r} is already row {rows_of_id[ref.video_id]}'s "
                              "(the same file and time range listed twice, or a repeated video_id); sample keys "
@@ -128,7 +137,7 @@ def _check_video_id(video_id: str, where: str) -> None:
 
 
 def _ref(fs: fsspec.AbstractFileSystem, path: str, info: dict, video_id: str | None = None,
-         start_s: float | None = None, end_s: float | None = None) -> VideoRef:
+         start_s: float | None = None, end_s: float | None = None, group: str | None = None) -> VideoRef:
     uri = path if _is_local(fs) else fs.unstrip_protocol(path)
     modified = info.get("mtime") or info.get("LastModified") or info.get("ETag") or info.get("etag") or ""
     start, end = float(start_s or 0.0), float(end_s) if end_s else None
@@ -139,6 +148,7 @@ def _ref(fs: fsspec.AbstractFileSystem, path: str, info: dict, video_id: str | N
         modified=str(modified),
         start_s=start,
         end_s=end,
+        group=str(group) if group is not None and str(group) != "" else None,
     )
 
 

@@ -38,7 +38,7 @@ class SapiensKeypointEstimator(ModelComponent):
 
         cfg = self.config
         self.model = load_sapiens(cfg.checkpoint, "pose", cfg.arch, cfg.image_size, GOLIATH_NUM_KEYPOINTS,
-                                  resolve_device(cfg.runtime))
+                                  resolve_device(cfg.runtime), trust_code=cfg.trust_code)
 
     def __call__(self, crops: np.ndarray, boxes: np.ndarray | None = None, refs: object = None) -> np.ndarray:
         """(N, K, 3) float32 x, y, confidence in crop pixels for (N, H, W, 3) uint8 RGB crops.

@@ -34,6 +34,7 @@ from torch import nn
 from data_specs.perception import SAPIENS_ARCHS, SapiensArch
 from model.checkpoints import CheckpointError
 from model.weights import load_weights, open_weights
+from tasks.trust import refuse_untrusted_code
 
 PATCH_SIZE = 16
 PATCH_PADDING = {"pose": 2, "segmentation": 0}
@@ -197,16 +198,21 @@ class SapiensNetwork:
 
 
 def load_sapiens(path: str | Path, task: Task, arch: str, image_size: tuple[int, int], num_outputs: int,
-                 device: torch.device) -> SapiensNetwork:
+                 device: torch.device, trust_code: bool = False) -> SapiensNetwork:
     """Load a Sapiens checkpoint in any released format onto `device`.
 
     `arch`, `image_size` and `num_outputs` describe the network a `.pth` holds; the
     compiled formats carry their own. A `.pth` must match it exactly (strict keys and shapes).
+    TorchScript and `torch.export` files can run code when loaded: refused (`UntrustedCodeError`)
+    unless `trust_code` (the config's `trust_code: true`).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Sapiens {task} checkpoint not found: {path}")
     kind = checkpoint_format(path)
+    if kind != "pickle":
+        section = "keypoints" if task == "pose" else "segmentation"
+        refuse_untrusted_code(path, kind, f"perception.{section}.trust_code", trust_code)
     if kind == "torchscript":
         with warnings.catch_warnings():  # TorchScript is deprecated, but it is how Sapiens was released
             warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")

@@ -107,7 +107,7 @@ class SapiensSegmenter(_Segmenter):
 
         cfg = self.config
         self.model = load_sapiens(cfg.checkpoint, "segmentation", cfg.arch, cfg.image_size,
-                                  len(self.label_map.classes), resolve_device(cfg.runtime))
+                                  len(self.label_map.classes), resolve_device(cfg.runtime), trust_code=cfg.trust_code)
 
     def _logits(self, crops: np.ndarray) -> torch.Tensor:
         from tasks.perception.sapiens import normalise

@@ -94,7 +94,8 @@ def test_torchscript_file_loads_and_runs_any_batch(tiny_pose: torch.nn.Module, t
     with torch.no_grad():
         torch.jit.trace(tiny_pose, torch.randn(2, 3, *TINY_INPUT)).save(str(path))
     assert checkpoint_format(path) == "torchscript"
-    network = load_sapiens(path, "pose", "0.3b", (1024, 768), 308, torch.device("cpu"))  # arch/size unused
+    network = load_sapiens(path, "pose", "0.3b", (1024, 768), 308, torch.device("cpu"),
+                           trust_code=True)  # arch/size unused
     images = torch.randn(3, 3, *TINY_INPUT)
     with torch.no_grad():
         torch.testing.assert_close(network(images), tiny_pose(images), rtol=1e-4, atol=1e-5)
@@ -107,7 +108,7 @@ def test_bfloat16_export_loads_and_pads_to_its_fixed_batch(tiny_pose: torch.nn.M
     model = model.to(torch.bfloat16)
     torch.export.save(torch.export.export(model, (torch.randn(2, 3, *TINY_INPUT, dtype=torch.bfloat16),)), path)
     assert checkpoint_format(path) == "export"
-    network = load_sapiens(path, "pose", "0.3b", (1024, 768), 308, torch.device("cpu"))
+    network = load_sapiens(path, "pose", "0.3b", (1024, 768), 308, torch.device("cpu"), trust_code=True)
     assert network.dtype == torch.bfloat16 and network.fixed_batch == 2
     images = torch.randn(3, 3, *TINY_INPUT)
     out = network(images)
