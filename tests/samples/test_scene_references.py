@@ -9,13 +9,13 @@ import pytest
 
 from data_specs.perception import PerceptionMeta
 from data_specs.sample import ClipSample
-from data_specs.training_samples import PairConfig
+from data_specs.training_samples import PairConfig, TrainingSamplesConfig
 from tasks.errors import DataError
 from tasks.media import Frame
 from tasks.samples.pairs import clip_rng
 from tasks.samples.scene_references import ReferencePool, ReferencePools, plan_pool_pairs, with_references
 from tasks.scenes import SceneSample
-from tests.samples.samples_testing import perceived_clip
+from tests.samples.samples_testing import perceived_clip, sample_stage
 
 FPS = 25.0
 PAIRS = PairConfig(pairs_per_clip=4, frames=4, frame_stride=2, min_ref_distance=3, seed=7,
@@ -116,3 +116,29 @@ def test_pools_are_perceived_once_per_scene_and_only_when_asked(scene: ClipSampl
     assert perceived == [1, 2, 5, 22, 28]
     with pytest.raises(RuntimeError, match="found no scene 3"):
         pools.for_scene(3)
+
+
+def test_the_stage_builds_pairs_from_the_scene_and_records_the_gap(scene: ClipSample):
+    config = TrainingSamplesConfig(pairs=PAIRS, augment={"enabled": False}, expansion={"mode": "none"})
+    clip = part(scene, list(range(14, 26)), "vid_c00001")
+    clip.meta = clip.meta.model_copy(update={"scene_index": 3})
+    positions = [0, 3, 6, 33, 36, 39]
+    stage = sample_stage(config)
+    samples = stage(clip, pool_of(scene, positions))
+    assert len(samples) == 2 * PAIRS.pairs_per_clip
+    for sample in samples:
+        meta = sample.meta
+        assert meta.scene_index == 3 and meta.reference_scope == "scene"
+        for ref in (meta.attribute_ref, meta.portrait_ref):
+            assert ref.position is None and ref.frame_index - 100 in positions
+            assert ref.time_s == scene.meta.time_s[ref.frame_index - 100]
+            target_times = [scene.meta.time_s[i - 100] for i in meta.target_frame_indices]
+            assert ref.gap_s == pytest.approx(min(abs(ref.time_s - t) for t in target_times)) and ref.gap_s >= 0.4
+        assert meta.reference_gap_s == min(meta.attribute_ref.gap_s, meta.portrait_ref.gap_s)
+        np.testing.assert_array_equal(sample.portrait_image, scene.frames[meta.portrait_ref.frame_index - 100])
+        attribute_mask = scene.masks[meta.attribute][meta.attribute_ref.frame_index - 100]
+        np.testing.assert_array_equal(sample.attribute_ref,
+                                      scene.frames[meta.attribute_ref.frame_index - 100] * attribute_mask[..., None])
+        np.testing.assert_array_equal(sample.targets, clip.frames[meta.target_positions])
+    with pytest.raises(ValueError, match="scope 'scene' draws references from the scene's pool"):
+        stage(clip)
