@@ -81,7 +81,8 @@ SAMPLES = pa.schema(
         pa.field("expanded_mask_area", pa.float32()),  # fraction of the portrait reference M_port_train covers
         pa.field("expansion", pa.string()),  # none | dilate | generate
         pa.field("face_size", pa.float32()),  # median crop-box side, decoded-frame pixels
-        pa.field("split", pa.string(), nullable=False),  # train | eval, by source video (data_specs.split)
+        pa.field("split", pa.string(), nullable=False),  # train | eval, by group or source video (data_specs.split)
+        pa.field("group", pa.string()),  # the input manifest's `group` (person, take); null: none given
         *LINEAGE,
     ]
 )
@@ -165,6 +166,7 @@ class SampleRow(Lineage):
     expansion: str | None = None
     face_size: float | None = None
     split: Split = TRAIN
+    group: str | None = None
 
 
 @dataclass(kw_only=True)

@@ -23,6 +23,7 @@ from data_specs.files import publishing, write_atomic
 from data_specs.layout import OutputLayout
 from data_specs.perception import ATTRIBUTES
 from data_specs.schemas import read_table
+from data_specs.split import EVAL, TRAIN
 from tasks.errors import failure_kind
 
 TOP_VIDEOS = 30
@@ -151,6 +152,17 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[object]], align: str =
     return lines
 
 
+def _split_rows(samples: pa.Table) -> list[tuple[str, object]]:
+    """Samples and identities on each side of the split; an identity is the manifest's `group`, else the video."""
+    sides = samples["split"].to_pylist()
+    identities: dict[str, set[str]] = {TRAIN: set(), EVAL: set()}
+    for side, group, video in zip(sides, samples["group"].to_pylist(), samples["video_id"].to_pylist(), strict=True):
+        identities[side].add(f"group {group}" if group else f"video {video}")
+    counts = Counter(sides)
+    return [(f"{side} split: samples / groups (videos without a group count alone)",
+             f"{counts[side]} / {len(identities[side])}") for side in (TRAIN, EVAL)]
+
+
 def _markdown(*, title: str, videos: pa.Table, clips: pa.Table, samples: pa.Table, pairs: pa.Table,
               pair_attributes: list[str], per_attribute: dict[str, int], per_stage: dict[int, int],
               per_attribute_stage: Counter, per_video: dict[str, int], rejections: dict[str, int],
@@ -174,6 +186,7 @@ def _markdown(*, title: str, videos: pa.Table, clips: pa.Table, samples: pa.Tabl
     totals += [(f"training samples, stage {stage}", n) for stage, n in per_stage.items()]
     totals.append(("shards", len(set(samples["shard"].to_pylist()))))
     totals.append(("rejections", sum(rejections.values())))
+    totals += _split_rows(samples)
     lines += _table(["", "count"], totals)
 
     lines += ["", "## Training samples per attribute", ""]

@@ -24,7 +24,7 @@ from data_specs.layout import OutputLayout
 from data_specs.lineage import Lineage, Stamp, code_version
 from data_specs.sample import ClipMeta, ClipSample, PairSample, Sample, clip_key, encode_sample
 from data_specs.schemas import ClipRow, FailureRow, SampleRow, ShardRow, VideoRow, to_table, write_table_atomic
-from data_specs.split import Split, split_of
+from data_specs.split import Split, split_key, split_of
 from data_specs.units import UnitReport, VideoRef, WorkUnit
 from tasks.base import ClipStage, stages_for
 from tasks.clips import cut_clips
@@ -176,10 +176,10 @@ class UnitRun:
                     self.failures.append(FailureRow(item_id=record.key, stage=stage.name, reason=failure_reason(err),
                                                     frame_indices=frame_indices, **lineage.columns()))
             records = passed
-        split = split_of(lineage.content_sha256 or video.video_id, self.config.split)
+        split = split_of(split_key(video.group, lineage.content_sha256, video.video_id), self.config.split)
         for record in records:
             shard = self.writer.write(encode_sample(record, self.config.decode.jpeg_quality))
-            self.samples.append(sample_row(record, shard, lineage, split))
+            self.samples.append(sample_row(record, shard, lineage, split, video.group))
 
     def _retire(self, previous: UnitReport, current: UnitReport) -> None:
         """Delete what a superseded run of this unit wrote."""
@@ -189,19 +189,19 @@ class UnitRun:
             shutil.rmtree(self.layout.root / previous.parts_dir, ignore_errors=True)
 
 
-def sample_row(sample: Sample, shard: str, lineage: Lineage, split: Split) -> SampleRow:
+def sample_row(sample: Sample, shard: str, lineage: Lineage, split: Split, group: str | None = None) -> SampleRow:
     """The samples-manifest row of a written sample; pairs also carry what a loader filters and rebalances by."""
     meta = sample.meta
     if not isinstance(sample, PairSample):
         return SampleRow(sample_key=sample.key, clip_id=sample.key, video_id=meta.video_id, shard=shard,
-                         fields=sample.field_names(), frame_indices=meta.frame_indices, split=split,
+                         fields=sample.field_names(), frame_indices=meta.frame_indices, split=split, group=group,
                          **lineage.columns())
     return SampleRow(sample_key=sample.key, clip_id=meta.clip_key, video_id=meta.video_id, shard=shard,
                      fields=sample.field_names(), frame_indices=meta.target_frame_indices, kind="pair",
                      training_stage=meta.training_stage, attribute=meta.attribute, pair_index=meta.pair_index,
                      attribute_mask_area=meta.attribute_ref.mask_area,
                      expanded_mask_area=meta.portrait_ref.mask_area, expansion=meta.expansion.mode,
-                     face_size=meta.face_size, split=split, **lineage.columns())
+                     face_size=meta.face_size, split=split, group=group, **lineage.columns())
 
 
 class _Counted:
