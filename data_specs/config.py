@@ -17,6 +17,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from data_specs.perception import PerceptionConfig
+from data_specs.scenes import SceneConfig
 from data_specs.spec import Resources, Spec
 from data_specs.split import SplitConfig
 from data_specs.training_samples import TrainingSamplesConfig
@@ -119,6 +120,8 @@ class BuildConfig(Spec):
     inputs: InputsConfig
     output_dir: str = Field(description="Folder that receives shards/, manifests/ and units/.")
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    scenes: SceneConfig = Field(default_factory=SceneConfig, description="Each video is cut into scenes (shots) "
+                                "first; clips are cut inside scenes, never across a cut.")
     clips: ClipConfig = Field(default_factory=ClipConfig)
     shards: ShardConfig = Field(default_factory=ShardConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
@@ -159,7 +162,7 @@ class BuildConfig(Spec):
 
     def output_hash(self) -> str:
         """Hash of every setting that changes the bytes written; execution settings do not."""
-        relevant = self.model_dump(mode="json", include={"decode", "clips", "shards", "perception", "stages",
+        relevant = self.model_dump(mode="json", include={"decode", "scenes", "clips", "shards", "perception", "stages",
                                                          "training_samples"})
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
