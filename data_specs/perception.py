@@ -6,7 +6,8 @@ Nothing here imports torch: data workers read these tables without loading a mod
   `PoseRenderSpec`) are frozen; every field has a default and a description.
 - A `KeypointLayout` names the points a keypoint backend returns, the facial region of
   each point and its mirror partner. Sapiens returns `GOLIATH_FACE` (the 238 face points
-  of Goliath's 308); the ground-truth backend of the synthetic videos returns `TRUTH_5`.
+  of Goliath's 308); the `detector` backend returns the face detector's five landmarks
+  (`DETECTOR_5`); the ground-truth backend of the synthetic videos returns `TRUTH_5`.
   Keypoint arrays carry no layout of their own: whoever stores them stores the layout name
   with them, and the renderer draws whichever layout it is given.
 - A `LabelMap` lists a segmentation network's classes in output order and which classes
@@ -332,27 +333,37 @@ GOLIATH_FACE = _layout_from_table(
     _GOLIATH_FACE_TABLE,
 )
 
-# The synthetic videos' ground truth (tasks/synthetic.py: KEYPOINT_NAMES). Its heads face the camera,
-# so the image-left eye is the subject's right eye.
+# Five face points, "left" = image-left: the heads face the camera, so the image-left eye is the subject's
+# right eye. The order of ArcFace's alignment template.
+_FIVE_POINTS_TABLE: tuple[tuple[str, str, str], ...] = (
+    ("left_eye", "right_eye", "right_eye"),
+    ("right_eye", "left_eye", "left_eye"),
+    ("nose", "", "nose"),
+    ("mouth_left", "mouth_right", "outer_lips"),
+    ("mouth_right", "mouth_left", "outer_lips"),
+)
+# The synthetic videos' ground truth (tasks/synthetic.py: KEYPOINT_NAMES).
 TRUTH_5 = _layout_from_table(
-    "truth_5",
-    "Ground truth of the generated test videos (not a model): eyes, nose tip, mouth corners.",
-    (
-        ("left_eye", "right_eye", "right_eye"),
-        ("right_eye", "left_eye", "left_eye"),
-        ("nose", "", "nose"),
-        ("mouth_left", "mouth_right", "outer_lips"),
-        ("mouth_right", "mouth_left", "outer_lips"),
-    ),
+    "truth_5", "Ground truth of the generated test videos (not a model): eyes, nose tip, mouth corners.",
+    _FIVE_POINTS_TABLE,
+)
+# RetinaFace's five landmarks as facexlib returns them (the `detector` keypoint backend); insightface aligns
+# ArcFace with the same detector's points.
+DETECTOR_5 = _layout_from_table(
+    "retinaface_5",
+    "The face detector's five landmarks (RetinaFace): eyes, nose tip, mouth corners; not a keypoint model.",
+    _FIVE_POINTS_TABLE,
 )
 
-KEYPOINT_LAYOUTS: dict[str, KeypointLayout] = {layout.name: layout for layout in (GOLIATH_FACE, TRUTH_5)}
+KEYPOINT_LAYOUTS: dict[str, KeypointLayout] = {layout.name: layout for layout in (GOLIATH_FACE, TRUTH_5, DETECTOR_5)}
 
 # ArcFace's five alignment points, in its order (image-left eye, image-right eye, nose tip, image-left and
 # image-right mouth corners), from each layout: "region:NAME" averages a region's points, else a point's name.
-# The subject's right eye is on the image's left.
+# The subject's right eye is on the image's left. Samples carry the detector's own five points
+# (`ClipSample.landmarks`), which is what ArcFace aligns with; this derivation serves samples without them.
 _ARCFACE_SOURCES: dict[str, tuple[str, ...]] = {
-    TRUTH_5.name: ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right"),
+    TRUTH_5.name: TRUTH_5.names,
+    DETECTOR_5.name: DETECTOR_5.names,
     GOLIATH_FACE.name: ("region:right_eye", "region:left_eye", "tip_of_nose", "r_outer_corner_of_mouth",
                         "l_outer_corner_of_mouth"),
 }
@@ -525,6 +536,12 @@ class FaceDetectionConfig(Spec):
     allow_download: bool = Field(
         False, description="Let facexlib download missing weights into `weights_dir` (needs internet)."
     )
+    max_side: int = Field(
+        640, ge=32, le=8192,
+        description="The detector sees a copy of each frame shrunk (area averaging) so that its longer side is at "
+        "most this; boxes and landmarks are mapped back to the frame. RetinaFace's anchors reach 512 px, so a "
+        "close-up face at HD resolution would come back as several boxes; 640 is insightface's detection size.",
+    )
     score_threshold: float = Field(0.8, gt=0, lt=1, description="Detections scoring at or below this are dropped.")
     nms_threshold: float = Field(0.4, gt=0, le=1, description="IoU above which the weaker of two boxes is dropped.")
     runtime: RuntimeConfig = Field(default_factory=lambda: RuntimeConfig(batch_size=16))
@@ -569,13 +586,20 @@ class FaceCropConfig(Spec):
         "sit above the face box)."
     )
     size: int = Field(512, ge=16, le=4096, description="Output crops are size x size pixels.")
+    max_upscale: float = Field(
+        1.5, ge=1, description="Reject a clip whose crop would be enlarged from the source by more than this "
+        "factor (`source_px_per_output_px` below 1 / max_upscale): the crop would hold less detail than its size "
+        "claims."
+    )
 
 
 class KeypointConfig(Spec):
     """Face keypoints on the face crops."""
 
-    backend: Literal["sapiens", "truth"] = Field(
-        "sapiens", description="Sapiens pose (Goliath face points), or 'truth': the 5 exact points of test videos."
+    backend: Literal["sapiens", "detector", "truth"] = Field(
+        "sapiens", description="Sapiens pose (Goliath face points); 'detector': the face detector's 5 landmarks "
+        "(no keypoint model, e.g. to inspect crops, masks and pairs before running Sapiens); or 'truth': the 5 "
+        "exact points of test videos."
     )
     checkpoint: str | None = Field(
         None, description="Sapiens pose checkpoint: the original .pth, a TorchScript .pt2 or a bfloat16 "
@@ -586,7 +610,8 @@ class KeypointConfig(Spec):
                              "code when opened (a crafted one runs anything), so they are refused unless set; "
                              "the .pth release is weights only.")
     image_size: SapiensInput = Field((1024, 768), description="Network input (height, width); multiples of 16.")
-    box_scale: float = Field(1.25, gt=0, description="Top-down box = face box x this, widened to 3:4.")
+    box_scale: float = Field(1.25, gt=0, description="Top-down box = the whole face crop x this, widened to 3:4 "
+                             "(mmpose's bbox padding, as Sapiens' demo feeds a face crop).")
     blur_kernel: int = Field(11, ge=1, description="DARK heatmap modulation kernel (odd).")
     flip_test: bool = Field(False, description="Also run the mirrored crop and average the heatmaps (2x compute).")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
@@ -710,5 +735,8 @@ class PerceptionMeta(Spec):
     keypoint_layout: str = Field(description="Name of the keypoint layout (`KeypointLayout.name`).")
     crop_boxes: list[tuple[float, float, float, float]] = Field(
         description="Per frame: the square box (x1, y1, x2, y2, decoded-frame pixels) the crop was cut from.")
+    source_px_per_output_px: float | None = Field(
+        None, description="Median crop side in source pixels / crop size: below 1 the crop is enlarged from the "
+        "source (None: written before it was recorded).")
     presence: dict[str, list[bool]] = Field(description="Per attribute, per frame: is the attribute visible.")
     provenance: dict[str, str] = Field(description="What produced each output (model and weights, or ground truth).")

@@ -8,13 +8,17 @@ name, so keys never contain dots and every field name does:
 | `KEY.meta.json`                | UTF-8 JSON         | `ClipMeta` (lineage, frame indices, fps)    |
 | `KEY.frame.NNNN.jpg`           | JPEG, RGB          | `frames[NNNN]`, uint8 (H, W, 3)             |
 | `KEY.keypoints.npy` (optional) | NumPy .npy float32 | `keypoints`, (F, K, 3): x, y, score         |
+| `KEY.landmarks.npy` (optional) | NumPy .npy float32 | `landmarks`, (F, 5, 2): the detector's x, y |
 | `KEY.mask.ATTR.NNNN.png` (opt.)| PNG, 1-bit         | `masks[ATTR][NNNN]`, bool (H, W)            |
 | `KEY.pose.NNNN.png` (optional) | PNG, RGB           | `pose_frames[NNNN]`, uint8 (H, W, 3)        |
 
-With perception on (`BuildConfig.perception`), frames are the face crops, `keypoints` are in
-crop pixels in the layout `meta.perception.keypoint_layout` names, `pose.NNNN.png` are the
-keypoints rendered for the pose guider (`data_specs.perception.PoseRenderSpec`), and
-`meta.perception` holds the crop boxes, per-frame attribute presence and provenance.
+With perception on (`BuildConfig.perception`), frames are the face crops, cut from frames at
+the source's own resolution (`meta.source_size`); `keypoints` are in crop pixels in the layout
+`meta.perception.keypoint_layout` names; `landmarks` are the face detector's five points per
+frame (image-left eye, image-right eye, nose tip, image-left and image-right mouth corner: the
+points ArcFace aligns with) in crop pixels; `pose.NNNN.png` are the keypoints rendered for the
+pose guider (`data_specs.perception.PoseRenderSpec`), and `meta.perception` holds the crop
+boxes, the crop's scale from source pixels, per-frame attribute presence and provenance.
 
 Frame numbers `NNNN` are positions within the clip (0-based, 4 digits); the source
 frame indices are in `meta.json`.
@@ -28,6 +32,8 @@ self-reconstruction pair (`PairSample`, `meta.kind == "pair"`, `PairMeta`):
 | `KEY.target.NNNN.jpg`            | JPEG, RGB           | `targets[NNNN]`, uint8 (H, W, 3)                |
 | `KEY.pose.NNNN.png`              | PNG, RGB            | `pose_frames[NNNN]`: the targets' guidance      |
 | `KEY.keypoints.npy`              | NumPy float32       | `keypoints`, (F, K, 3) of the targets           |
+| `KEY.landmarks.npy` (optional)   | NumPy float32       | `landmarks`, (F, 5, 2): the targets' detector   |
+|                                  |                     | points (ArcFace alignment of generated frames)  |
 | `KEY.attr_ref.jpg`               | JPEG, RGB           | `attribute_ref` = I_attr x M_attr               |
 | `KEY.attr_mask.png`              | PNG, 1-bit          | `attribute_mask` M_attr, bool (H, W)            |
 | `KEY.port_ref.jpg`               | JPEG, RGB           | `portrait_ref` = I_port x (1 - M_port_train)    |
@@ -65,6 +71,7 @@ from data_specs.training_samples import PairMeta
 META = "meta.json"
 FRAME = "frame"
 KEYPOINTS = "keypoints.npy"
+LANDMARKS = "landmarks.npy"
 MASK = "mask"
 POSE = "pose"
 TARGET = "target"
@@ -96,6 +103,11 @@ class ClipMeta(BaseModel):
     content_sha256: str
     config_hash: str
     code_version: str
+    scene_index: int | None = Field(None, ge=0, description="The clip's scene within its video (scenes are detected "
+                                    "before clips are cut; None: built before scenes were detected).")
+    source_size: tuple[int, int] | None = Field(
+        None, description="(width, height) of the upright source picture when frames keep its aspect ratio (perception "
+        "on; frames may be scaled down by `decode.max_side`); None: frames are `decode.size` squares.")
     perception: PerceptionMeta | None = None
 
 
@@ -107,6 +119,7 @@ class ClipSample:
     meta: ClipMeta
     frames: np.ndarray
     keypoints: np.ndarray | None = None  # (F, K, 3) float32
+    landmarks: np.ndarray | None = None  # (F, 5, 2) float32, the face detector's points
     masks: dict[str, np.ndarray] = field(default_factory=dict)  # attribute -> (F, H, W) bool
     pose_frames: np.ndarray | None = None  # (F, H, W, 3) uint8, rendered keypoints
 
@@ -115,6 +128,8 @@ class ClipSample:
         names = [META] + [frame_field(i) for i in range(len(self.frames))]
         if self.keypoints is not None:
             names.append(KEYPOINTS)
+        if self.landmarks is not None:
+            names.append(LANDMARKS)
         for attribute, masks in sorted(self.masks.items()):
             names += [mask_field(attribute, i) for i in range(len(masks))]
         if self.pose_frames is not None:
@@ -159,6 +174,7 @@ class PairSample:
     portrait_keypoints: np.ndarray  # (5, 2) float32: its ArcFace alignment points
     attribute_keypoints: np.ndarray  # (5, 2) float32: the attribute reference's (aligns its mask at inference)
     keypoints: np.ndarray | None = None  # (F, K, 3) float32
+    landmarks: np.ndarray | None = None  # (F, 5, 2) float32: the targets' detector points
     generated: np.ndarray | None = None  # (H, W, 3) uint8
     latents: dict[str, np.ndarray] = field(default_factory=dict)  # LATENT_NAMES -> float16
 
@@ -167,6 +183,7 @@ class PairSample:
         names = [META] + [target_field(i) for i in range(len(self.targets))]
         names += [pose_field(i) for i in range(len(self.pose_frames))]
         names += [KEYPOINTS] if self.keypoints is not None else []
+        names += [LANDMARKS] if self.landmarks is not None else []
         names += [ATTRIBUTE_REF, ATTRIBUTE_MASK, PORTRAIT_REF, PORTRAIT_MASK, PORTRAIT_IMAGE, PORTRAIT_KEYPOINTS,
                   ATTRIBUTE_KEYPOINTS]
         names += [GENERATED] if self.generated is not None else []
@@ -207,6 +224,7 @@ def _encode_clip(sample: ClipSample, out: _Encoder) -> None:
     for position, frame in enumerate(frames):
         out.jpeg(frame_field(position), frame)
     out.array(KEYPOINTS, sample.keypoints, np.float32)
+    out.array(LANDMARKS, _check_landmarks(sample.landmarks, len(frames)), np.float32)
     for attribute, masks in sorted(sample.masks.items()):
         for position, mask in enumerate(_check_masks(masks, frames.shape[:3], f"mask {attribute!r}")):
             out.mask(mask_field(attribute, position), mask)
@@ -224,6 +242,7 @@ def _encode_pair(sample: PairSample, out: _Encoder) -> None:
     for position, image in enumerate(_check_like(sample.pose_frames, targets, "pose frames")):
         out.png(pose_field(position), image)
     out.array(KEYPOINTS, sample.keypoints, np.float32)
+    out.array(LANDMARKS, _check_landmarks(sample.landmarks, len(targets)), np.float32)
     size = targets.shape[1:3]
     attribute_mask = _check_masks(sample.attribute_mask[None], (1, *size), "attribute mask")[0]
     portrait_mask = _check_masks(sample.portrait_mask[None], (1, *size), "portrait mask")[0]
@@ -256,7 +275,7 @@ def decode_sample(raw: dict[str, object]) -> Sample:
 def _decode_clip(raw: dict[str, object], meta: ClipMeta) -> ClipSample:
     frames: dict[int, np.ndarray] = {}
     masks: dict[str, dict[int, np.ndarray]] = {}
-    keypoints = None
+    keypoints = landmarks = None
     pose: dict[int, np.ndarray] = {}
     for name, value in raw.items():
         if name.startswith("__"):
@@ -269,6 +288,8 @@ def _decode_clip(raw: dict[str, object], meta: ClipMeta) -> ClipSample:
             pose[int(match[1])] = _decode_rgb(value)
         elif name == KEYPOINTS:
             keypoints = _decode_array(value)
+        elif name == LANDMARKS:
+            landmarks = _decode_array(value)
     if sorted(frames) != list(range(len(meta.frame_indices))):
         raise ValueError(f"sample {raw.get('__key__')} has frames {sorted(frames)}, meta lists {len(meta.frame_indices)}")
     return ClipSample(
@@ -276,6 +297,7 @@ def _decode_clip(raw: dict[str, object], meta: ClipMeta) -> ClipSample:
         meta=meta,
         frames=_stack(frames),
         keypoints=keypoints,
+        landmarks=landmarks,
         masks={attr: _stack(by_pos) for attr, by_pos in masks.items()},
         pose_frames=_stack(pose) if pose else None,
     )
@@ -311,6 +333,7 @@ def _decode_pair(raw: dict[str, object], meta: PairMeta) -> PairSample:
         portrait_keypoints=_decode_array(raw[PORTRAIT_KEYPOINTS]),
         attribute_keypoints=_decode_array(raw[ATTRIBUTE_KEYPOINTS]),
         keypoints=_decode_array(raw[KEYPOINTS]) if KEYPOINTS in raw else None,
+        landmarks=_decode_array(raw[LANDMARKS]) if LANDMARKS in raw else None,
         generated=_decode_rgb(raw[GENERATED]) if GENERATED in raw else None,
         latents=latents,
     )
@@ -345,6 +368,13 @@ def _check_frames(frames: np.ndarray, name: str) -> np.ndarray:
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"{name} must be (F, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
     return frames
+
+
+def _check_landmarks(landmarks: np.ndarray | None, frames: int) -> np.ndarray | None:
+    if landmarks is not None and np.shape(landmarks) != (frames, 5, 2):
+        raise ValueError(f"landmarks must be ({frames}, 5, 2), one set of 5 points per frame, got "
+                         f"{np.shape(landmarks)}")
+    return landmarks
 
 
 def _check_like(images: np.ndarray, frames: np.ndarray, name: str) -> np.ndarray:

@@ -59,6 +59,8 @@ CLIPS = pa.schema(
         pa.field("time_start_s", pa.float64()),
         pa.field("time_end_s", pa.float64()),
         pa.field("fps", pa.float64()),
+        # Median crop side in source pixels / crop size (perception only): below 1 the crop is enlarged.
+        pa.field("source_px_per_output_px", pa.float64()),
         *LINEAGE,
     ]
 )
@@ -147,6 +149,7 @@ class ClipRow(Lineage):
     time_start_s: float
     time_end_s: float
     fps: float
+    source_px_per_output_px: float | None = None
 
 
 @dataclass(kw_only=True)

@@ -32,6 +32,7 @@ PLOT_FILES: dict[str, str] = {
     "videos": "samples_per_video.png",
     "mask_area": "mask_area.png",
     "face_size": "face_size.png",
+    "crop_scale": "crop_scale.png",
     "rejections": "rejections.png",
 }
 _COLOURS = dict(zip(ATTRIBUTES, ("tab:orange", "tab:cyan", "tab:green", "tab:purple"), strict=True))
@@ -89,6 +90,9 @@ def write_dataset_card(root: Path) -> DatasetCard:
                                               list(per_attribute))
         plots["face_size"] = _plot_face_size(card_dir / PLOT_FILES["face_size"], pairs, pair_attributes,
                                              list(per_attribute))
+    crop_scale = _values(clips, "source_px_per_output_px", [None] * clips.num_rows, None)
+    if crop_scale.size:
+        plots["crop_scale"] = _plot_crop_scale(card_dir / PLOT_FILES["crop_scale"], crop_scale)
     if per_video:
         plots["videos"] = _plot_videos(card_dir / PLOT_FILES["videos"], per_video, videos.num_rows,
                                        "training samples" if pairs.num_rows else "samples")
@@ -103,7 +107,7 @@ def write_dataset_card(root: Path) -> DatasetCard:
         title=layout.root.resolve().name, videos=videos, clips=clips, samples=samples, pairs=pairs,
         pair_attributes=pair_attributes, per_attribute=per_attribute, per_stage=per_stage,
         per_attribute_stage=per_attribute_stage, per_video=per_video, rejections=rejections, weights=weights,
-        plots={key: path.name for key, path in plots.items()})
+        crop_scale=crop_scale, plots={key: path.name for key, path in plots.items()})
     markdown_path = card_dir / "README.md"
     write_atomic(markdown_path, markdown)
     return DatasetCard(markdown_path=markdown_path, plots=plots, samples_per_attribute=per_attribute,
@@ -166,7 +170,7 @@ def _split_rows(samples: pa.Table) -> list[tuple[str, object]]:
 def _markdown(*, title: str, videos: pa.Table, clips: pa.Table, samples: pa.Table, pairs: pa.Table,
               pair_attributes: list[str], per_attribute: dict[str, int], per_stage: dict[int, int],
               per_attribute_stage: Counter, per_video: dict[str, int], rejections: dict[str, int],
-              weights: dict[str, float], plots: dict[str, str]) -> str:
+              weights: dict[str, float], crop_scale: np.ndarray, plots: dict[str, str]) -> str:
     status = Counter(videos["status"].to_pylist())
     kinds = Counter(samples["kind"].to_pylist())
     stamps = sorted({(c, v) for table in (videos, samples)
@@ -230,7 +234,7 @@ def _markdown(*, title: str, videos: pa.Table, clips: pa.Table, samples: pa.Tabl
         lines += ["", "## Mask area and face size", ""]
         lines.append("Median (10th–90th percentile). Mask areas are fractions of the image: the attribute mask "
                      "M_attr and the expanded portrait mask M_port_train; face size is the crop-box side in "
-                     "decoded-frame pixels.")
+                     "the pixels of the frames it was cut from (the source's, with perception).")
         lines.append("")
         expansions = pairs["expansion"].to_pylist()
         rows = []
@@ -245,6 +249,16 @@ def _markdown(*, title: str, videos: pa.Table, clips: pa.Table, samples: pa.Tabl
                          "expansion"], rows, align="lrrrrl")
         lines += ["", f"![Mask-area distributions]({plots['mask_area']})", "",
                   f"![Face-size distribution]({plots['face_size']})"]
+
+    if crop_scale.size:
+        enlarged = int((crop_scale < 1).sum())
+        lines += ["", "## Crop resolution", ""]
+        lines.append("Source pixels per output pixel of each perceived clip's face crop (`source_px_per_output_px` "
+                     "in `manifests/clips.parquet`; the crop is cut from the source picture): median (10th–90th "
+                     f"percentile) {_spread(crop_scale, 2)}. {enlarged} of {crop_scale.size} clips are enlarged "
+                     "from the source (below 1, down to 1 / `crop.max_upscale`); clips that would be enlarged "
+                     "more are rejected (see Rejections).")
+        lines += ["", f"![Crop resolution]({plots['crop_scale']})"]
 
     lines += ["", "## Source videos", ""]
     if per_video:
@@ -355,6 +369,19 @@ def _plot_face_size(path: Path, pairs: pa.Table, pair_attributes: list[str], nam
     axes.set_ylabel("training samples")
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_title("Face-size distribution (stacked by attribute)")
+    return _save(figure, path)
+
+
+def _plot_crop_scale(path: Path, values: np.ndarray) -> Path:
+    figure = Figure(figsize=(7, 4), layout="constrained")
+    axes = figure.add_subplot()
+    axes.hist(values, bins=30, color="tab:blue")
+    axes.axvline(1.0, color="tab:red", linestyle="--", label="1: no enlargement")
+    axes.set_xlabel("source px per output px (crop side in source px / crop size)")
+    axes.set_ylabel("clips")
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_title("Crop resolution: how much source detail each crop holds")
+    axes.legend()
     return _save(figure, path)
 
 

@@ -6,7 +6,9 @@ Hair, eyeglasses, hat and beard are distinct flat-coloured regions. Everything i
 drawn into a label map first, so the ground truth (face box, 5 keypoints, one mask
 per attribute) is exact; it is written beside the video as `<stem>.truth.npz` and
 read back with `load_truth`. Ground truth is in display (upright) coordinates, also
-when the file is stored rotated. The same seed gives the same pixels.
+when the file is stored rotated. The same seed gives the same pixels. By default the
+head fills the middle of the frame; `head_centre` and `head_size` place it (e.g. high and
+small in an HD or phone frame, as in real footage).
 """
 
 from collections.abc import Sequence
@@ -47,17 +49,22 @@ def write_portrait_video(
     attributes: Sequence[str] = ATTRIBUTES,
     rotation: int = 0,
     codec: str = "libx264",
+    head_centre: tuple[float, float] | None = None,
+    head_size: float | None = None,
 ) -> Path:
     """Render and encode one portrait video and write its ground truth beside it.
 
     `width` x `height` is the display size; with `rotation` (clockwise degrees, as a
     phone writes it) the stored frames are turned the other way and the file says
     how to turn them back, so only a decoder that honours rotation sees them upright.
+    `head_centre` ((x, y) fractions of the width and height) and `head_size` (the face's
+    width as a fraction of the shorter side) place the head; it then drifts by a fraction of
+    its own size. None: centred, 0.38-0.46 of the shorter side, drifting across the frame.
     """
     unknown = set(attributes) - set(ATTRIBUTES)
     if unknown:
         raise ValueError(f"unknown attributes {sorted(unknown)}; choose from {ATTRIBUTES}")
-    frames, truth = _render(seed, num_frames, width, height, attributes)
+    frames, truth = _render(seed, num_frames, width, height, attributes, head_centre, head_size)
     path = Path(path)
     write_video(frames, path, fps, rotation=rotation, codec=codec)
     np.savez_compressed(_truth_path(path), fps=np.float64(fps), size=np.array([width, height]), **truth)
@@ -147,7 +154,8 @@ def write_dataset(out_dir: str | Path, count: int, seed: int = 0, **video_kwargs
 
 
 def _render(
-    seed: int, num_frames: int, width: int, height: int, attributes: Sequence[str]
+    seed: int, num_frames: int, width: int, height: int, attributes: Sequence[str],
+    head_centre: tuple[float, float] | None = None, head_size: float | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Draw (F, H, W, 3) uint8 RGB frames and their ground truth arrays."""
     rng = np.random.default_rng(seed)
@@ -160,7 +168,13 @@ def _render(
 
     short = min(width, height)
     half_width = short * rng.uniform(0.19, 0.23)  # of the face seen from the front
+    if head_size is not None:
+        half_width = short * head_size / 2
     half_height = 1.3 * half_width
+    # Where the head is and how far it drifts: across the frame, or around a placed head by its own size.
+    centre = (width / 2, height * 0.57) if head_centre is None else (width * head_centre[0], height * head_centre[1])
+    drift = (0.12 * width, 0.04 * height) if head_centre is None else (0.5 * half_width, 0.15 * half_width)
+    line = max(1, round(short / 40 if head_size is None else half_width / 8))  # eyeglass frames
     # Motion over the clip: x and y drift and yaw are sines with seeded speed and phase.
     speed = rng.uniform(0.5, 1.0, 3)
     phase = rng.uniform(0, 1, 3)
@@ -174,8 +188,8 @@ def _render(
     for i in range(num_frames):
         t = i / max(num_frames, 2)
         wave = np.sin(2 * np.pi * (speed * t + phase))
-        cx = width / 2 + 0.12 * width * wave[0]
-        cy = height * 0.57 + 0.04 * height * wave[1]
+        cx = centre[0] + drift[0] * wave[0]
+        cy = centre[1] + drift[1] * wave[1]
         yaw = max_yaw * wave[2]
         a = half_width * (1 - 0.3 * abs(np.sin(yaw)))  # the face narrows as it turns
         shift = 0.35 * half_width * np.sin(yaw)  # and the features slide towards the turn
@@ -201,7 +215,6 @@ def _render(
         cv2.fillPoly(labels, [np.array([top, tip, (tip[0] - max(1, round(0.15 * a)), tip[1])], np.int32)], NOSE)
         _ellipse(labels, ((mouth[0][0] + mouth[1][0]) / 2, mouth[0][1]), (0.3 * a, 0.07 * b), MOUTH)
         if "eyeglasses" in attributes:
-            line = max(1, round(short / 40))
             for eye in eyes:
                 cv2.circle(labels, _point(eye), round(0.25 * a), EYEGLASSES, line)
             cv2.line(labels, _point((eyes[0][0] + 0.25 * a, eyes[0][1])), _point((eyes[1][0] - 0.25 * a, eyes[1][1])),

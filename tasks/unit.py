@@ -126,13 +126,16 @@ class UnitRun:
                 row.codec, row.has_audio = probe.codec, probe.has_audio
                 step = "decode"
                 rate = self.config.decode.fps or probe.fps  # the decoder's constant output rate
-                counted = _Counted(iter_frames(str(path), probe, self.config.decode, video.start_s, video.end_s))
+                # Perception crops faces from the source picture; without it, frames are decode.size squares.
+                source_size = (probe.width, probe.height) if self.config.perception is not None else None
+                counted = _Counted(iter_frames(str(path), probe, self.config.decode, video.start_s, video.end_s,
+                                               source_size=source_size is not None))
                 limit = self.config.clips.max_clips_per_video
                 for clip_index, clip in enumerate(cut_clips(counted, self.config.clips.length,
                                                             self.config.clips.stride)):
                     if limit and clip_index >= limit:
                         break
-                    self._process_clip(video, clip_index, clip, rate, lineage)
+                    self._process_clip(video, clip_index, clip, rate, lineage, source_size)
                     row.num_clips += 1
                 if row.num_clips == 0:
                     raise DataError(f"too short: {counted.count} frame(s) decoded, a clip needs "
@@ -150,7 +153,7 @@ class UnitRun:
         self.videos.append(row)
 
     def _process_clip(self, video: VideoRef, clip_index: int, clip: list[Frame], fps: float,
-                      lineage: Lineage) -> None:
+                      lineage: Lineage, source_size: tuple[int, int] | None = None) -> None:
         frame_indices = [frame.index for frame in clip]
         key = clip_key(video.video_id, clip_index)
         sample = ClipSample(
@@ -158,12 +161,12 @@ class UnitRun:
             meta=ClipMeta(video_id=video.video_id, clip_index=clip_index, frame_indices=frame_indices,
                           time_s=[frame.time_s for frame in clip], fps=fps, source_path=video.uri,
                           content_sha256=lineage.content_sha256, config_hash=lineage.config_hash,
-                          code_version=lineage.code_version),
+                          code_version=lineage.code_version, source_size=source_size),
             frames=np.stack([frame.image for frame in clip]),
         )
-        self.clips.append(ClipRow(clip_id=key, video_id=video.video_id, clip_index=clip_index,
-                                  frame_indices=frame_indices, time_start_s=clip[0].time_s,
-                                  time_end_s=clip[-1].time_s, fps=fps, **lineage.columns()))
+        row = ClipRow(clip_id=key, video_id=video.video_id, clip_index=clip_index, frame_indices=frame_indices,
+                      time_start_s=clip[0].time_s, time_end_s=clip[-1].time_s, fps=fps, **lineage.columns())
+        self.clips.append(row)
         records: list[Sample] = [sample]
         for stage in self.stages:
             passed = []
@@ -176,6 +179,9 @@ class UnitRun:
                     self.failures.append(FailureRow(item_id=record.key, stage=stage.name, reason=failure_reason(err),
                                                     frame_indices=frame_indices, **lineage.columns()))
             records = passed
+            perceived = [r.meta.perception for r in records if isinstance(r, ClipSample) and r.meta.perception]
+            if perceived:
+                row.source_px_per_output_px = perceived[0].source_px_per_output_px
         split = split_of(split_key(video.group, lineage.content_sha256, video.video_id), self.config.split)
         for record in records:
             shard = self.writer.write(encode_sample(record, self.config.decode.jpeg_quality))

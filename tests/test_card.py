@@ -31,16 +31,19 @@ def lineage(video_id: str) -> dict[str, str]:
 
 
 def write_build(root: Path, pairs: dict[str, int], failures: list[tuple[str, str, str]],
-                videos: int = 4) -> None:
+                videos: int = 4, crop_scales: tuple[float, ...] | None = None) -> None:
     """Manifests of a build with `videos` ok videos (one clip and clip sample each) plus the given pair samples,
-    spread over the videos (unevenly) and both training stages, and two failed/partial videos."""
+    spread over the videos (unevenly) and both training stages, and two failed/partial videos; `crop_scales`:
+    each clip's `source_px_per_output_px` (None: a build without perception)."""
     layout = OutputLayout(root)
     ids = [f"v{i}" for i in range(videos)]
     video_rows = [VideoRow(video_id=v, status="ok", num_clips=1, **lineage(v)) for v in ids]
     video_rows += [VideoRow(video_id="v9", status="failed", **lineage("v9")),
                    VideoRow(video_id="v5", status="partial", num_clips=0, **lineage("v5"))]
+    scales = crop_scales or (None,) * videos
     clips = [ClipRow(clip_id=f"{v}-clip-0", video_id=v, clip_index=0, frame_indices=[0, 1, 2, 3],
-                     time_start_s=0.0, time_end_s=0.33, fps=12.0, **lineage(v)) for v in ids]
+                     time_start_s=0.0, time_end_s=0.33, fps=12.0, source_px_per_output_px=scale, **lineage(v))
+             for v, scale in zip(ids, scales, strict=True)]
     samples = [SampleRow(sample_key=f"{v}-clip-0", clip_id=f"{v}-clip-0", video_id=v, shard="s-00000.tar",
                          fields=["frames.npy"], frame_indices=[0, 1, 2, 3], **lineage(v)) for v in ids]
     n = 0
@@ -81,7 +84,7 @@ def assert_no_temporaries(card: Path) -> None:
 def skewed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DatasetCard]:
     """A skewed build and its card, written once for the module."""
     root = tmp_path_factory.mktemp("skewed")
-    write_build(root, SKEW, FAILURES)
+    write_build(root, SKEW, FAILURES, crop_scales=(0.8, 1.2, 2.0, 3.1))
     return root, write_dataset_card(root)
 
 
@@ -136,6 +139,8 @@ def test_plots_and_markdown(skewed: tuple[Path, DatasetCard]) -> None:
     assert sorted(links) == sorted(p.name for p in card.plots.values())
     assert all((card_dir / link).is_file() for link in links)
     assert f"{len(card.samples_per_video)} of the build's 6 videos" in text
+    # The crops' scale from source pixels: median (p10-p90) of the clips' values, and how many are enlarged.
+    assert "## Crop resolution" in text and "1.60 (0.92–2.77). 1 of 4 clips are enlarged" in text
     assert_no_temporaries(card_dir)
 
 

@@ -178,3 +178,28 @@ def test_the_fingerprint_changes_with_a_video_size_or_mtime(videos: Path, tmp_pa
     for changed in (resized, touched):
         (other,) = plan_units(changed, config)
         assert other.unit_id == unit.unit_id and other.fingerprint != unit.fingerprint
+
+
+def test_perception_crops_from_the_source_and_records_the_crop_scale(tmp_path: Path):
+    """16:9 HD sources with the face high and small: decoded at source size, the face is kept and
+    clips.parquet records each crop's scale from source pixels; a crop that would be enlarged too much is a
+    failure row with its figure."""
+    from tasks.synthetic import write_portrait_video
+
+    for name, head_size in (("near", 0.12), ("far", 0.06)):
+        write_portrait_video(tmp_path / "in" / f"{name}.mp4", seed=3, num_frames=8, width=1280, height=720,
+                             head_centre=(0.3, 0.25), head_size=head_size, attributes=("hair",))
+    truth = {"backend": "truth"}
+    config = small_config(tmp_path / "in", tmp_path / "out", perception={
+        "detection": truth, "keypoints": truth, "segmentation": {**truth, "attributes": ["hair"]},
+        "crop": {"size": 256, "min_face_fraction": 0.05}})
+    report = run_unit(one_unit(config), config)
+    clips = {row["source_path"].rsplit("/", 1)[-1]: row for row in table(config.output_path, report, "clips")}
+    # near: a ~224 source px crop side for 256 output px; far: half of that, beyond the 1.5x bound.
+    assert 0.8 < clips["near.mp4"]["source_px_per_output_px"] < 0.95
+    assert clips["far.mp4"]["source_px_per_output_px"] is None
+    (failure,) = table(config.output_path, report, "failures")
+    assert failure["item_id"] == clips["far.mp4"]["clip_id"] and failure["stage"] == "perception"
+    assert failure["reason"].startswith("crop enlarged from the source: 0.4")
+    (sample,) = table(config.output_path, report, "samples")
+    assert sample["clip_id"] == clips["near.mp4"]["clip_id"] and "landmarks.npy" in sample["fields"]

@@ -229,8 +229,11 @@ class Evaluator:
             if self.dino is not None:
                 row["dino"] = _cosine(self.dino.features(masked), self.dino.features(reference))
             if self.identity is not None and sample.keypoints is not None:
-                layout = KEYPOINT_LAYOUTS[sample.meta.keypoint_layout]
-                points = np.stack([arcface_points(k, layout) for k in sample.keypoints[:len(generated)]])
+                if sample.landmarks is not None:  # the detector's five points, which ArcFace aligns with
+                    points = sample.landmarks[:len(generated)]
+                else:  # a dataset written before samples carried landmarks
+                    layout = KEYPOINT_LAYOUTS[sample.meta.keypoint_layout]
+                    points = np.stack([arcface_points(k, layout) for k in sample.keypoints[:len(generated)]])
                 portrait = self.identity.features(images(sample.portrait_image[None]),
                                                   keypoints=sample.portrait_keypoints[None])
                 row["id_similarity"] = _cosine(self.identity.features(fake, keypoints=points), portrait)

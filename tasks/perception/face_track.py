@@ -2,6 +2,8 @@
 
 Pure NumPy/OpenCV on the CPU. The steps, each a function:
 
+0. `detector_view(frames, max_side)` / `to_frame_detections(detections, scale)`: the smaller
+   copy of the frames the detector sees, and its detections mapped back to frame pixels.
 1. `track_main_face(detections, frame_size, config, frames)`: pick the largest face and follow
    it frame to frame by box overlap, bridging short gaps; raise `DataError` naming the rule
    when the clip is unusable (no face, several similar faces, face too small, face leaving
@@ -10,6 +12,7 @@ Pure NumPy/OpenCV on the CPU. The steps, each a function:
    crop neither jitters nor lags) and turn it into a square crop box with a margin.
 3. `crop_clip(frames, boxes, size)`: cut and resize the crops (outside the frame is black).
 4. `to_crop_coords` / `to_frame_coords`: move points between frame and crop pixels.
+5. `source_px_per_output_px(boxes, size, source_per_frame_px)`: how much source detail a crop holds.
 """
 
 from __future__ import annotations
@@ -44,6 +47,33 @@ class FaceTrack:
     def detected(self) -> np.ndarray:
         """(N,) bool: the frame had its own detection."""
         return self.scores > 0
+
+
+def detector_view(frames: np.ndarray, max_side: int) -> tuple[np.ndarray, tuple[float, float]]:
+    """(N, H, W, 3) frames shrunk so that the longer side is at most `max_side`, and the (x, y) factors from
+    the copy's pixels back to the frames'; frames already small enough come back unchanged (factors 1).
+
+    As facexlib's RetinaFace resizes (one factor for both sides, coordinates divided by it), but with
+    area averaging, which keeps a shrunk frame free of aliasing and is one of the interpolations
+    RetinaFace's training augmentation draws from; the factors are measured per side, so the
+    rounding of the copy's size moves no point.
+    """
+    height, width = frames.shape[1:3]
+    factor = max_side / max(width, height)
+    if factor >= 1:
+        return frames, (1.0, 1.0)
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    small = np.stack([cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in frames])
+    return small, (width / size[0], height / size[1])
+
+
+def to_frame_detections(detections: Sequence[np.ndarray], scale: tuple[float, float]) -> list[np.ndarray]:
+    """(k, 15) detections of `detector_view`'s copy -> frame pixels (box corners and landmarks scaled,
+    scores kept). Pixel edges scale with the copy (a box is edges, as the detector's priors are)."""
+    factors = np.ones(15, np.float32)
+    factors[[0, 2, 5, 7, 9, 11, 13]] = scale[0]
+    factors[[1, 3, 6, 8, 10, 12, 14]] = scale[1]
+    return [np.asarray(d, np.float32).reshape(-1, 15) * factors for d in detections]
 
 
 def track_main_face(
@@ -223,6 +253,15 @@ def _map_points(points: np.ndarray, boxes: np.ndarray, size: int, inverse: bool)
             matrix = cv2.invertAffineTransform(matrix)
         points[i, :, :2] = points[i, :, :2] @ matrix[:, :2].T + matrix[:, 2]
     return points
+
+
+def source_px_per_output_px(boxes: np.ndarray, size: int, source_per_frame_px: float = 1.0) -> float:
+    """Median crop side in source pixels / `size`: below 1 the crops are enlarged from the source.
+
+    `source_per_frame_px` is how many source pixels one frame pixel spans (above 1 when the
+    decoder scaled a large source down to `decode.max_side`).
+    """
+    return float(np.median(boxes[:, 2] - boxes[:, 0]) * source_per_frame_px / size)
 
 
 def _area(boxes: np.ndarray) -> np.ndarray:

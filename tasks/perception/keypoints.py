@@ -43,19 +43,23 @@ class SapiensKeypointEstimator(ModelComponent):
     def __call__(self, crops: np.ndarray, boxes: np.ndarray | None = None, refs: object = None) -> np.ndarray:
         """(N, K, 3) float32 x, y, confidence in crop pixels for (N, H, W, 3) uint8 RGB crops.
 
-        `boxes` (N, 4) are the face boxes in crop pixels; the network sees each box x
-        `box_scale`, widened to 3:4. Without boxes the whole crop is the network's view
-        (widened to 3:4, not enlarged). `refs` is accepted for the common backend signature.
+        `boxes` (N, 4) are top-down boxes in crop pixels; None (what perception passes): the
+        whole crop. The network sees each box x `box_scale`, widened to the input's 3:4.
+        `refs` is accepted for the common backend signature.
+
+        Why the whole crop: Sapiens' pose demo (`lite/demo/vis_pose.py`) gives an image without
+        a person box the box [0, 0, W, H] and recommends face crops for the 308 keypoints; its
+        `top_down_affine_transform` then pads every box by 1.25 and fixes its aspect, like
+        mmpose's `GetBBoxCenterScale` + `TopdownAffine` of the training configs. So a face crop
+        is seen whole with a margin; a view cut to the detector's face box (forehead to chin)
+        x 1.25 would be a far tighter framing than the network was trained and demonstrated on.
         """
         self._check_setup()
         check_images(crops, "crops")
         height, width = self.config.image_size
         if boxes is None:
             boxes = np.tile(np.array([0, 0, crops.shape[2], crops.shape[1]], np.float32), (len(crops), 1))
-            scale = 1.0
-        else:
-            scale = self.config.box_scale
-        centers, sizes = topdown_boxes(boxes, scale, aspect=width / height)
+        centers, sizes = topdown_boxes(boxes, self.config.box_scale, aspect=width / height)
         keypoints = np.empty((len(crops), self.layout.num_points, 3), np.float32)
         for part in batches(len(crops), self.config.runtime.batch_size):
             # 1. Warp each view onto the network input, UDP style.

@@ -4,6 +4,10 @@ The CPU steps (tracking, cropping, rendering) run here, in the unit task; the th
 (face detector, keypoint estimator, attribute segmenter) are `ModelSpec`s that the flow runs
 in long-lived actors, called with a whole clip of frames at a time. No torch is imported
 here: data workers stay light, and only the actors load models.
+
+Frames arrive at the source's aspect ratio and resolution (`ClipMeta.source_size`). The
+detector sees a copy bounded by `detection.max_side` (a small copy also keeps what travels
+to its actor small); the face rules judge the real frame, and the crop is cut from it.
 """
 
 from __future__ import annotations
@@ -13,14 +17,31 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from data_specs.perception import GOLIATH_FACE, TRUTH_5, KeypointLayout, PerceptionConfig, PerceptionMeta
+from data_specs.perception import (
+    DETECTOR_5,
+    GOLIATH_FACE,
+    TRUTH_5,
+    KeypointLayout,
+    PerceptionConfig,
+    PerceptionMeta,
+)
+from data_specs.pose_frames import render_pose_frames
 from data_specs.sample import ClipSample
 from data_specs.spec import Resources
 from data_specs.video import DecodeConfig
 from tasks.base import ModelClient, ModelSpec
+from tasks.errors import DataError
 from tasks.perception import build_face_detector, build_keypoint_estimator, build_segmenter
-from tasks.perception.face_track import crop_boxes, crop_clip, to_crop_coords, track_main_face
-from data_specs.pose_frames import render_pose_frames
+from tasks.perception.face_track import (
+    FaceTrack,
+    crop_boxes,
+    crop_clip,
+    detector_view,
+    source_px_per_output_px,
+    to_crop_coords,
+    to_frame_detections,
+    track_main_face,
+)
 from tasks.perception.truth import frame_refs
 
 FACE_DETECTOR, KEYPOINTS, SEGMENTER = "face_detector", "keypoints", "segmenter"
@@ -32,16 +53,26 @@ def attribute_presence(masks: dict[str, np.ndarray], min_area: float) -> dict[st
 
 
 def keypoint_layout(config: PerceptionConfig) -> KeypointLayout:
-    """The layout of the keypoints this config produces: the truth's 5 points, or Goliath's face."""
-    return TRUTH_5 if config.keypoints.backend == "truth" else GOLIATH_FACE
+    """The layout of the keypoints this config produces: the truth's or the detector's 5 points, or Goliath's face."""
+    return {"truth": TRUTH_5, "detector": DETECTOR_5}.get(config.keypoints.backend, GOLIATH_FACE)
+
+
+def detector_keypoints(track: FaceTrack, boxes: np.ndarray, size: int) -> np.ndarray:
+    """(N, 5, 3) the track's landmarks in crop pixels, confidence = detection score (interpolated over the
+    bridged frames, whose points are interpolated too)."""
+    detected = np.flatnonzero(track.detected)
+    scores = np.interp(np.arange(len(track.scores)), detected, track.scores[detected])
+    points = to_crop_coords(track.landmarks, boxes, size)
+    return np.concatenate([points, np.repeat(scores[:, None, None], 5, axis=1)], axis=2).astype(np.float32)
 
 
 class PerceptionStage:
-    """Replaces a clip's frames by its main-face crops and adds keypoints, pose frames and masks.
+    """Replaces a clip's frames by its main-face crops and adds keypoints, landmarks, pose frames and masks.
 
     Rejects a clip (`DataError`, recorded as a failure row) for the face-track rules of
-    `track_main_face`: no face, several similar faces, a small face, a face leaving the
-    frame, a cut. An attribute absent from a clip is kept as an all-False mask with
+    `track_main_face` (no face, several similar faces, a small face, a face leaving the
+    frame, a cut) and when the crop would be enlarged from the source by more than
+    `crop.max_upscale`. An attribute absent from a clip is kept as an all-False mask with
     presence False, never dropped.
     """
 
@@ -52,53 +83,74 @@ class PerceptionStage:
         self.config = config
         self.decode = decode
         self.layout = keypoint_layout(config)
-        self.models = (
+        models = [
             ModelSpec(FACE_DETECTOR, functools.partial(build_face_detector, config.detection),
                       config.detection.runtime.resources, config.detection.runtime.replicas),
-            ModelSpec(KEYPOINTS, functools.partial(build_keypoint_estimator, config.keypoints),
-                      config.keypoints.runtime.resources, config.keypoints.runtime.replicas),
             ModelSpec(SEGMENTER, functools.partial(build_segmenter, config.segmentation),
                       config.segmentation.runtime.resources, config.segmentation.runtime.replicas),
-        )
+        ]
+        if config.keypoints.backend != "detector":  # the detector's landmarks need no model of their own
+            models.insert(1, ModelSpec(KEYPOINTS, functools.partial(build_keypoint_estimator, config.keypoints),
+                                       config.keypoints.runtime.resources, config.keypoints.runtime.replicas))
+        self.models = tuple(models)
         self._clients: Mapping[str, ModelClient] = {}
         self._provenance: dict[str, str] = {}
 
     @property
     def segmenter(self) -> ModelSpec:
         """The attribute segmenter, which later stages call on images of their own."""
-        return self.models[2]
+        return next(spec for spec in self.models if spec.name == SEGMENTER)
 
     def setup(self, models: Mapping[str, ModelClient]) -> None:
         self._clients = models
-        self._provenance = {name: client.get("provenance") for name, client in models.items()}
+        self._provenance = {spec.name: models[spec.name].get("provenance") for spec in self.models}
+        if KEYPOINTS not in self._provenance:
+            self._provenance[KEYPOINTS] = f"face detector landmarks ({self._provenance[FACE_DETECTOR]})"
 
     def __call__(self, sample: ClipSample) -> list[ClipSample]:
         frames, meta = sample.frames, sample.meta
         height, width = frames.shape[1:3]
         size = self.config.crop.size
-        refs = frame_refs(meta.source_path, meta.time_s, (width, height), self.decode.crop)
+        # Source-size frames are a pure scale of the source; square frames follow decode.crop.
+        fit = "source" if meta.source_size is not None else self.decode.crop
+        source_per_frame_px = max(meta.source_size) / max(width, height) if meta.source_size else 1.0
 
-        # 1. The main face through the clip (the detector on whole frames), smoothed square crops.
-        detections = self._clients[FACE_DETECTOR].call("detect", frames, refs)
+        # 1. The main face through the clip: the detector on a bounded copy, its answers in frame pixels.
+        view, scale = detector_view(frames, self.config.detection.max_side)
+        view_refs = frame_refs(meta.source_path, meta.time_s, (view.shape[2], view.shape[1]), fit)
+        detections = to_frame_detections(self._clients[FACE_DETECTOR].call("detect", view, view_refs), scale)
         track = track_main_face(detections, (width, height), self.config.crop, frames)
         boxes = crop_boxes(track, self.config.crop)
+        detail = source_px_per_output_px(boxes, size, source_per_frame_px)
+        if detail < 1 / self.config.crop.max_upscale:
+            raise DataError(
+                f"crop enlarged from the source: {detail:.2f} source px per output px (median crop side "
+                f"{detail * size:.0f} source px for a {size} px crop), below 1/{self.config.crop.max_upscale:g} "
+                f"(crop.max_upscale)")
+        # 2. Square crops cut from the frames at their own resolution.
         crops = crop_clip(frames, boxes, size)
-        crop_refs = frame_refs(meta.source_path, meta.time_s, (width, height), self.decode.crop, boxes)
+        crop_refs = frame_refs(meta.source_path, meta.time_s, (width, height), fit, boxes)
+        landmarks = to_crop_coords(track.landmarks, boxes, size)
 
-        # 2. Keypoints (top-down on the face box inside each crop) and their rendering.
-        face_boxes = to_crop_coords(track.boxes.reshape(-1, 2, 2), boxes, size).reshape(-1, 4)
-        keypoints = self._clients[KEYPOINTS].call("__call__", crops, face_boxes, crop_refs)
+        # 3. Keypoints and their rendering. Sapiens is given the whole crop as its top-down box (see
+        # `SapiensKeypointEstimator`), as its demo feeds face crops.
+        if self.config.keypoints.backend == "detector":
+            keypoints = detector_keypoints(track, boxes, size)
+        else:
+            keypoints = self._clients[KEYPOINTS].call("__call__", crops, None, crop_refs)
         pose_frames = render_pose_frames(keypoints, self.layout, size, self.config.pose_render)
 
-        # 3. One mask per requested attribute, and where each is visible.
+        # 4. One mask per requested attribute, and where each is visible.
         masks = self._clients[SEGMENTER].call("__call__", crops, crop_refs)
         presence = attribute_presence(masks, self.config.segmentation.presence_min_area)
 
         perception = PerceptionMeta(
             keypoint_layout=self.layout.name,
             crop_boxes=[tuple(float(v) for v in box) for box in boxes],
+            source_px_per_output_px=round(detail, 4),
             presence={attribute: flags.tolist() for attribute, flags in presence.items()},
             provenance=self._provenance,
         )
         return [ClipSample(key=sample.key, meta=meta.model_copy(update={"perception": perception}), frames=crops,
-                           keypoints=np.asarray(keypoints, np.float32), masks=masks, pose_frames=pose_frames)]
+                           keypoints=np.asarray(keypoints, np.float32), landmarks=landmarks.astype(np.float32),
+                           masks=masks, pose_frames=pose_frames)]

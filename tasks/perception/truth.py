@@ -9,7 +9,8 @@ on a machine without weights. They are ground truth, not models, and say so in t
 A model looks at pixels; the truth has to be told which frame an image is: each image comes
 with a `FrameRef` (video, time, how the decoder fitted the video into the frame, and the
 crop box when the image is a crop). Geometry follows `DecodeConfig.crop` to within a pixel
-of ffmpeg's rounding.
+of ffmpeg's rounding; frames decoded at the source's aspect ratio (perception's frames, and
+the detector's smaller copy of them) are a pure scale of the source.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import cv2
 import numpy as np
@@ -35,6 +36,9 @@ from tasks.perception.runtime import ModelComponent
 from tasks.synthetic import load_truth
 
 PROVENANCE = "ground truth of a generated video (not a model)"
+# How a frame shows the source: `DecodeConfig.crop` for decode.size squares, or "source": the whole
+# picture at its own aspect ratio, scaled (frames decoded with `source_size=True`).
+Fit: TypeAlias = Literal["center", "pad", "source"]
 _CACHED_VIDEOS = 4
 
 
@@ -46,18 +50,18 @@ class FrameRef:
         video: path of the generated video; its truth is `<stem>.truth.npz` beside it.
         time_s: presentation time of the frame in the video.
         frame_size: (width, height) of the decoded frame.
-        decode_crop: how the decoder fitted the video into the frame (`DecodeConfig.crop`).
+        decode_crop: how the decoder fitted the video into the frame (`DecodeConfig.crop`, or "source").
         crop_box: the square box (decoded-frame pixels) the image was cut from; None: the image is the frame.
     """
 
     video: str
     time_s: float
     frame_size: tuple[int, int]
-    decode_crop: Literal["center", "pad"] = "center"
+    decode_crop: Fit = "center"
     crop_box: tuple[float, float, float, float] | None = None
 
 
-def frame_refs(video: str, times: Sequence[float], frame_size: tuple[int, int], decode_crop: Literal["center", "pad"],
+def frame_refs(video: str, times: Sequence[float], frame_size: tuple[int, int], decode_crop: Fit,
                crop_boxes: np.ndarray | None = None) -> list[FrameRef]:
     """One `FrameRef` per frame time of a clip, with the clip's crop boxes when the images are crops."""
     boxes = [None] * len(times) if crop_boxes is None else [tuple(map(float, box)) for box in crop_boxes]
@@ -97,12 +101,15 @@ class _TruthBackend(ModelComponent):
         """3x3 affine from source (display) pixels to the pixels of the image `ref` describes."""
         frame = np.asarray(ref.frame_size, np.float64)
         source = np.asarray(source_size, np.float64)
-        fit = np.max if ref.decode_crop == "center" else np.min  # cover-and-crop, or fit-and-pad
-        scale = fit(frame / source)
-        offset = (frame - source * scale) / 2
+        if ref.decode_crop == "source":  # the whole picture, each side scaled (to even sizes) on its own
+            scale, offset = frame / source, np.zeros(2)
+        else:
+            fit = np.max if ref.decode_crop == "center" else np.min  # cover-and-crop, or fit-and-pad
+            scale = np.full(2, fit(frame / source))
+            offset = (frame - source * scale) / 2
         # Pixel centres: source pixel p covers [p, p + 1), so p + 0.5 maps to (p + 0.5) * scale + offset.
-        matrix = np.array([[scale, 0, 0.5 * scale + offset[0] - 0.5], [0, scale, 0.5 * scale + offset[1] - 0.5],
-                           [0, 0, 1]])
+        matrix = np.array([[scale[0], 0, 0.5 * scale[0] + offset[0] - 0.5],
+                           [0, scale[1], 0.5 * scale[1] + offset[1] - 0.5], [0, 0, 1]])
         if ref.crop_box is not None:
             if image_size[0] != image_size[1]:
                 raise ValueError(f"crops are square; got an image of {image_size[0]}x{image_size[1]}")

@@ -43,7 +43,8 @@ def perceived_clip(frames: int = 12, size: int = 64, hat_frames: tuple[int, ...]
     meta = ClipMeta(video_id=key.split("_c")[0], clip_index=0, frame_indices=list(range(100, 100 + frames)),
                     time_s=[i / 25 for i in range(frames)], fps=25.0, source_path="/videos/vid.mp4",
                     content_sha256="ab" * 32, config_hash="c0ffee", code_version="test", perception=perception)
-    return ClipSample(key=key, meta=meta, frames=images, keypoints=keypoints, masks=masks, pose_frames=pose)
+    return ClipSample(key=key, meta=meta, frames=images, keypoints=keypoints, landmarks=keypoints[..., :2].copy(),
+                      masks=masks, pose_frames=pose)
 
 
 def sample_stage(config: TrainingSamplesConfig, perception: PerceptionConfig = TRUTH_PERCEPTION
