@@ -44,6 +44,14 @@ VIDEOS = pa.schema(
         pa.field("rotation", pa.int32()),
         pa.field("codec", pa.string()),
         pa.field("has_audio", pa.bool_()),
+        # The stream's colour tags as ffprobe names them (null: unspecified), and the YUV matrix and range its
+        # frames were converted with (untagged streams: BT.709 for HD, BT.601 below; limited range).
+        pa.field("color_space", pa.string()),
+        pa.field("color_range", pa.string()),
+        pa.field("color_primaries", pa.string()),
+        pa.field("color_transfer", pa.string()),
+        pa.field("yuv_matrix", pa.string()),  # bt601 | bt709 | bt2020 | fcc | smpte240m
+        pa.field("yuv_range", pa.string()),  # limited | full
         pa.field("frames_decoded", pa.int32()),
         pa.field("num_clips", pa.int32()),
         *LINEAGE,
@@ -136,6 +144,12 @@ class VideoRow(Lineage):
     rotation: int | None = None
     codec: str | None = None
     has_audio: bool | None = None
+    color_space: str | None = None
+    color_range: str | None = None
+    color_primaries: str | None = None
+    color_transfer: str | None = None
+    yuv_matrix: str | None = None
+    yuv_range: str | None = None
     frames_decoded: int = 0
     num_clips: int = 0
 

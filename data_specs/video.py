@@ -4,6 +4,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The YUV-to-RGB matrices frames are converted with, named as ffmpeg's scale filter names them.
+YuvMatrix = Literal["bt601", "bt709", "bt2020", "fcc", "smpte240m"]
+YuvRange = Literal["limited", "full"]
+
 
 class VideoProbe(BaseModel):
     """Facts about one video file, read by ffprobe without decoding any frame."""
@@ -31,6 +35,16 @@ class VideoProbe(BaseModel):
         ge=0, description="Frame count from the container when it has one, else round(duration_s * fps)."
     )
     has_audio: bool = Field(description="True when the file has at least one audio stream.")
+    # The colour tags as ffprobe names them; None where the stream leaves them unspecified. Frames follow the
+    # matrix and range; primaries and transfer are recorded only (no gamut mapping or HDR tone mapping).
+    color_space: str | None = Field(
+        default=None, description="YUV matrix tag, e.g. 'bt709', 'smpte170m' or 'bt470bg' (BT.601), 'bt2020nc'."
+    )
+    color_range: str | None = Field(default=None, description="'tv' (limited, 16-235) or 'pc' (full, 0-255).")
+    color_primaries: str | None = Field(default=None, description="Primaries tag, e.g. 'bt709', 'bt2020'.")
+    color_transfer: str | None = Field(
+        default=None, description="Transfer tag, e.g. 'bt709', 'smpte2084' (PQ), 'arib-std-b67' (HLG)."
+    )
 
 
 class DecodeConfig(BaseModel):

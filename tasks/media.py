@@ -23,7 +23,7 @@ import cv2
 import ffmpeg
 import numpy as np
 
-from data_specs.video import DecodeConfig, VideoProbe
+from data_specs.video import DecodeConfig, VideoProbe, YuvMatrix, YuvRange
 from tasks.errors import DataError
 
 STDERR_TAIL_LINES = 50
@@ -35,6 +35,19 @@ _ENCODER_OPTIONS = {"libx264": {"preset": "veryfast", "crf": 18}, "mpeg4": {"qsc
 _MP4_FIRST_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide"}
 # "[mov,mp4,m4a @ 0x55d0c0] " prefixes of log lines mean nothing to people.
 _LOG_PREFIX = re.compile(r"^(\[[^\]]+ @ 0x[0-9a-f]+\]\s*)+")
+# The luma weights (Kr, Kb) that define each YUV matrix (ITU-T H.273); green's is 1 - Kr - Kb.
+LUMA_WEIGHTS: dict[str, tuple[float, float]] = {
+    "bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722), "bt2020": (0.2627, 0.0593),
+    "fcc": (0.30, 0.11), "smpte240m": (0.212, 0.087),
+}
+# ffprobe's `color_space` names of those matrices (BT.601's 625- and 525-line systems share one), and the
+# tag `write_video` gives each.
+_MATRIX_OF_TAG = {"bt470bg": "bt601", "smpte170m": "bt601", "bt709": "bt709", "bt2020nc": "bt2020",
+                  "fcc": "fcc", "smpte240m": "smpte240m"}
+_TAG_OF_MATRIX = {"bt601": "smpte170m", "bt709": "bt709", "bt2020": "bt2020nc", "fcc": "fcc",
+                  "smpte240m": "smpte240m"}
+# ffprobe prints these for a tag the stream leaves unspecified.
+_UNSPECIFIED = {"unknown", "unspecified", "reserved"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +63,75 @@ class Frame:
     index: int
     time_s: float
     image: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class ColourEncoding:
+    """How a stream's YUV code values map to RGB: the matrix and the range."""
+
+    matrix: YuvMatrix
+    range: YuvRange
+
+
+def colour_encoding(probe: VideoProbe) -> ColourEncoding:
+    """The matrix and range a stream's frames are converted with: its tags, else what players assume.
+
+    Untagged, the matrix is BT.709 for HD (stored height >= 720 or width >= 1280) and BT.601
+    below, and the range is limited unless the pixel format is a full-range `yuvj` one.
+    Raises `DataError` for a matrix that no 3x3 matrix converts (BT.2020 constant luminance,
+    YCgCo, ICtCp) or RGB stored as GBR planes.
+    """
+    tag = probe.color_space
+    if tag is None:
+        matrix = "bt709" if probe.coded_height >= 720 or probe.coded_width >= 1280 else "bt601"
+    elif tag in _MATRIX_OF_TAG:
+        matrix = _MATRIX_OF_TAG[tag]
+    else:
+        raise DataError(f"unsupported colour matrix '{tag}' (supported: {', '.join(sorted(_MATRIX_OF_TAG))})")
+    full = probe.color_range == "pc" or (probe.color_range is None and probe.pix_fmt.startswith("yuvj"))
+    return ColourEncoding(matrix, "full" if full else "limited")
+
+
+class YuvToRgb:
+    """Converts I420 frames (Y, U and V planes stacked as one (H * 3/2, W) uint8 array) to (H, W, 3)
+    uint8 RGB with the exact matrix and range of one `ColourEncoding`.
+
+    Each chroma sample covers its 2x2 block of pixels, as in OpenCV's and ffmpeg's own fast
+    converters. The chroma terms are looked up once per chroma sample, repeated over the
+    block and added to the scaled luma, rounding once: at most one level from an exact float
+    conversion, about 0.6 ms for a 512 x 512 frame (BENCHMARKS.md). OpenCV's I420 conversion
+    (0.15 ms) is BT.601 limited range only, and lifts luma below 16 to 16 before the matrix,
+    which tints near-black pixels by up to 5 levels.
+    """
+
+    def __init__(self, encoding: ColourEncoding) -> None:
+        self.encoding = encoding
+        kr, kb = LUMA_WEIGHTS[encoding.matrix]
+        kg = 1 - kr - kb
+        # Code values to RGB levels: limited range spans 219 luma and 224 chroma steps, full range 255.
+        full = encoding.range == "full"
+        self.luma_gain = 1.0 if full else 255 / 219
+        self.luma_offset = 0.0 if full else -16 * 255 / 219
+        chroma = (np.arange(256) - 128) * (1.0 if full else 255 / 224)
+
+        def table(weight: float) -> np.ndarray:
+            return (weight * chroma).astype(np.float32).reshape(256, 1)
+
+        self.red_v, self.blue_u = table(2 * (1 - kr)), table(2 * (1 - kb))
+        self.green_u, self.green_v = table(-2 * kb * (1 - kb) / kg), table(-2 * kr * (1 - kr) / kg)
+
+    def __call__(self, planes: np.ndarray) -> np.ndarray:
+        height, width = planes.shape[0] * 2 // 3, planes.shape[1]
+        u, v = planes[height:].reshape(2, height // 2, width // 2)
+        chroma_terms = (cv2.LUT(v, self.red_v), cv2.add(cv2.LUT(u, self.green_u), cv2.LUT(v, self.green_v)),
+                        cv2.LUT(u, self.blue_u))
+        # addWeighted computes in float and rounds and saturates once, into uint8.
+        channels = [
+            cv2.addWeighted(planes[:height], self.luma_gain, cv2.resize(term, (width, height),
+                            interpolation=cv2.INTER_NEAREST_EXACT), 1.0, self.luma_offset, dtype=cv2.CV_8U)
+            for term in chroma_terms
+        ]
+        return cv2.merge(channels)
 
 
 def find_ffmpeg() -> tuple[str, str]:
@@ -140,11 +222,14 @@ def probe_video(path: str) -> VideoProbe:
         pix_fmt=video.get("pix_fmt", "unknown"),
         num_frames=nb_frames or max(1, round(duration_s * float(fps))),
         has_audio=has_audio,
+        **{key: video[key] for key in ("color_space", "color_range", "color_primaries", "color_transfer")
+           if video.get(key) not in (None, *_UNSPECIFIED)},
     )
 
 
 def check_decodable(probe: VideoProbe, cfg: DecodeConfig) -> None:
-    """Raise `DataError` when a probed video is too large to decode under `cfg`."""
+    """Raise `DataError` when a probed video is too large to decode under `cfg`, or in colours it cannot convert."""
+    colour_encoding(probe)
     pixels = probe.coded_width * probe.coded_height
     if pixels > cfg.max_source_pixels:
         raise DataError(
@@ -171,17 +256,21 @@ def iter_frames(
     perception that crops faces from the source picture.
 
     Output is at a constant rate: `cfg.fps`, or the source's own rate (a variable-rate
-    source is resampled to its average rate, so `time_s` stays meaningful). Frames are
-    yielded as ffmpeg produces them; if the stream turns out to be damaged, the
-    generator raises `DataError` after the last good frame, so the caller must treat
-    the whole item as failed. Closing the generator early kills and reaps ffmpeg.
+    source is resampled to its average rate, so `time_s` stays meaningful). Colours follow
+    the stream's matrix and range (`colour_encoding`).
+
+    Frames are yielded as ffmpeg produces them, and none at or after damage in the stream:
+    ffmpeg stops at the first decode error or concealed frame (`_decode_graph`), so a damaged
+    file gives the frames decoded before it, then `DataError`; the caller keeps what it made
+    of them or fails the item. Closing the generator early kills and reaps ffmpeg.
     """
     check_decodable(probe, cfg)
     if start_s < 0 or (end_s is not None and end_s <= start_s):
         raise ValueError(f"invalid time range [{start_s}, {end_s})")
     rate = cfg.fps or probe.fps
+    encoding = colour_encoding(probe)
     frame_size = source_frame_size(probe, cfg) if source_size else (cfg.size, cfg.size)
-    process = _decode_graph(path, probe, cfg, start_s, end_s, frame_size, source_size).run_async(
+    process = _decode_graph(path, probe, cfg, start_s, end_s, frame_size, source_size, encoding).run_async(
         cmd=find_ffmpeg()[0], pipe_stdout=True, pipe_stderr=True
     )
     # ffmpeg blocks once the stderr pipe is full; a thread keeps it drained.
@@ -193,17 +282,20 @@ def iter_frames(
     _widen_pipe(process.stdout)
     ready: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=READ_AHEAD_FRAMES)
     stop = threading.Event()
-    reader = threading.Thread(target=_read_frames, args=(process.stdout, frame_size, ready, stop), daemon=True)
+    reader = threading.Thread(target=_read_frames, args=(process.stdout, frame_size, YuvToRgb(encoding), ready,
+                                                         stop), daemon=True)
     reader.start()
     index = 0
     try:
+        # Every frame in the pipe and the read-ahead queue was decoded before any damage (ffmpeg
+        # stops there: `_decode_graph`), so all are yielded, however late the error is read: which
+        # frames a damaged file gives does not depend on timing, and no good one is thrown away.
         while (image := ready.get()) is not None:
             yield Frame(index=index, time_s=start_s + index / rate, image=image)
             index += 1
         process.wait()
         drain.join()
-        # ffmpeg exits 0 after most decode errors (a cut stream, corrupt packets), so any
-        # logged error fails the video: damaged frames must not become training data.
+        # Any logged error fails the item, also one ffmpeg goes on after (a demuxer noting a cut file).
         if process.returncode or log:
             reason = summarise_ffmpeg_log(log) or f"ffmpeg exited with code {process.returncode}"
             raise DataError(f"decode failed after {index} frames: {reason}")
@@ -223,11 +315,14 @@ def iter_frames(
         process.stderr.close()
 
 
-def _read_frames(stdout: IO[bytes], frame_size: tuple[int, int], ready: queue.Queue, stop: threading.Event) -> None:
+def _read_frames(
+    stdout: IO[bytes], frame_size: tuple[int, int], to_rgb: YuvToRgb, ready: queue.Queue, stop: threading.Event
+) -> None:
     """Read whole I420 frames from ffmpeg, convert them to RGB, put them in `ready`; None ends the stream.
 
-    ffmpeg hands over planar YUV because its own RGB conversion is the slowest part of
-    the graph; OpenCV's (same BT.601 limited-range maths) costs a fraction of it.
+    ffmpeg hands over planar YUV because its RGB conversion, done in the scaler, is the
+    slowest part of its graph, and its fast unscaled one is a level darker than exact
+    (BENCHMARKS.md); `YuvToRgb` is exact and costs a fraction of the decode.
     """
     width, height = frame_size
     planes = np.empty((height * 3 // 2, width), np.uint8)
@@ -239,7 +334,7 @@ def _read_frames(stdout: IO[bytes], frame_size: tuple[int, int], ready: queue.Qu
                 break
         except ValueError:  # the pipe was closed under us after an early stop
             break
-        ready.put(cv2.cvtColor(planes, cv2.COLOR_YUV2RGB_I420))
+        ready.put(to_rgb(planes))
     ready.put(None)
 
 
@@ -257,13 +352,18 @@ def write_video(
     rotation: int = 0,
     codec: str = "libx264",
     setpts: str | None = None,
+    matrix: YuvMatrix = "bt601",
+    yuv_range: YuvRange = "limited",
+    tag_colours: bool = True,
     **output_options,
 ) -> Path:
     """Encode upright (F, H, W, 3) uint8 RGB frames to a yuv420p video (H.264 by default).
 
     `rotation` stores the frames turned and says so in the display matrix (as phones do);
-    `setpts` rewrites timestamps; other options go to the output. Deterministic: one
-    encoder thread makes x264's output independent of the machine's core count.
+    `setpts` rewrites timestamps; `matrix` and `yuv_range` say how RGB becomes YUV, and the
+    stream is tagged with them unless `tag_colours` is off (then decoders guess: BT.601 is
+    only right below HD, see `colour_encoding`); other options go to the output.
+    Deterministic: one encoder thread makes x264's output independent of the core count.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -277,11 +377,14 @@ def write_video(
     # -noautorotate: otherwise ffmpeg would apply the rotation to the pixels while encoding.
     rotate = {"display_rotation": -rotation, "noautorotate": None} if rotation else {}
     stream = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", r=fps, **rotate)
-    if setpts:
-        stream = stream.filter("setpts", setpts)
+    # A simple filtergraph (-vf), not ffmpeg-python's -filter_complex, after which ffmpeg would
+    # not copy the display matrix to the output.
+    filters = [f"setpts={setpts}"] if setpts else []
+    filters.append(f"scale=out_color_matrix={matrix}:out_range={yuv_range}")
+    tags = {"colorspace": _TAG_OF_MATRIX[matrix], "color_range": {"limited": "tv", "full": "pc"}[yuv_range]}
     output = stream.output(
-        file_url(path), vcodec=codec, pix_fmt="yuv420p", g=max(1, round(fps)), threads=1,
-        **_ENCODER_OPTIONS.get(codec, {}), **output_options,
+        file_url(path), vf=",".join(filters), vcodec=codec, pix_fmt="yuv420p", g=max(1, round(fps)), threads=1,
+        **_ENCODER_OPTIONS.get(codec, {}), **(tags if tag_colours else {}), **output_options,
     )
     run_ffmpeg(output, frames=stored)
     return path
@@ -298,31 +401,48 @@ def run_ffmpeg(output: ffmpeg.nodes.OutputStream, frames: np.ndarray | None = No
 
 def _decode_graph(
     path: str, probe: VideoProbe, cfg: DecodeConfig, start_s: float, end_s: float | None,
-    frame_size: tuple[int, int], source_size: bool,
+    frame_size: tuple[int, int], source_size: bool, encoding: ColourEncoding,
 ) -> ffmpeg.nodes.OutputStream:
-    """The ffmpeg graph for `iter_frames`: seek, trim, rate, scale (and crop or pad), raw YUV out."""
+    """The ffmpeg graph for `iter_frames`: seek, trim, rate, scale (and crop or pad), raw YUV out.
+
+    The scaler keeps the source's range (it would otherwise make full range limited) and
+    its matrix (YUV to YUV never changes it), so the planes are what `encoding` says.
+
+    Damage stops ffmpeg before a damaged frame reaches the pipe: `err_detect explode` makes
+    the decoder fail the packet it finds broken instead of concealing it, and `-xerror`
+    makes ffmpeg exit at that failure or at any frame still flagged as concealed. A failure
+    comes in decoding order, so frames shown earlier that reference the damaged one (B
+    frames) are never decoded either; everything already in the pipe is sound.
+    """
     # Input-side -ss seeks to the keyframe before start_s and decodes up to it (accurate
     # and fast); -t then ends the range. `threads` limits the decoder.
     trim = {"ss": start_s} if start_s else {}
     if end_s is not None:
         trim["t"] = end_s - start_s
-    stream = ffmpeg.input(file_url(path), threads=cfg.threads, **trim)  # autorotation is on by default
+    # autorotation is on by default
+    stream = ffmpeg.input(file_url(path), threads=cfg.threads, err_detect="+explode", **trim)
     if cfg.fps or probe.variable_fps:
         stream = stream.filter("fps", fps=cfg.fps or probe.fps, eof_action="pass")
+    keep_range = {"in_range": encoding.range, "out_range": encoding.range}
+    # Full range travels as yuvj420p (same planes): only then is the pad filter's black 0 rather than 16.
+    planar = "yuvj420p" if encoding.range == "full" else "yuv420p"
     size = cfg.size
     if source_size:
-        stream = stream.filter("scale", *frame_size, flags="area")
-    elif cfg.crop == "center":
-        stream = stream.filter("scale", size, size, force_original_aspect_ratio="increase").filter("crop", size, size)
+        stream = stream.filter("scale", *frame_size, flags="area", **keep_range).filter("format", planar)
     else:
-        stream = stream.filter("scale", size, size, force_original_aspect_ratio="decrease").filter(
-            "pad", size, size, "(ow-iw)/2", "(oh-ih)/2"
+        fit = "increase" if cfg.crop == "center" else "decrease"
+        stream = stream.filter("scale", size, size, force_original_aspect_ratio=fit, **keep_range).filter(
+            "format", planar
         )
+        if cfg.crop == "center":
+            stream = stream.filter("crop", size, size)
+        else:
+            stream = stream.filter("pad", size, size, "(ow-iw)/2", "(oh-ih)/2")
     # passthrough: the rawvideo muxer would otherwise duplicate frames to a constant rate itself.
-    output = stream.output("pipe:", format="rawvideo", pix_fmt="yuv420p", fps_mode="passthrough", an=None, sn=None)
+    output = stream.output("pipe:", format="rawvideo", pix_fmt=planar, fps_mode="passthrough", an=None, sn=None)
     # ffmpeg-python always writes -filter_complex, whose thread count is a global option.
     return output.global_args(
-        "-nostdin", "-hide_banner", "-loglevel", "error", "-filter_complex_threads", str(cfg.threads)
+        "-nostdin", "-hide_banner", "-loglevel", "error", "-xerror", "-filter_complex_threads", str(cfg.threads)
     )
 
 

@@ -29,7 +29,7 @@ from data_specs.units import UnitReport, VideoRef, WorkUnit
 from tasks.base import ClipStage, stages_for
 from tasks.clips import cut_clips
 from tasks.errors import DataError, failure_kind, failure_reason
-from tasks.media import Frame, check_decodable, iter_frames, probe_video
+from tasks.media import Frame, check_decodable, colour_encoding, iter_frames, probe_video
 from tasks.shards import RotatingShardWriter
 from tasks.sources import local_copy, sha256_file
 
@@ -124,6 +124,10 @@ class UnitRun:
                 row.duration_s, row.fps, row.variable_fps = probe.duration_s, probe.fps, probe.variable_fps
                 row.width, row.height, row.rotation = probe.width, probe.height, probe.rotation
                 row.codec, row.has_audio = probe.codec, probe.has_audio
+                row.color_space, row.color_range = probe.color_space, probe.color_range
+                row.color_primaries, row.color_transfer = probe.color_primaries, probe.color_transfer
+                encoding = colour_encoding(probe)
+                row.yuv_matrix, row.yuv_range = encoding.matrix, encoding.range
                 step = "decode"
                 rate = self.config.decode.fps or probe.fps  # the decoder's constant output rate
                 # Perception crops faces from the source picture; without it, frames are decode.size squares.
