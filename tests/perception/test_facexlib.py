@@ -119,3 +119,22 @@ def test_label_map_turns_winning_classes_into_masks(weights_dir: Path) -> None:
     presence = attribute_presence(masks, min_area=0.01)
     assert presence["hair"].all() and presence["eyeglasses"].all() and not presence["hat"].any()
     assert not attribute_presence(masks, min_area=0.6)["hair"].any()  # hair covers half of each crop
+
+
+def test_retinaface_on_the_bounded_copy_of_an_hd_frame_answers_in_frame_pixels(weights_dir: Path) -> None:
+    """The real network (random weights) on a 16:9 HD frame's 640 x 360 copy: its priors tile the copy's own
+    width and height, and the detections come back spread over the whole 1280 x 720 frame."""
+    from tasks.perception.face_track import detector_view, to_frame_detections
+
+    config = FaceDetectionConfig(backend="retinaface_mobile0.25", weights_dir=str(weights_dir),
+                                 score_threshold=0.05, nms_threshold=0.9, runtime=CPU)
+    detector = build_face_detector(config)
+    detector.setup()
+    frames = np.random.default_rng(1).integers(0, 255, (1, 720, 1280, 3), dtype=np.uint8)
+    view, scale = detector_view(frames, config.max_side)
+    assert view.shape[1:3] == (360, 640)
+    (detections,) = to_frame_detections(detector.detect(view), scale)
+    assert len(detections) > 10
+    centres = (detections[:, :2] + detections[:, 2:4]) / 2
+    assert centres[:, 0].max() > 0.8 * 1280 and centres[:, 1].max() > 0.8 * 720  # in frame pixels, both axes
+    assert centres[:, 0].max() < 1.1 * 1280 and centres[:, 1].max() < 1.1 * 720

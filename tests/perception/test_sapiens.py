@@ -185,3 +185,30 @@ def test_sapiens_face_segmenter_maps_classes_to_attributes(tmp_path: Path, monke
     for attribute, mask in masks.items():
         assert mask.shape == (3, 40, 40) and mask.dtype == bool
         np.testing.assert_array_equal(mask, labels == SAPIENS_FACE_LABELS.attributes[attribute][0])
+
+
+class InputRecorder(BlobFinder):
+    """BlobFinder that keeps the last input batch it was given."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.seen = images
+        return super().forward(images)
+
+
+def test_a_face_crop_is_seen_whole_with_the_demos_padding() -> None:
+    """Without a box (what perception passes) the view is the whole crop x 1.25 widened to 3:4, as Sapiens' demo
+    treats an image without a person box: the crop fills the middle 1 / 1.25 of the input's width."""
+    crops = np.full((1, 96, 96, 3), 200, np.uint8)
+    crops[0, 70, 12] = 255  # near the crop's edge: inside the padded view
+    config = KeypointConfig(checkpoint="unused.pth", image_size=(256, 192), runtime=CPU)
+    estimator = SapiensKeypointEstimator(config)
+    recorder = InputRecorder()
+    estimator.model = SapiensNetwork(recorder, torch.device("cpu"))
+    keypoints = estimator(crops)
+    assert np.abs(keypoints[0, :, :2] - (12, 70)).max() < 0.5
+    # The view is 120 x 160 crop pixels (96 x 1.25, then 3:4): the crop spans 96 / 120 of the width, centred.
+    # Along the input's middle row, the crop is where the value differs from the black border's.
+    row = recorder.seen[0, 0, 128].numpy()
+    columns = np.flatnonzero(np.abs(row - row[0]) > 1e-3)
+    width = columns[-1] - columns[0] + 1
+    assert width == pytest.approx(96 * 191 / 120, abs=2) and columns[0] == pytest.approx((192 - width) / 2, abs=2)

@@ -6,12 +6,14 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from data_specs.perception import (
     ATTRIBUTES,
     BISENET_LABELS,
+    DETECTOR_5,
     GOLIATH_FACE,
     KEYPOINT_LAYOUTS,
     LABEL_MAPS,
@@ -19,6 +21,7 @@ from data_specs.perception import (
     SAPIENS_FACE_LABELS,
     SAPIENS_GOLIATH_LABELS,
     TRUTH_5,
+    FaceCropConfig,
     FaceDetectionConfig,
     KeypointConfig,
     KeypointLayout,
@@ -26,8 +29,10 @@ from data_specs.perception import (
     PoseRenderSpec,
     RuntimeConfig,
     SegmentationConfig,
+    arcface_points,
     backend_attributes,
 )
+from data_specs.sample import LANDMARKS, ClipMeta, ClipSample, decode_sample, encode_sample
 from tasks.synthetic import KEYPOINT_NAMES
 
 # Goliath index ranges of the face regions (design notes, section 4).
@@ -93,6 +98,30 @@ def test_truth_layout_matches_the_generator() -> None:
     assert "ground truth" in TRUTH_5.description.lower() and "not a model" in TRUTH_5.description
 
 
+def test_the_detectors_five_points_are_arcfaces_points_in_order() -> None:
+    """RetinaFace's landmarks (image-left eye first) are ArcFace's alignment points as they are."""
+    assert KEYPOINT_LAYOUTS[DETECTOR_5.name] is DETECTOR_5 and DETECTOR_5.num_points == 5
+    points = np.random.default_rng(0).uniform(0, 64, (3, 5, 3)).astype(np.float32)
+    np.testing.assert_array_equal(arcface_points(points, DETECTOR_5), points[..., :2])
+    assert DETECTOR_5.flip == (1, 0, 2, 4, 3)
+
+
+def test_landmarks_travel_with_the_sample() -> None:
+    frames = np.zeros((2, 16, 16, 3), np.uint8)
+    meta = ClipMeta(video_id="v", clip_index=0, frame_indices=[0, 1], time_s=[0.0, 0.04], fps=25.0,
+                    source_path="/v.mp4", content_sha256="0" * 64, config_hash="c", code_version="v",
+                    source_size=(1280, 720))
+    landmarks = np.random.default_rng(1).uniform(0, 16, (2, 5, 2)).astype(np.float32)
+    sample = ClipSample(key="v_c00000", meta=meta, frames=frames, landmarks=landmarks)
+    raw = encode_sample(sample, 90)
+    assert LANDMARKS in raw and LANDMARKS in sample.field_names()
+    decoded = decode_sample(raw)
+    np.testing.assert_array_equal(decoded.landmarks, landmarks)
+    assert decoded.meta.source_size == (1280, 720)
+    with pytest.raises(ValueError, match=r"landmarks must be \(2, 5, 2\)"):
+        encode_sample(ClipSample(key="k", meta=meta, frames=frames, landmarks=landmarks[:1]), 90)
+
+
 @pytest.mark.parametrize(
     ("label_map", "count", "expected"),
     [
@@ -141,6 +170,9 @@ def test_configs_check_what_each_backend_needs() -> None:
     with pytest.raises(ValidationError, match="extra"):
         FaceDetectionConfig(weight_dir="typo")
     assert KeypointConfig(backend="truth").checkpoint is None
+    assert KeypointConfig(backend="detector").checkpoint is None  # the detector's landmarks need no weights
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        FaceCropConfig(max_upscale=0.5)
     assert RuntimeConfig(device="cuda", gpus=0.5).resources.gpus == 0.5
 
 

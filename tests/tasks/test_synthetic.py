@@ -132,3 +132,23 @@ def test_dataset_has_distinct_videos_and_attribute_subsets(tmp_path: Path) -> No
 
     fixed = write_dataset(tmp_path / "fixed", count=2, attributes=("hat",), **SMALL)
     assert all([k for k in load_truth(p) if k.startswith("masks_")] == ["masks_hat"] for p in fixed)
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 720), (720, 1280)])
+def test_a_head_placed_high_and_small_in_an_hd_frame(tmp_path: Path, width: int, height: int) -> None:
+    """head_centre and head_size put the face where real footage has it; the truth follows it to the pixel."""
+    path = write_portrait_video(tmp_path / "hd.mp4", seed=2, num_frames=2, width=width, height=height,
+                                head_centre=(0.3, 0.2), head_size=0.1, attributes=())
+    truth = load_truth(path)
+    assert truth["size"] == (width, height)
+    boxes = truth["boxes"]
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    short = min(width, height)
+    # The head drifts by a fraction of its own size around the placed centre; its unturned width is 10% of 720.
+    assert np.abs(centres - (0.3 * width, 0.2 * height)).max() < 0.1 * short
+    assert 0.07 * short <= (boxes[:, 2] - boxes[:, 0]).min() and (boxes[:, 2] - boxes[:, 0]).max() <= 0.1 * short + 1
+    frames = decoded(path)
+    for frame, box in zip(frames, boxes):  # skin inside the box's middle, background far outside
+        cx, cy = np.round((box[:2] + box[2:]) / 2).astype(int)
+        assert np.abs(frame[cy, cx + 2].astype(int) - frame[cy, cx - 2]).max() < 20
+        assert np.abs(frame[cy, cx].astype(int) - frame[height - 5, width - 5]).max() > 30
