@@ -102,6 +102,13 @@ class ExecutionConfig(Spec):
         "record",
         description="'record': a bad video becomes a failure row and the run goes on; 'raise': stop at the first.",
     )
+    lock_wait_s: float = Field(
+        0.0, ge=0, description="How long a build waits for another build of the same output folder to finish "
+        "(OUTPUT/build.lock names it) before refusing; 0: refuse at once.")
+    lock_stale_after_s: float = Field(
+        600.0, ge=5, description="A build lock whose holder has not refreshed it (every tenth of this) for this long "
+        "is taken over: its run died on a host this one cannot see. On the holder's own host a dead holder's lock "
+        "is taken at once.")
 
 
 class StageSpec(Spec):

@@ -8,6 +8,7 @@
       manifests/build.json                the `BuildSummary` of the last run
       card/README.md, card/*.png          the dataset card (counts, distributions, rejections)
       card/contact_sheet.png              a contact sheet of the first samples
+      build.lock                          while a build runs: who runs it (one build per folder at a time)
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ class OutputLayout:
     @property
     def card(self) -> Path:
         return self.root / "card"
+
+    @property
+    def lock_file(self) -> Path:
+        """Held by the build writing this folder (`flows.build_lock`); names its holder."""
+        return self.root / "build.lock"
 
     def manifest(self, table: str) -> Path:
         return self.manifests / f"{table}.parquet"

@@ -24,6 +24,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from data_specs.config import BuildConfig
 from data_specs.layout import BuildSummary, OutputLayout
 from flows.artifacts import inline_images
+from flows.build_lock import BuildLock
 from flows.ray_runtime import ray_session
 from flows.ray_units import model_actors, run_units
 from tasks.base import build_stages, model_specs
@@ -31,7 +32,18 @@ from tasks.base import build_stages, model_specs
 
 @flow(name="build-dataset", log_prints=True)
 def build_dataset(config: BuildConfig) -> BuildSummary:
-    """Build WebDataset shards and Parquet manifests from the configured videos."""
+    """Build WebDataset shards and Parquet manifests from the configured videos.
+
+    One build per output folder at a time (`flows.build_lock`): a second run on the same folder
+    waits `execution.lock_wait_s`, then refuses, naming the first.
+    """
+    from prefect.runtime import flow_run
+
+    with BuildLock(config.output_path, flow_run.id, config.execution):
+        return _build(config)
+
+
+def _build(config: BuildConfig) -> BuildSummary:
     from tasks.card import write_dataset_card
     from tasks.manifests import publish_manifests
     from tasks.preview import contact_sheet

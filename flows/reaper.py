@@ -11,7 +11,9 @@ by process id and start time. It also tags the CLI's environment with a run toke
 that every process started from then on inherits, which catches a process born just
 before the end. When the CLI ends, however it ends, the pipe closes and the watchdog
 kills every process on its list, their descendants, and every process carrying the
-token. Nothing is ever matched by name, so nothing outside this run is touched.
+token. Nothing is ever matched by name, so nothing outside this run is touched. Then it
+releases the build locks (`flows.build_lock`) the run held, so the next build need not wait
+for them to turn stale.
 """
 
 from __future__ import annotations
@@ -120,6 +122,9 @@ def _watch(token: str, cli_pid: int, read_end: int) -> None:
         time.sleep(POLL_S)
     tree.roots.clear()  # the CLI's pid may be reused from now on
     tree.kill()
+    from flows.build_lock import release_locks_of
+
+    release_locks_of(token)  # the output folders the run was building are free again
 
 
 if __name__ == "__main__":

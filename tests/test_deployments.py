@@ -35,6 +35,10 @@ def test_build_dataset_deployment_is_scheduled_and_valid():
     Cron(schedule["cron"], timezone=schedule["timezone"])  # raises on a bad cron expression
     # The parameters validate against the flow's own signature, as the Prefect API does.
     flow.validate_parameters(deployment["parameters"])
+    # Never two builds at once (two runs on one output folder would delete each other's shards).
+    from prefect.cli.deploy._models import DeploymentConfig
+
+    assert DeploymentConfig.model_validate(deployment).concurrency_limit.limit == 1
 
 
 def _free_port() -> int:
