@@ -354,7 +354,7 @@ def stage_timings(clips: list[Clip], weights: Path, pose_checkpoint: Path, args:
     def track_and_crop() -> list[tuple[np.ndarray, np.ndarray]]:
         crops = []
         for clip in clips:
-            track = track_main_face(clip.detections, (FRAME_SIZE, FRAME_SIZE), crop, clip.frames)
+            track = track_main_face(clip.detections, (FRAME_SIZE, FRAME_SIZE), crop)
             boxes = crop_boxes(track, crop)
             face_boxes = to_crop_coords(track.boxes.reshape(-1, 2, 2), boxes, crop.size).reshape(-1, 4)
             crops.append((crop_clip(clip.frames, boxes, crop.size), face_boxes))

@@ -570,10 +570,6 @@ class FaceCropConfig(Spec):
     max_outside_fraction: float = Field(
         0.1, ge=0, lt=1, description="Reject when more than this fraction of the face box lies outside the frame."
     )
-    cut_threshold: float = Field(
-        0.5, gt=0, le=1, description="Bhattacharyya distance between the colour histograms of consecutive frames "
-        "above which a shot cut is declared."
-    )
     smoothing_sigma: float = Field(
         2.0, ge=0, description="Gaussian smoothing of the face box over time, in frames (0: none). Zero-phase, so "
         "the crop does not lag the head."

@@ -4,10 +4,11 @@ Pure NumPy/OpenCV on the CPU. The steps, each a function:
 
 0. `detector_view(frames, max_side)` / `to_frame_detections(detections, scale)`: the smaller
    copy of the frames the detector sees, and its detections mapped back to frame pixels.
-1. `track_main_face(detections, frame_size, config, frames)`: pick the largest face and follow
+1. `track_main_face(detections, frame_size, config)`: pick the largest face and follow
    it frame to frame by box overlap, bridging short gaps; raise `DataError` naming the rule
    when the clip is unusable (no face, several similar faces, face too small, face leaving
-   the frame, a cut).
+   the frame, a face that jumps). Shot cuts are found before clips are cut: the unit detects
+   scenes once per video (`tasks.scenes`) and no clip straddles one.
 2. `crop_boxes(track, config)`: smooth the face box over time (zero-phase Gaussian, so the
    crop neither jitters nor lags) and turn it into a square crop box with a margin.
 3. `crop_clip(frames, boxes, size)`: cut and resize the crops (outside the frame is black).
@@ -80,24 +81,19 @@ def track_main_face(
     detections: Sequence[np.ndarray],
     frame_size: tuple[int, int],
     config: FaceCropConfig,
-    frames: np.ndarray | None = None,
 ) -> FaceTrack:
     """Follow the main face through a clip; `DataError` says why a clip cannot be used.
 
     `detections` holds one (k, 15) array per frame as the detectors return them (box,
     score, 5 landmarks). The main face is the largest detection of the clip; it is
-    followed forwards and backwards by IoU. With `frames` ((N, H, W, 3) uint8), a shot
-    cut is also found from the colour content, not only from a jumping face.
+    followed forwards and backwards by IoU. A face that jumps is rejected as a cut the
+    scene detection missed.
     """
     width, height = frame_size
     count = len(detections)
     dets = [np.asarray(d, np.float32).reshape(-1, 15) for d in detections]
     if count == 0 or not any(len(d) for d in dets):
         raise DataError(f"no face: none detected in any of the {count} frames")
-    if frames is not None:
-        cut = find_cut(frames, config.cut_threshold)
-        if cut is not None:
-            raise DataError(f"cut inside the clip: the picture changes between frames {cut - 1} and {cut}")
 
     # 1. Seed with the largest face of the clip, then follow it both ways by overlap.
     areas = [_area(d[:, :4]) for d in dets]
@@ -155,24 +151,6 @@ def track_main_face(
         scores=np.where(found, main[:, 4], 0).astype(np.float32),
         frame_size=(int(width), int(height)),
     )
-
-
-def find_cut(frames: np.ndarray, threshold: float) -> int | None:
-    """First frame index whose colour histogram differs from the previous frame's by more than `threshold`.
-
-    The distance is Bhattacharyya's between hue-saturation histograms (0: same colours,
-    1: no overlap), so a head moving over a steady background stays well below it.
-    """
-    previous = None
-    for index, frame in enumerate(frames):
-        small = cv2.resize(frame, (64, 64), interpolation=cv2.INTER_AREA)
-        hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)
-        histogram = cv2.calcHist([hsv], [0, 1], None, [16, 16], [0, 180, 0, 256])
-        cv2.normalize(histogram, histogram, 1.0, 0.0, cv2.NORM_L1)
-        if previous is not None and cv2.compareHist(previous, histogram, cv2.HISTCMP_BHATTACHARYYA) > threshold:
-            return index
-        previous = histogram
-    return None
 
 
 def smooth_boxes(boxes: np.ndarray, sigma: float) -> np.ndarray:

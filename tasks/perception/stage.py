@@ -119,7 +119,7 @@ class PerceptionStage:
         view, scale = detector_view(frames, self.config.detection.max_side)
         view_refs = frame_refs(meta.source_path, meta.time_s, (view.shape[2], view.shape[1]), fit)
         detections = to_frame_detections(self._clients[FACE_DETECTOR].call("detect", view, view_refs), scale)
-        track = track_main_face(detections, (width, height), self.config.crop, frames)
+        track = track_main_face(detections, (width, height), self.config.crop)
         boxes = crop_boxes(track, self.config.crop)
         detail = source_px_per_output_px(boxes, size, source_per_frame_px)
         if detail < 1 / self.config.crop.max_upscale:

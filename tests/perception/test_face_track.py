@@ -12,7 +12,6 @@ from tasks.errors import DataError
 from tasks.perception.face_track import (
     crop_boxes,
     crop_clip,
-    find_cut,
     smooth_boxes,
     to_crop_coords,
     to_frame_coords,
@@ -43,7 +42,7 @@ def with_boxes(detections: list[np.ndarray], boxes: np.ndarray) -> list[np.ndarr
 
 def test_crop_follows_the_head(clips: list[Clip]) -> None:
     clip = clips[0]
-    track = track_main_face(clip.detections(), FRAME, CONFIG, clip.frames)
+    track = track_main_face(clip.detections(), FRAME, CONFIG)
     assert track.detected.all() and track.frame_size == FRAME
     np.testing.assert_allclose(track.boxes, clip.truth["boxes"], atol=1e-4)
     boxes = crop_boxes(track, CONFIG)
@@ -141,14 +140,6 @@ def test_rejects_a_cut_seen_in_the_detections(clips: list[Clip]) -> None:
     jumped = first[:12] + [d + shift for d in second[12:]]
     with pytest.raises(DataError, match="^cut inside the clip: the face jumps to another place at frame"):
         track_main_face(jumped, FRAME, CONFIG)
-
-
-def test_rejects_a_cut_seen_in_the_pictures(clips: list[Clip]) -> None:
-    frames = np.concatenate([clips[0].frames[:12], clips[1].frames[12:]])
-    assert find_cut(clips[0].frames, CONFIG.cut_threshold) is None  # a moving head is not a cut
-    assert find_cut(frames, CONFIG.cut_threshold) == 12
-    with pytest.raises(DataError, match=r"^cut inside the clip: the picture changes between frames 11 and 12"):
-        track_main_face(clips[0].detections(), FRAME, CONFIG, frames)
 
 
 def test_crop_and_coordinates_agree_to_a_fraction_of_a_pixel() -> None:

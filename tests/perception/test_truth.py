@@ -58,7 +58,7 @@ def test_truth_on_face_crops(clips: list[Clip]) -> None:
     clip, config = clips[1], FaceCropConfig(size=96)
     refs = frame_refs(str(clip.path), clip.times, (SIZE, SIZE), "center")
     track = track_main_face(build_face_detector(FaceDetectionConfig(backend="truth")).detect(clip.frames, refs),
-                            (SIZE, SIZE), config, clip.frames)
+                            (SIZE, SIZE), config)
     boxes = crop_boxes(track, config)
     crops = crop_clip(clip.frames, boxes, config.size)
     crop_refs = frame_refs(str(clip.path), clip.times, (SIZE, SIZE), "center", boxes)
