@@ -1,9 +1,9 @@
 """The training configuration: what `train-durian` takes, validated before any worker starts.
 
 A run trains the stages listed in `stages`, in order, from one dataset (a `build-dataset` output
-with `training_samples`): stage 1 on single target frames (reference nets, spatial denoiser
-layers, pose guider), stage 2 on clips (temporal layers only), each stage starting from the
-weights the previous one ended with. Defaults follow the paper where it speaks and its
+with `training_samples`): stage 1 on single target frames (reference nets, a 2D denoiser, pose
+guider), stage 2 on clips (the motion modules only, inserted when it starts), each stage starting
+from the weights the previous one ended with. Defaults follow the paper where it speaks and its
 relatives where it is silent (AdamW at 1e-5, weight decay 1e-2, clip 1.0, noise offset 0.05,
 min-SNR gamma 5, 10% reference dropout).
 """
@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from data_specs.model import PretrainedPaths, model_flavour
 from data_specs.spec import Spec
 
 __all__ = ["DataConfig", "OptimConfig", "ScalingConfig", "StageRun", "TrainConfig", "load_train_config"]
@@ -81,9 +82,9 @@ class TrainConfig(Spec):
     name: str = Field("durian", pattern=r"^[\w-]+$", description="Run name: the folder under `output_dir`.")
     output_dir: str = Field(description="Folder for checkpoints, the trained pipeline, logs and sample videos.")
     flavour: Literal["tiny", "sd15"] = Field("tiny", description="Model sizes (`data_specs.model`).")
-    pretrained: dict[str, str] = Field(
-        default_factory=dict, description="sd15 only: local folders or hub ids of `sd15`, `motion_adapter`, "
-        "`image_encoder`, `arcface`. Empty: random initialisation (tiny).")
+    pretrained: PretrainedPaths | None = Field(
+        None, description="sd15 only: local paths or hub ids of the pretrained parts (`sd15`, `motion_adapter` "
+        "for stage 2, `image_encoder`, `arcface`, optional `vae`). None: random initialisation (tiny).")
     init_from: str | None = Field(None, description="A saved DurianPipeline folder to start from (e.g. a stage-1 "
                                   "run's `pipeline/`).")
     resolution: int | None = Field(None, ge=16, description="Training size; None: the flavour's. Must equal the "
@@ -96,14 +97,21 @@ class TrainConfig(Spec):
     min_snr_gamma: float | None = Field(5.0, gt=0, description="Min-SNR loss weighting (None: plain MSE).")
     reference_dropout: float = Field(0.1, ge=0, lt=1, description="Share of samples trained without references "
                                      "and image embeddings (for classifier-free guidance).")
-    mixed_precision: Literal["auto", "no", "bf16"] = Field("auto", description="'auto': bf16 on GPU.")
-    gradient_checkpointing: bool = False
+    mixed_precision: Literal["auto", "no", "bf16"] = Field(
+        "auto", description="'auto': bf16 on GPU. Under bf16 every network is held in bf16 and the trained "
+        "weights keep fp32 masters (`training.precision`).")
+    fp32_vae: bool = Field(False, description="Hold the VAE in fp32 under bf16 (as diffusers' SD 1.5 examples "
+                           "do for decoding): the validation videos decode with it.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (denoiser and "
+                                         "both reference nets): less memory, about a third more compute.")
     gradient_accumulation: int = Field(1, ge=1, le=1024)
     ema_decay: float | None = Field(None, gt=0, lt=1, description="Keep an EMA of the trained weights.")
     seed: int = Field(0, ge=0, description="Base seed; each rank adds its rank.")
     checkpoint_every: int = Field(50, ge=1, description="Steps between checkpoints (one is also written at the end).")
     keep_checkpoints: int = Field(2, ge=1)
-    log_every: int = Field(1, ge=1)
+    log_every: int = Field(1, ge=1, description="Steps between records in metrics.jsonl and TensorBoard.")
+    progress_log_every: int = Field(10, ge=1, description="Steps between progress lines (stage, step of total, "
+                                    "loss, learning rate, samples/s, time left) in the train-durian run's log.")
     validate_every: int = Field(100, ge=1, description="Steps between validation passes.")
     validation_samples: int = Field(4, ge=1, description="Held-out samples per validation pass.")
     sample_steps: int = Field(10, ge=1, description="DDIM steps of the validation sample video.")
@@ -113,13 +121,20 @@ class TrainConfig(Spec):
     def _absolute(cls, value: str | None) -> str | None:
         return None if value is None else _absolute_path(value)
 
+    @model_validator(mode="after")
+    def _frames_fit_the_motion_modules(self) -> TrainConfig:
+        longest = model_flavour(self.flavour).motion.motion_max_seq_length
+        for run in self.stages:
+            if run.frames > longest:
+                raise ValueError(f"stage {run.stage}: frames={run.frames} is more than the motion modules' "
+                                 f"positional encoding holds ({longest} frames, flavour {self.flavour!r})")
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
 
     def model_resolution(self) -> int:
-        from data_specs.model import model_flavour
-
         return self.resolution or model_flavour(self.flavour).resolution
 
 

@@ -213,7 +213,7 @@ def _clean_stale(root: Path) -> None:
 
 def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                     scheduler: Any | None, *, ema: EMAModel | None = None, extra: dict[str, Any] | None = None,
-                    keep: int | None = 2) -> Path:
+                    keep: int | None = 2, model_overrides: dict[str, torch.Tensor] | None = None) -> Path:
     """Write `root/step-{step:08d}/` atomically and return it; then delete all but the newest `keep` checkpoints
     (the one just written always stays; None keeps all).
 
@@ -232,7 +232,12 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: to
     text = json.dumps(state, indent=1)  # before writing anything: a value JSON cannot hold fails here
     partial.mkdir()
     try:
-        save_file(_full_state(model), str(partial / MODEL_FILE))
+        tensors = _full_state(model)
+        for name, tensor in (model_overrides or {}).items():
+            if name not in tensors:
+                raise KeyError(f"save_checkpoint: the model has no tensor {name!r} to override")
+            tensors[name] = tensor.detach().cpu().contiguous()
+        save_file(tensors, str(partial / MODEL_FILE))
         if optimizer is not None:
             torch.save(optimizer.state_dict(), partial / OPTIMIZER_FILE)
         if scheduler is not None:
@@ -258,12 +263,19 @@ def _torch_load(path: Path) -> Any:
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    scheduler: Any | None = None, ema: EMAModel | None = None) -> dict[str, Any]:
+                    scheduler: Any | None = None, ema: EMAModel | None = None,
+                    model_overrides: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Restore a `save_checkpoint` folder into the given objects in place (strict key match) and return its
-    state.json (`extra` plus `step`). Each object given must have been saved."""
+    state.json (`extra` plus `step`). Each object given must have been saved. The tensors of
+    `model_overrides` are filled from the model file too (by name, in their own dtype: the fp32 masters)."""
     path = Path(path)
     extra = json.loads((path / STATE_FILE).read_text())
-    _unwrap(model).load_state_dict(load_file(str(path / MODEL_FILE)), strict=True)
+    tensors = load_file(str(path / MODEL_FILE))
+    _unwrap(model).load_state_dict(tensors, strict=True)
+    with torch.no_grad():
+        for name, tensor in (model_overrides or {}).items():
+            tensor.copy_(tensors[name])
+    del tensors
     for target, name in ((optimizer, OPTIMIZER_FILE), (scheduler, SCHEDULER_FILE), (ema, EMA_FILE)):
         if target is not None and not (path / name).is_file():
             raise FileNotFoundError(f"checkpoint {path} has no {name}")

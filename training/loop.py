@@ -1,33 +1,66 @@
-"""The training loop, readable in one place: stages in order, steps, checkpoints, logs.
+"""The trainer, readable in one place: stages in order, steps, checkpoints, logs.
 
-Parallelism, checkpoint files, logging and data are separate pieces it calls: a `Session` (which
-rank this is, how to reach the others, where checkpoints go; Ray Train's or a local one), the
-loader (`training.data`), the step (`training.step`), the checkpoints (`training.checkpoints`), the
-log (`training.monitoring`) and the validation pass on held-out videos (`training.validation`, with
-the EMA weights when `ema_decay` keeps them). Gradients are averaged over ranks explicitly after
-backward, in flat buckets: a step that drops the references (classifier-free guidance) leaves the
-reference nets without gradients on that rank, which DDP's bucketed reducer cannot take without
-`find_unused_parameters`; here a missing gradient simply counts as zero.
+`Trainer` (torchtitan's pattern) holds one `TrainState` (`training.state`) and calls separate pieces: a
+`Session` (which rank this is, how to reach the others, where checkpoints come from; Ray Train's or a local
+one), the loader (`training.data`), the loss (`training.step`), the precision policy and fp32 masters
+(`training.precision`), the checkpoints (`CheckpointManager`), the log (`training.monitoring`) and the
+validation pass on held-out videos (`training.validation`, with the EMA weights when `ema_decay` keeps them).
+
+Stages: stage 1 trains a 2D denoiser (no motion modules), the reference nets, the pose guider and the identity
+projection; stage 2 inserts the motion modules (`pretrained.motion_adapter`, or random ones) when it starts,
+also when a stage-2-only run starts from a stage-1 pipeline (`init_from`), and trains only them. A checkpoint's
+train state says whether the model had them, so a resume inserts them before loading.
+
+Gradients: with several ranks the model is wrapped in DistributedDataParallel with a static graph (the model
+runs the same layers every step: dropped references are masked, not skipped), so gradients are reduced in
+buckets while backward still runs; reference-net parameters that reach nothing are frozen by
+`select_trainable`, so no `find_unused_parameters` is needed. The trained parameters' fp32 masters are
+broadcast from rank 0 when a stage starts, so every rank starts from the same weights whatever its RNG did.
+
+Host: the step never waits for the device; losses and gradient norms stay device tensors until a log or
+checkpoint step reads them (one transfer, one all-reduce over ranks).
+
+Building blocks the benchmarks call too: `build_components`, `prepare_stage` (the model for stage S under a
+precision policy) and `forward_backward` (one loss and backward).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import torch
+from diffusers import DDPMScheduler, MotionAdapter
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
+from torch import nn
 
 from data_specs.model import model_flavour
 from data_specs.training import StageRun, TrainConfig
-from model.builders import DurianComponents, random_components, training_scheduler
-from training.step import Encoders, StepOptions, diffusion_loss, model_inputs, step_generator
+from model.builders import DurianComponents, random_components
+from model.durian import DurianModel
+from training.precision import MasterWeights, PrecisionPolicy, hold_in, precision_policy
+from training.state import CheckpointManager, StageParts, TrainState
+from training.step import (
+    Encoders,
+    ModelInputs,
+    StepOptions,
+    diffusion_loss,
+    model_inputs,
+    step_generator,
+    training_noise_scheduler,
+)
+
+__all__ = ["Progress", "Session", "Trainer", "build_components", "forward_backward", "prepare_stage", "train"]
+
+log = logging.getLogger(__name__)
+
+_BROADCAST_BUCKET_BYTES = 250 * 2**20  # DDP's own bucket size for its initial broadcast
 
 
 class Session(Protocol):
@@ -46,15 +79,22 @@ class Session(Protocol):
 
 @dataclass
 class Progress:
-    """Where the run is: stage, step within it, and steps done overall."""
+    """What a finished `train` returns: the final train state and every step's loss (mean over ranks) that
+    this process trained."""
 
-    stage_index: int = 0
-    step: int = 0
+    state: TrainState
     losses: list[float] = field(default_factory=list)
 
 
-def build_components(config: TrainConfig, device: torch.device) -> DurianComponents:
-    """The model to train: a saved pipeline (`init_from`), the pretrained parts (sd15) or random (tiny)."""
+# ---------------------------------------------------------------- building blocks
+
+
+def build_components(config: TrainConfig, policy: PrecisionPolicy, device: torch.device) -> DurianComponents:
+    """The networks to train from: a saved pipeline (`init_from`), the pretrained parts (sd15) or random (tiny).
+
+    The frozen encoders and the VAE are held as `policy` says from here on; the model stays fp32 until
+    `prepare_stage` has taken the fp32 masters of what the stage trains.
+    """
     flavour = model_flavour(config.flavour)
     if config.init_from:
         from model.pipeline import DurianPipeline
@@ -62,173 +102,315 @@ def build_components(config: TrainConfig, device: torch.device) -> DurianCompone
         pipeline = DurianPipeline.from_pretrained(config.init_from)
         components = DurianComponents(pipeline.model, pipeline.vae, pipeline.image_encoder,
                                       pipeline.identity_encoder, pipeline.scheduler)
-    elif config.pretrained:
+    elif config.pretrained is not None:
         from model.builders import pretrained_components
 
-        parts = config.pretrained
-        components = pretrained_components(flavour, parts["sd15"], parts.get("motion_adapter"),
-                                           parts["image_encoder"], parts["arcface"])
+        components = pretrained_components(flavour, config.pretrained, device=device)
     else:
         components = random_components(flavour, seed=config.seed)
-    for module in (components.model, components.vae, components.image_encoder, components.identity_encoder):
-        module.to(device)
+    components.model.to(device)
+    policy.apply([components.image_encoder, components.identity_encoder], components.vae, device)
     for module in (components.vae, components.image_encoder, components.identity_encoder):
         module.requires_grad_(False).eval()
     return components
 
 
-def average_gradients(parameters: list[torch.nn.Parameter], world_size: int) -> None:
-    """All-reduce the mean gradient of `parameters` in one flat buffer (a missing gradient is zero)."""
-    if world_size == 1:
-        return
-    import torch.distributed as dist
+def prepare_stage(model: DurianModel, stage: int, policy: PrecisionPolicy,
+                  motion_adapter: Callable[[], MotionAdapter] | None = None,
+                  gradient_checkpointing: bool = False) -> MasterWeights:
+    """The model ready to train `stage` under `policy`; returns the fp32 masters of its trained parameters.
 
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-    flat = torch.cat([g.flatten() for g in grads])
-    dist.all_reduce(flat)
-    flat /= world_size
-    offset = 0
-    for parameter, grad in zip(parameters, grads):
-        parameter.grad = flat[offset:offset + grad.numel()].view_as(grad)
-        offset += grad.numel()
+    Stage 2 inserts the motion modules from `motion_adapter()` unless the model has them. The masters are
+    taken before the model is cast to the working dtype, so they keep every bit of fp32 weights (pretrained,
+    or an adapter's); the frozen parts are then held in the working dtype.
+    """
+    inserted: dict[str, torch.Tensor] = {}  # the adapter's own (fp32) tensors, by the model's names
+    if stage == 2 and not model.has_motion_modules:
+        if motion_adapter is None:
+            raise ValueError("stage 2 needs motion modules: the model has none and no motion adapter was given")
+        adapter = motion_adapter()
+        # Kept before the insertion casts them to the denoiser's dtype (bf16 after a bf16 stage 1).
+        inserted = {f"denoiser.{name}": tensor for name, tensor in adapter.state_dict().items()}
+        model.add_motion_modules(adapter)
+    if gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    masters = MasterWeights(model.select_trainable(stage), policy.working_dtype)
+    if masters.separate and inserted:
+        names = {id(p): name for name, p in model.named_parameters()}
+        with torch.no_grad():
+            for working, master in zip(masters.working, masters.masters):
+                if (source := inserted.get(names[id(working)])) is not None:
+                    master.copy_(source)
+    hold_in(model, policy.working_dtype)
+    masters.to_working()
+    model.train()
+    return masters
 
 
-def train(config: TrainConfig, session: Session) -> Progress:
-    """Train every configured stage; resumes from `session.restored_checkpoint()` when there is one."""
-    from training.checkpoints import load_checkpoint, make_ema, save_checkpoint
-    from training.data import DatasetIndex, make_loader
-    from training.monitoring import TrainingLog
-    from training.validation import Validator
+def forward_backward(model: nn.Module, scheduler: DDPMScheduler, inputs: ModelInputs, options: StepOptions,
+                     generator: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+    """One loss and its backward (scaled by `scale`, e.g. 1 / accumulation); returns the loss, detached, on the
+    device. `model`: the DurianModel or its DistributedDataParallel wrapper."""
+    loss = diffusion_loss(model, scheduler, inputs, options, generator)
+    (loss * scale).backward()
+    _unwrap(model).clear_references()
+    return loss.detach()
 
-    device = session.device
-    index = DatasetIndex.open(Path(config.data.dataset))
-    for run in config.stages:
-        index.check_fits(run, config.model_resolution())
-    components = build_components(config, device)
-    model = components.model
-    encoders = Encoders(components.vae, components.image_encoder, components.identity_encoder)
-    noise_scheduler = training_scheduler(model_flavour(config.flavour).noise_schedule)
-    options = StepOptions(config.noise_offset, config.min_snr_gamma, config.reference_dropout,
-                          autocast=_autocast(config, device))
-    if config.gradient_checkpointing:
-        model.denoiser.enable_gradient_checkpointing()
-    progress = Progress()
-    restored = session.restored_checkpoint()
-    state: dict = {}
-    if restored is not None:  # weights, optimiser and schedule are loaded with the stage they belong to
-        state = json.loads((restored / "state.json").read_text())
-        progress.stage_index, progress.step = state["stage_index"], state["stage_step"]
-    # A resumed run's log drops what the interrupted attempt logged after its last checkpoint.
-    log = TrainingLog(config.run_dir, enabled=session.rank == 0,
-                      purge_step=_global_step(config, progress.stage_index, progress.step) + 1 if restored else None)
 
-    for stage_index, run in enumerate(config.stages):
-        if stage_index < progress.stage_index:
-            continue
-        trainable = model.select_trainable(run.stage)
-        model.train()
-        optimizer = _optimizer(config, run, trainable, device)
-        schedule = get_scheduler(config.optim.schedule, optimizer, num_warmup_steps=config.optim.warmup_steps,
-                                 num_training_steps=run.steps)
-        ema = make_ema(trainable, config.ema_decay) if config.ema_decay else None
-        if restored is not None and state["stage_index"] == stage_index:
-            load_checkpoint(restored, model, optimizer, schedule, ema=ema)
-        else:
-            progress.step = 0
-        validator = Validator(config, index, run) if session.rank == 0 else None
-        loader = iter(make_loader(index, config.data, run, session.rank, session.world_size, config.seed,
-                                  start_batch=progress.step * config.gradient_accumulation))
-        started, skipped_shards = time.perf_counter(), 0
-        while progress.step < run.steps:
-            generator = step_generator(config.seed, session.rank, _global_step(config, stage_index,
-                                                                                progress.step), device)
-            loss_sum = 0.0
-            for _ in range(config.gradient_accumulation):
-                batch = next(loader)
-                skipped_shards += batch.skipped_shards
-                loss = diffusion_loss(model, noise_scheduler, model_inputs(encoders, batch, device), options,
-                                      generator)
-                (loss / config.gradient_accumulation).backward()
-                model.clear_references()
-                loss_sum += loss.item() / config.gradient_accumulation
-            average_gradients(trainable, session.world_size)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, config.optim.grad_clip))
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.step(trainable)
-            progress.step += 1
-            progress.losses.append(_mean_over_ranks(loss_sum, session.world_size, device))
+def _unwrap(model: nn.Module) -> DurianModel:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
-            samples = progress.step * config.data.batch_size * config.gradient_accumulation * session.world_size
-            metrics = {"loss": progress.losses[-1], "lr": schedule.get_last_lr()[0], "grad_norm": grad_norm,
+
+# ---------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    """Trains every configured stage; resumes from `session.restored_checkpoint()` when there is one."""
+
+    def __init__(self, config: TrainConfig, session: Session) -> None:
+        from training.data import DatasetIndex
+        from training.monitoring import TrainingLog
+
+        self.config, self.session, self.device = config, session, session.device
+        self.index = DatasetIndex.open(Path(config.data.dataset))
+        for run in config.stages:
+            self.index.check_fits(run, config.model_resolution())
+        self.policy = precision_policy(config.mixed_precision, self.device, config.fp32_vae)
+        self.checkpoints = CheckpointManager(config.run_dir / "checkpoints", config.keep_checkpoints,
+                                             enabled=session.rank == 0)
+        self.restored = session.restored_checkpoint()
+        self.state = (CheckpointManager.read_state(self.restored) if self.restored is not None
+                      else TrainState(seed=config.seed))
+        if self.state.seed != config.seed:
+            log.warning("resuming with the checkpoint's seed %d (the config says %d): a resumed run draws what "
+                        "the interrupted one would have", self.state.seed, config.seed)
+        self.components = build_components(config, self.policy, self.device)
+        self.model = self.components.model
+        self.encoders = Encoders(self.components.vae, self.components.image_encoder,
+                                 self.components.identity_encoder)
+        self.noise_scheduler = training_noise_scheduler(self.components.scheduler)
+        self.options = StepOptions(config.noise_offset, config.min_snr_gamma, config.reference_dropout,
+                                   autocast=self.policy.autocast)
+        self.parts: StageParts | None = None
+        self.wrapped: nn.Module = self.model
+        self.losses: list[float] = []
+        # A resumed run's log drops what the interrupted attempt logged after its last checkpoint.
+        self.log = TrainingLog(config.run_dir, enabled=session.rank == 0,
+                               purge_step=self.state.global_step + 1 if self.restored is not None else None)
+
+    # ------------------------------------------------------------ stages
+
+    def motion_adapter(self) -> MotionAdapter:
+        """The motion modules stage 2 inserts: `pretrained.motion_adapter`, else random (seeded: the same on
+        every rank), in fp32 on the device."""
+        from model.builders import load_motion_adapter, random_motion_adapter
+
+        flavour = model_flavour(self.config.flavour)
+        paths = self.config.pretrained
+        if paths is not None and paths.motion_adapter:
+            return load_motion_adapter(paths.motion_adapter, flavour, torch.float32, self.device)
+        return random_motion_adapter(flavour, seed=self.state.seed).to(self.device)
+
+    def start_stage(self, stage_index: int) -> StageParts:
+        """Model, masters, optimiser, schedule and EMA of a stage; restored when the run resumes in it."""
+        run = self.config.stages[stage_index]
+        masters = prepare_stage(self.model, run.stage, self.policy, self.motion_adapter,
+                                self.config.gradient_checkpointing)
+        self.state.motion_modules = self.model.has_motion_modules
+        if self.session.world_size > 1:
+            self._synchronise(masters)
+        optimizer = _optimizer(self.config, run, masters.masters, self.device)
+        schedule = get_scheduler(self.config.optim.schedule, optimizer,
+                                 num_warmup_steps=self.config.optim.warmup_steps, num_training_steps=run.steps)
+        ema = None
+        if self.config.ema_decay:
+            from training.checkpoints import make_ema
+
+            ema = make_ema(masters.masters, self.config.ema_decay)
+        self.parts = StageParts(masters, optimizer, schedule, ema)
+        if self.restored is not None and self.state.stage_index == stage_index:
+            self.state = self.checkpoints.load(self.restored, self.model, self.parts)
+            self.restored = None  # loaded once: later stages start from where this one ends
+        return self.parts
+
+    def _synchronise(self, masters: MasterWeights) -> None:
+        """Rank 0's masters on every rank, then DDP over the trained parameters (reduced in fp32 buckets)."""
+        from torch.distributed import group
+        from torch.distributed.utils import _sync_params_and_buffers
+
+        _sync_params_and_buffers(group.WORLD, [m.data for m in masters.masters], _BROADCAST_BUCKET_BYTES, 0)
+        masters.to_working()
+        # The frozen weights agree by construction (same files, same seed, or the same checkpoint): no need for
+        # DDP's own broadcast of the whole model.
+        self.wrapped = nn.parallel.DistributedDataParallel(self.model, static_graph=True, init_sync=False,
+                                                           broadcast_buffers=False)
+        if masters.separate:
+            self.wrapped.register_comm_hook(None, _allreduce_in_fp32)
+
+    def end_stage(self) -> None:
+        """A stage ends with its averaged weights: the next stage and the export start there."""
+        parts = self.parts
+        if parts.ema is not None:
+            parts.ema.copy_to(parts.masters.masters)
+            parts.masters.to_working()
+        self.wrapped = self.model
+        self.state.next_stage()
+
+    # ------------------------------------------------------------ steps
+
+    def train_step(self, loader: Iterator, parts: StageParts) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """One optimiser step over `gradient_accumulation` batches; returns (loss, gradient norm) as device
+        tensors and the corrupt shards skipped meanwhile."""
+        config, state = self.config, self.state
+        generator = step_generator(state.seed, self.session.rank, state.global_step, self.device)
+        accumulation = config.gradient_accumulation
+        loss = torch.zeros((), device=self.device)
+        skipped = 0
+        for micro in range(accumulation):
+            batch = next(loader)
+            skipped += batch.skipped_shards
+            inputs = model_inputs(self.encoders, batch, self.device)
+            last = micro == accumulation - 1
+            no_sync = (self.wrapped.no_sync() if isinstance(self.wrapped, nn.parallel.DistributedDataParallel)
+                       and not last else contextlib.nullcontext())
+            with no_sync:
+                loss += forward_backward(self.wrapped, self.noise_scheduler, inputs, self.options, generator,
+                                         scale=1 / accumulation) / accumulation
+        grad_norm = self.optimizer_step(parts)
+        state.advance(accumulation)
+        return loss, grad_norm, skipped
+
+    def optimizer_step(self, parts: StageParts) -> torch.Tensor:
+        """Gradients to the fp32 masters, clip, step the optimiser, schedule and EMA, refresh the working
+        copies; returns the gradient norm before clipping (a device tensor)."""
+        masters = parts.masters
+        masters.grads_to_masters()
+        grad_norm = torch.nn.utils.clip_grad_norm_(masters.masters, self.config.optim.grad_clip)
+        parts.optimizer.step()
+        parts.schedule.step()
+        masters.zero_grad()
+        if parts.ema is not None:
+            parts.ema.step(masters.masters)
+        masters.to_working()
+        return grad_norm.detach()
+
+    # ------------------------------------------------------------ the run
+
+    def train(self) -> Progress:
+        for stage_index, run in enumerate(self.config.stages):
+            if stage_index < self.state.stage_index:
+                continue
+            self.train_stage(run, self.start_stage(stage_index))
+            self.end_stage()
+        self.log.close()
+        if self.session.rank == 0:
+            self.export(self.config.run_dir / "pipeline")
+        return Progress(self.state, self.losses)
+
+    def train_stage(self, run: StageRun, parts: StageParts) -> None:
+        from training.data import make_loader
+        from training.validation import Validator
+
+        config, state, session = self.config, self.state, self.session
+        validator = Validator(config, self.index, run) if session.rank == 0 else None
+        loader = iter(make_loader(self.index, config.data, run, session.rank, session.world_size, state.seed,
+                                  start_batch=state.batches))
+        started, first_step, skipped_shards = time.perf_counter(), state.stage_step, 0
+        pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (loss, grad norm) of steps not yet read
+        while state.stage_step < run.steps:
+            loss, grad_norm, skipped = self.train_step(loader, parts)
+            skipped_shards += skipped
+            pending.append((loss, grad_norm))
+            step = state.stage_step
+            log_due = step % config.log_every == 0 or step == run.steps
+            checkpoint_due = step % config.checkpoint_every == 0 or step == run.steps
+            validation_due = validator is not None and validator.due(step)
+            if not (log_due or checkpoint_due or validation_due):
+                continue
+            losses, grad_norms = self._read(pending)
+            pending.clear()
+            self.losses += losses
+            samples = (step - first_step) * config.data.batch_size * config.gradient_accumulation * session.world_size
+            metrics = {"loss": losses[-1], "lr": parts.schedule.get_last_lr()[0], "grad_norm": grad_norms[-1],
                        "samples_per_s": samples / (time.perf_counter() - started),
                        # corrupt shards this rank skipped so far in the stage (each also logged as a warning)
                        "skipped_shards": skipped_shards}
-            global_step = _global_step(config, stage_index, progress.step)
-            if progress.step % config.log_every == 0 or progress.step == run.steps:
-                log.log_step(global_step, run.stage, **metrics)
-            if validator is not None and validator.due(progress.step):
-                with _evaluation_weights(model, trainable, ema):
-                    validator.run(components.pipeline(), global_step, log)
+            if log_due:
+                self.log.log_step(state.global_step, run.stage, **metrics)
+            if validation_due:
+                with self.evaluation_weights(parts):
+                    validator.run(self.components.pipeline(), state.global_step, self.log)
             # Every rank reports at checkpoints only: on Ray Train a report waits for the controller's next
             # poll (every 2 s), so a report per step would hold each step to 2 s; metrics are logged above.
-            if progress.step % config.checkpoint_every == 0 or progress.step == run.steps:
-                checkpoint = None
-                if session.rank == 0:
-                    checkpoint = save_checkpoint(
-                        config.run_dir / "checkpoints", global_step, model, optimizer, schedule, ema=ema,
-                        keep=config.keep_checkpoints,
-                        extra={"stage_index": stage_index, "stage_step": progress.step, "seed": config.seed})
-                session.report({"stage": run.stage, "step": progress.step, **metrics}, checkpoint)
-        if ema is not None:  # a stage ends with its averaged weights: the next stage and the export start there
-            ema.copy_to(trainable)
-        restored = None
-        progress.stage_index = stage_index + 1
-    log.close()
-    if session.rank == 0:
+            if checkpoint_due:
+                checkpoint = self.checkpoints.save(state, self.model, parts)
+                session.report({"stage": run.stage, "step": step, **metrics}, checkpoint)
+
+    def _read(self, pending: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[list[float], list[float]]:
+        """The pending steps' losses (mean over ranks) and this rank's gradient norms, in one transfer."""
+        values = torch.stack([torch.stack(pair) for pair in pending]).float()  # (steps, 2)
+        if self.session.world_size > 1:
+            import torch.distributed as dist
+
+            losses = values[:, 0].contiguous()
+            dist.all_reduce(losses)
+            values[:, 0] = losses / self.session.world_size
+        values = values.cpu()
+        return values[:, 0].tolist(), values[:, 1].tolist()
+
+    @contextmanager
+    def evaluation_weights(self, parts: StageParts) -> Iterator[None]:
+        """The model in eval mode with the EMA weights (when kept) swapped in; training weights and mode after."""
+        masters, ema = parts.masters, parts.ema
+        if ema is not None:
+            ema.store(masters.masters)
+            ema.copy_to(masters.masters)
+            masters.to_working()
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train()
+            if ema is not None:
+                ema.restore(masters.masters)
+                masters.to_working()
+
+    def export(self, folder: Path) -> Path:
+        """The trained pipeline, in fp32: the trained weights from their masters, the rest as held."""
         from training.checkpoints import export_pipeline
 
-        export_pipeline(components.pipeline(), config.run_dir / "pipeline")
-    return progress
+        components = self.components
+        for network in (components.model, components.vae, components.image_encoder, components.identity_encoder):
+            hold_in(network, torch.float32)
+        if self.parts is not None:
+            with torch.no_grad():
+                torch._foreach_copy_([p.data for p in self.parts.masters.working],
+                                     [m.data for m in self.parts.masters.masters])
+        return export_pipeline(components.pipeline(), folder)
 
 
-@contextmanager
-def _evaluation_weights(model: torch.nn.Module, trainable: list[torch.nn.Parameter],
-                        ema: EMAModel | None) -> Iterator[None]:
-    """The model in eval mode with the EMA weights (when kept) swapped in; training weights and mode after."""
-    if ema is not None:
-        ema.store(trainable)
-        ema.copy_to(trainable)
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train()
-        if ema is not None:
-            ema.restore(trainable)
+def train(config: TrainConfig, session: Session) -> Progress:
+    """Train every configured stage (`Trainer(config, session).train()`)."""
+    return Trainer(config, session).train()
 
 
-def _global_step(config: TrainConfig, stage_index: int, step: int) -> int:
-    """Steps over all stages so far: the x axis of the logs and the checkpoints' names."""
-    return sum(run.steps for run in config.stages[:stage_index]) + step
+# ---------------------------------------------------------------- helpers
 
 
-def _mean_over_ranks(value: float, world_size: int, device: torch.device) -> float:
-    if world_size == 1:
-        return value
+def _allreduce_in_fp32(process_group: object, bucket: object) -> torch.futures.Future[torch.Tensor]:
+    """DDP communication hook: average a bucket of bf16 gradients in fp32 (one rounding, not one per rank)."""
     import torch.distributed as dist
 
-    tensor = torch.tensor([value], device=device)
-    dist.all_reduce(tensor)
-    return float(tensor) / world_size
+    group = process_group if process_group is not None else dist.group.WORLD
+    buffer = bucket.buffer()
+    total = buffer.float().div_(dist.get_world_size(group))
+    future = dist.all_reduce(total, group=group, async_op=True).get_future()
 
+    def copy_back(done: torch.futures.Future) -> torch.Tensor:
+        buffer.copy_(done.value()[0])
+        return buffer
 
-def _autocast(config: TrainConfig, device: torch.device) -> bool:
-    if config.mixed_precision == "auto":
-        return device.type == "cuda"
-    return config.mixed_precision == "bf16"
+    return future.then(copy_back)
 
 
 def _optimizer(config: TrainConfig, run: StageRun, parameters: list[torch.nn.Parameter],
@@ -238,8 +420,9 @@ def _optimizer(config: TrainConfig, run: StageRun, parameters: list[torch.nn.Par
     if config.optim.eight_bit:
         if device.type != "cuda":
             raise ValueError("optim.eight_bit needs a GPU (bitsandbytes)")
-        import bitsandbytes as bnb
-
+        try:
+            import bitsandbytes as bnb
+        except ImportError as err:
+            raise ValueError("optim.eight_bit needs bitsandbytes: `pip install bitsandbytes`") from err
         return bnb.optim.AdamW8bit(parameters, **kwargs)
     return torch.optim.AdamW(parameters, fused=device.type == "cuda", **kwargs)
-
