@@ -98,6 +98,9 @@ class ExecutionConfig(Spec):
     retries: int = Field(
         2, ge=0, le=10, description="Ray re-runs of a unit whose worker died or raised (not for bad videos)."
     )
+    actor_restarts: int = Field(
+        3, ge=0, le=100, description="Times a model actor whose process died (OOM, a crash, a lost node) is "
+        "restarted and set up again, its calls in flight retried on it; beyond that the units calling it fail.")
     on_error: Literal["record", "raise"] = Field(
         "record",
         description="'record': a bad video becomes a failure row and the run goes on; 'raise': stop at the first.",

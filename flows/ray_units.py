@@ -61,8 +61,10 @@ class RayModelClient:
         try:
             return ray.get(actor.call.remote(method, *args, **kwargs))
         except ray.exceptions.RayTaskError as err:
-            # Bad data found by a model is the clip's failure: its own message, not the actor's traceback.
-            if isinstance(err.cause, DataError):
+            # What a model raised on a clip (bad data, or a bug its content triggers) is the clip's: its own
+            # exception, not the actor's traceback, so the unit records it for that video. Ray's own failures
+            # (an actor dead beyond its restarts) stay Ray's and fail the unit.
+            if not isinstance(err.cause, ray.exceptions.RayError):
                 raise err.cause from None
             raise
 
@@ -92,8 +94,12 @@ def model_actors(specs: dict[str, ModelSpec], config: BuildConfig) -> Iterator[d
     """The actors of every model for the duration of the block, each set up once; a model that cannot
     load stops the build here, before any unit runs."""
     check_capacity(specs, config)
+    # An actor whose process dies (OOM, a crash, a lost node) is restarted and set up again, and the calls it
+    # was serving are retried on it: one crash must not fail every unit still to come.
+    restarts = config.execution.actor_restarts
     actors = {name: [ray.remote(ModelActor).options(name=f"model-{name}-{index}-{uuid.uuid4().hex[:6]}",
-                                                    num_cpus=spec.resources.cpus, num_gpus=spec.resources.gpus)
+                                                    num_cpus=spec.resources.cpus, num_gpus=spec.resources.gpus,
+                                                    max_restarts=restarts, max_task_retries=restarts)
                      .remote(spec) for index in range(spec.replicas)]
               for name, spec in specs.items()}
     try:

@@ -4,8 +4,10 @@ A *clip stage* (`ClipStage`) maps one sample to a list of samples inside the uni
 the CPU that decodes and encodes: records in, records out. Most stages return one sample
 (perception crops a clip); the training-sample stage returns a clip's K pairs; an empty list
 drops the record. A problem with the record's data is raised as `DataError`: the unit
-runner records it as a failure row for that record and carries on;
-any other exception is infrastructure and propagates (and Ray retries the unit).
+runner records it as a failure row for that record and carries on. Any other exception
+ends the record's video, as one failure row naming the error (the unit's other videos are
+kept), unless it is infrastructure (I/O, memory, Ray: `tasks.errors.is_infrastructure`),
+which propagates, and Ray retries the unit.
 
 A *model* (`ModelSpec`) is whatever a stage needs that is costly to load or wants a GPU:
 an object with `setup()` (load the weights) and batched methods over frames. The flow

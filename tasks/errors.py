@@ -18,3 +18,18 @@ def failure_kind(stage: str, reason: str) -> str:
 def failure_reason(error: Exception) -> str:
     """The reason recorded for a failure: the message, or the error's type when it has none."""
     return str(error).strip() or f"{type(error).__name__} (raised without a message)"
+
+
+class StageCrash(Exception):
+    """A stage raised something other than `DataError` on one clip: a bug its content triggers. The clip's
+    video becomes a failure row naming the error; the unit's other videos are kept."""
+
+    def __init__(self, stage: str, error: Exception) -> None:
+        super().__init__(f"{type(error).__name__}: {failure_reason(error)}"[:500])
+        self.stage = stage
+
+
+def is_infrastructure(error: Exception) -> bool:
+    """The machine, not the clip, is in trouble (I/O, memory, a Ray failure that outlived its retries): the unit
+    fails, so that Ray retries it, rather than every video after it becoming a failure row."""
+    return isinstance(error, OSError | MemoryError) or type(error).__module__.split(".")[0] == "ray"

@@ -28,7 +28,7 @@ from data_specs.split import Split, split_key, split_of
 from data_specs.units import UnitReport, VideoRef, WorkUnit
 from tasks.base import ClipStage, stages_for
 from tasks.clips import cut_clips
-from tasks.errors import DataError, failure_kind, failure_reason
+from tasks.errors import DataError, StageCrash, failure_kind, failure_reason, is_infrastructure
 from tasks.media import Frame, check_decodable, colour_encoding, iter_frames, probe_video
 from tasks.shards import RotatingShardWriter
 from tasks.sources import local_copy, sha256_file
@@ -145,13 +145,13 @@ class UnitRun:
                     raise DataError(f"too short: {counted.count} frame(s) decoded, a clip needs "
                                     f"{self.config.clips.length} (clips.length)")
                 row.status = "ok"
-        except DataError as err:
+        except (DataError, StageCrash) as err:
             if self.config.execution.on_error == "raise":
                 raise
-            # Clips cut before a mid-stream decode error are complete and stay in the shards.
+            # Clips cut before a mid-stream decode error (or a stage's crash) are complete and stay in the shards.
             row.status = "partial" if row.num_clips else "failed"
-            self.failures.append(FailureRow(item_id=video.video_id, stage=step, reason=failure_reason(err),
-                                            **lineage.columns()))
+            self.failures.append(FailureRow(item_id=video.video_id, stage=err.stage if isinstance(err, StageCrash)
+                                            else step, reason=failure_reason(err), **lineage.columns()))
         row.frames_decoded = counted.count
         self.frames += counted.count
         self.videos.append(row)
@@ -182,6 +182,10 @@ class UnitRun:
                         raise
                     self.failures.append(FailureRow(item_id=record.key, stage=stage.name, reason=failure_reason(err),
                                                     frame_indices=frame_indices, **lineage.columns()))
+                except Exception as err:
+                    if self.config.execution.on_error == "raise" or is_infrastructure(err):
+                        raise
+                    raise StageCrash(stage.name, err) from err  # ends this video only
             records = passed
             perceived = [r.meta.perception for r in records if isinstance(r, ClipSample) and r.meta.perception]
             if perceived:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +133,30 @@ def test_model_actors_are_set_up_once_per_build_and_receive_whole_clips(video_li
     names = [path.name for path in markers.iterdir()]
     assert sum(name.startswith("setup-") for name in names) == 1  # one actor, set up once for 5 units
     assert sorted(name.split("-")[1] for name in names if name.startswith("batch-")) == ["4"] * 15
+
+    # The actor's process killed by its pid mid-build: Ray restarts it (set up again) and retries its calls,
+    # and the build completes with the shards of the undisturbed one.
+    shutil.rmtree(markers)
+    killer = threading.Thread(target=_kill_the_model_at_its_first_call, args=(markers,))
+    killer.start()
+    again = build_dataset(small_config(video_library / "good", tmp_path / "again", stages=[stage],
+                                       execution={"videos_per_unit": 1}))
+    killer.join()
+    assert again.units_failed == 0 and again.samples == 15
+    assert len({name.split("-")[1] for name in os.listdir(markers) if name.startswith("setup-")}) == 2
+    shards = sorted(path.name for path in (tmp_path / "out" / "shards").glob("*.tar"))
+    assert shards == sorted(path.name for path in (tmp_path / "again" / "shards").glob("*.tar")) and shards
+    for name in shards:
+        assert (tmp_path / "out" / "shards" / name).read_bytes() == (tmp_path / "again" / "shards" / name).read_bytes()
+
+
+def _kill_the_model_at_its_first_call(markers: Path) -> None:
+    deadline = time.monotonic() + 120
+    while not (markers.is_dir() and any(name.startswith("batch-") for name in os.listdir(markers))):
+        assert time.monotonic() < deadline, "the model was never called"
+        time.sleep(0.01)
+    (setup,) = [name for name in os.listdir(markers) if name.startswith("setup-")]
+    os.kill(int(setup.split("-")[1]), signal.SIGKILL)  # as the OOM killer would
 
 
 def test_a_model_that_cannot_load_stops_the_build_before_any_unit(video_library: Path, tmp_path: Path):
