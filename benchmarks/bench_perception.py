@@ -27,6 +27,14 @@ at their real input sizes.
    no trackable face), ground-truth keypoints (Sapiens takes tens of seconds a frame on a CPU)
    and BiSeNet masks with random weights (`--flow-masks truth`: ground-truth masks).
 
+3. Cropping from the source picture (issue 17, `--source-crop-only` runs this part alone): one
+   generated 1920 x 1080 talking head, decoded as a build without perception does (the 512 x 512
+   centre square) and as perception does (the source's 1920 x 1080), then the CPU steps between
+   decoding and the models: the detector's bounded copy (`detector_view`, 640 px; source path
+   only) and the face crop to 512 x 512 (`crop_boxes` + `crop_clip` on the truth track). In
+   frames/s and ms per frame (fastest of 3 runs), with the bytes a 16-frame clip holds and the
+   crop's side in the pixels of the frame it is cut from per output pixel (below 1: enlarged).
+
 `--device cuda` measures the GPU goals of issue 8 on one GPU: the models run batched on the
 GPU, Sapiens in bfloat16 from a `torch.export` `.pt2` (its released bfloat16 format; written
 from the same random weights), RetinaFace and BiSeNet in float32 (the pipeline has no other
@@ -37,6 +45,7 @@ on one H200; GPU busy >= 80 %.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_perception.py --markdown
     PYTHONPATH=. .venv/bin/python benchmarks/bench_perception.py --device cuda --markdown
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_perception.py --source-crop-only --markdown
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from report_table import format_table
@@ -77,11 +87,18 @@ from data_specs.pose_frames import render_pose_frames
 from data_specs.video import DecodeConfig
 from tasks.media import iter_frames, probe_video
 from tasks.perception import build_face_detector, build_keypoint_estimator, build_segmenter
-from tasks.perception.face_track import crop_boxes, crop_clip, to_crop_coords, track_main_face
+from tasks.perception.face_track import (
+    crop_boxes,
+    crop_clip,
+    detector_view,
+    source_px_per_output_px,
+    to_crop_coords,
+    track_main_face,
+)
 from tasks.perception.runtime import FACEXLIB_WEIGHTS
 from tasks.perception.sapiens import build_sapiens, load_sapiens, sapiens_key
 from tasks.perception.truth import frame_refs
-from tasks.synthetic import write_dataset
+from tasks.synthetic import write_dataset, write_portrait_video
 
 FRAME_SIZE = 512  # decoded frames, and the face crops (FaceCropConfig's default size)
 SAPIENS_ARCH = "0.3b"
@@ -504,6 +521,75 @@ def build_runs(videos: Path, work: Path, weights: Path, pose_checkpoint: Path,
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class CropPath:
+    """Decoding and cropping one video one way: square thumbnail or source picture."""
+
+    name: str
+    frame_size: tuple[int, int]
+    frames: int
+    decode_s: float
+    view_s: float | None  # the detector's bounded copy (source path only)
+    crop_s: float
+    clip_bytes: int  # a 16-frame clip of decoded frames
+    frame_px_per_output_px: float  # the crop side in the pixels it is cut from / the crop size
+
+
+def source_crop_paths(work: Path, args: argparse.Namespace) -> list[CropPath]:
+    """Section 3: the square-thumbnail path against the source-picture path on one HD talking head."""
+    video = write_portrait_video(work / "talking_head_1080p.mp4", seed=11, num_frames=args.source_frames,
+                                 width=1920, height=1080, head_centre=(0.5, 0.4), head_size=0.22, attributes=("hair",))
+    probe = probe_video(str(video))
+    detector = build_face_detector(FaceDetectionConfig(backend="truth"))
+    detector.setup()
+    crop = FaceCropConfig(size=FRAME_SIZE)
+    cv2.setNumThreads(1)  # as a unit runs its CPU steps (tasks.unit)
+    paths = []
+    for name, source_size in (("512 square (no perception)", False), ("source 1920x1080 (perception)", True)):
+        log(f"source crop: {name}")
+        decode = DecodeConfig(size=FRAME_SIZE)
+        decode_s = best_of(lambda: list(iter_frames(str(video), probe, decode, source_size=source_size)))
+        decoded = list(iter_frames(str(video), probe, decode, source_size=source_size))
+        frames = np.stack([frame.image for frame in decoded])
+        height, width = frames.shape[1:3]
+        fit = "source" if source_size else decode.crop
+        refs = frame_refs(str(video), [frame.time_s for frame in decoded], (width, height), fit)
+        track = track_main_face(detector.detect(frames, refs), (width, height), crop)
+        boxes = crop_boxes(track, crop)
+        view_s = best_of(lambda: detector_view(frames, FaceDetectionConfig().max_side)) if source_size else None
+        crop_s = best_of(lambda: crop_clip(frames, crop_boxes(track, crop), crop.size))
+        paths.append(CropPath(name, (width, height), len(frames), decode_s, view_s, crop_s,
+                              16 * frames[0].nbytes, source_px_per_output_px(boxes, crop.size)))
+    return paths
+
+
+def best_of(run: Callable[[], object], repeats: int = 3) -> float:
+    """The fastest of `repeats` timed runs after a warm-up (a shared machine only ever slows a run down)."""
+    run()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def print_source_crop(paths: list[CropPath], args: argparse.Namespace) -> None:
+    header = ("path", "frame", "frames", "decode frames/s", "detector copy frames/s", "crop frames/s",
+              "CPU ms/frame", "MB per 16-frame clip", "frame px per crop px")
+    rows = []
+    for path in paths:
+        per_frame_ms = 1000 * (path.decode_s + (path.view_s or 0) + path.crop_s) / path.frames
+        rows.append((path.name, "{}x{}".format(*path.frame_size), str(path.frames),
+                     f"{path.frames / path.decode_s:.1f}",
+                     "-" if path.view_s is None else f"{path.frames / path.view_s:.1f}",
+                     f"{path.frames / path.crop_s:.1f}", f"{per_frame_ms:.1f}", f"{path.clip_bytes / 2**20:.1f}",
+                     f"{path.frame_px_per_output_px:.2f}"))
+    for markdown in (False, True) if args.markdown else (False,):
+        print()
+        print(format_table(header, rows, markdown))
+
+
 def print_results(timings: list[StageTiming], runs: list[BuildRun], args: argparse.Namespace) -> None:
     """The stage table and the build table; with `--markdown` both again as Markdown."""
     header = ("stage", "input", "batch", "frames", "frames/s", "GFLOP/frame", "GFLOP/s", "matmul GFLOP/s, before/after",
@@ -546,6 +632,8 @@ def main() -> None:
     parser.add_argument("--flow-masks", choices=("bisenet", "truth"), default="bisenet",
                         help="masks in the build with perception on (default bisenet, random weights)")
     parser.add_argument("--skip-flow", action="store_true", help="skip the two build-dataset runs")
+    parser.add_argument("--source-frames", type=int, default=48, help="frames of the 1080p video (section 3)")
+    parser.add_argument("--source-crop-only", action="store_true", help="run section 3 only")
     parser.add_argument("--markdown", action="store_true", help="also print Markdown tables")
     args = parser.parse_args()
     for key, value in DEFAULTS[args.device].items():
@@ -557,6 +645,15 @@ def main() -> None:
 
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="durian-perception-"))
+    if args.source_crop_only:
+        try:
+            paths = source_crop_paths(work, args)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print(f"\nsource-resolution cropping on {os.cpu_count()} CPU cores, one thread (as a unit); 1-minute load "
+              f"average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
+        print_source_crop(paths, args)
+        return
     try:
         log(f"videos and weights in {work}")
         videos, weights = work / "videos", work / "weights"
@@ -574,6 +671,7 @@ def main() -> None:
             pose_checkpoint = exported
 
         timings = stage_timings(clips, weights, pose_checkpoint, args, device)
+        paths = source_crop_paths(work, args)
         runs = [] if args.skip_flow else build_runs(videos, work, weights, pose_checkpoint, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -583,6 +681,7 @@ def main() -> None:
           f"{len(clips)} clips of {args.clip_length} frames from {args.videos} generated videos; "
           f"1-minute load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
     print_results(timings, runs, args)
+    print_source_crop(paths, args)
 
 
 if __name__ == "__main__":
