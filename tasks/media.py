@@ -97,11 +97,11 @@ class YuvToRgb:
     uint8 RGB with the exact matrix and range of one `ColourEncoding`.
 
     Each chroma sample covers its 2x2 block of pixels, as in OpenCV's and ffmpeg's own fast
-    converters. The chroma terms are looked up once per chroma sample, repeated over the
-    block and added to the scaled luma, rounding once: at most one level from an exact float
-    conversion, about 0.6 ms for a 512 x 512 frame (BENCHMARKS.md). OpenCV's I420 conversion
-    (0.15 ms) is BT.601 limited range only, and lifts luma below 16 to 16 before the matrix,
-    which tints near-black pixels by up to 5 levels.
+    converters; one affine `cv2.transform` then maps YUV to RGB (in fixed point, rounding and
+    saturating once): at most one level from an exact float conversion, about 0.35 ms for a
+    512 x 512 frame (`benchmarks/bench_backbone.py --colour`). OpenCV's I420 conversion (0.1 ms)
+    is BT.601 limited range only, and lifts luma below 16 to 16 before its matrix, which tints
+    near-black pixels by up to 5 levels.
     """
 
     def __init__(self, encoding: ColourEncoding) -> None:
@@ -110,28 +110,18 @@ class YuvToRgb:
         kg = 1 - kr - kb
         # Code values to RGB levels: limited range spans 219 luma and 224 chroma steps, full range 255.
         full = encoding.range == "full"
-        self.luma_gain = 1.0 if full else 255 / 219
-        self.luma_offset = 0.0 if full else -16 * 255 / 219
-        chroma = (np.arange(256) - 128) * (1.0 if full else 255 / 224)
-
-        def table(weight: float) -> np.ndarray:
-            return (weight * chroma).astype(np.float32).reshape(256, 1)
-
-        self.red_v, self.blue_u = table(2 * (1 - kr)), table(2 * (1 - kb))
-        self.green_u, self.green_v = table(-2 * kb * (1 - kb) / kg), table(-2 * kr * (1 - kr) / kg)
+        luma, chroma, black = (1.0, 1.0, 0) if full else (255 / 219, 255 / 224, 16)
+        red_v, blue_u = 2 * (1 - kr) * chroma, 2 * (1 - kb) * chroma
+        green_u, green_v = -2 * kb * (1 - kb) / kg * chroma, -2 * kr * (1 - kr) / kg * chroma
+        weights = np.array([[luma, 0, red_v], [luma, green_u, green_v], [luma, blue_u, 0]])
+        offsets = -weights @ np.array([black, 128, 128])
+        self.matrix = np.hstack([weights, offsets[:, None]]).astype(np.float32)  # rows R, G, B of (Y, U, V, 1)
 
     def __call__(self, planes: np.ndarray) -> np.ndarray:
         height, width = planes.shape[0] * 2 // 3, planes.shape[1]
-        u, v = planes[height:].reshape(2, height // 2, width // 2)
-        chroma_terms = (cv2.LUT(v, self.red_v), cv2.add(cv2.LUT(u, self.green_u), cv2.LUT(v, self.green_v)),
-                        cv2.LUT(u, self.blue_u))
-        # addWeighted computes in float and rounds and saturates once, into uint8.
-        channels = [
-            cv2.addWeighted(planes[:height], self.luma_gain, cv2.resize(term, (width, height),
-                            interpolation=cv2.INTER_NEAREST_EXACT), 1.0, self.luma_offset, dtype=cv2.CV_8U)
-            for term in chroma_terms
-        ]
-        return cv2.merge(channels)
+        u, v = (cv2.resize(plane, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
+                for plane in planes[height:].reshape(2, height // 2, width // 2))
+        return cv2.transform(cv2.merge([planes[:height], u, v]), self.matrix)
 
 
 def find_ffmpeg() -> tuple[str, str]:
