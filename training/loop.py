@@ -56,7 +56,8 @@ from training.step import (
     training_noise_scheduler,
 )
 
-__all__ = ["Progress", "Session", "Trainer", "build_components", "forward_backward", "prepare_stage", "train"]
+__all__ = ["Progress", "Session", "Trainer", "build_components", "distribute", "forward_backward", "prepare_stage",
+           "train"]
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,26 @@ def forward_backward(model: nn.Module, scheduler: DDPMScheduler, inputs: ModelIn
     return loss.detach()
 
 
+def distribute(model: DurianModel, masters: MasterWeights) -> nn.parallel.DistributedDataParallel:
+    """Rank 0's masters on every rank, then the model in DDP over its trained parameters (a static graph;
+    bf16 gradients averaged in fp32). Call on every rank of the initialised process group, after
+    `prepare_stage`.
+
+    The frozen weights agree by construction (the same files, the same seed, or the same checkpoint), so
+    DDP's own broadcast of the whole model is skipped.
+    """
+    from torch.distributed import group
+    from torch.distributed.utils import _sync_params_and_buffers
+
+    _sync_params_and_buffers(group.WORLD, [m.data for m in masters.masters], _BROADCAST_BUCKET_BYTES, 0)
+    masters.to_working()
+    wrapped = nn.parallel.DistributedDataParallel(model, static_graph=True, init_sync=False,
+                                                  broadcast_buffers=False)
+    if masters.separate:
+        wrapped.register_comm_hook(None, _allreduce_in_fp32)
+    return wrapped
+
+
 def _unwrap(model: nn.Module) -> DurianModel:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
@@ -218,7 +239,7 @@ class Trainer:
                                 self.config.gradient_checkpointing)
         self.state.motion_modules = self.model.has_motion_modules
         if self.session.world_size > 1:
-            self._synchronise(masters)
+            self.wrapped = distribute(self.model, masters)
         optimizer = _optimizer(self.config, run, masters.masters, self.device)
         schedule = get_scheduler(self.config.optim.schedule, optimizer,
                                  num_warmup_steps=self.config.optim.warmup_steps, num_training_steps=run.steps)
@@ -232,20 +253,6 @@ class Trainer:
             self.state = self.checkpoints.load(self.restored, self.model, self.parts)
             self.restored = None  # loaded once: later stages start from where this one ends
         return self.parts
-
-    def _synchronise(self, masters: MasterWeights) -> None:
-        """Rank 0's masters on every rank, then DDP over the trained parameters (reduced in fp32 buckets)."""
-        from torch.distributed import group
-        from torch.distributed.utils import _sync_params_and_buffers
-
-        _sync_params_and_buffers(group.WORLD, [m.data for m in masters.masters], _BROADCAST_BUCKET_BYTES, 0)
-        masters.to_working()
-        # The frozen weights agree by construction (same files, same seed, or the same checkpoint): no need for
-        # DDP's own broadcast of the whole model.
-        self.wrapped = nn.parallel.DistributedDataParallel(self.model, static_graph=True, init_sync=False,
-                                                           broadcast_buffers=False)
-        if masters.separate:
-            self.wrapped.register_comm_hook(None, _allreduce_in_fp32)
 
     def end_stage(self) -> None:
         """A stage ends with its averaged weights: the next stage and the export start there."""

@@ -1,0 +1,179 @@
+"""The trainer's parts: loss weights at every timestep, per-rank noise, stages under the bf16 policy, fp32
+masters in checkpoints, identical starting weights and gradients on two ranks (gloo, DDP), config limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from safetensors.torch import load_file
+
+from data_specs.model import model_flavour
+from data_specs.training import TrainConfigError, load_train_config
+from model.builders import random_components, random_motion_adapter
+from model.durian import DurianModel, ReferenceInputs
+from training.loop import distribute, forward_backward, prepare_stage
+from training.precision import PrecisionPolicy, precision_policy
+from training.state import CheckpointManager, StageParts, TrainState
+from training.step import ModelInputs, StepOptions, min_snr_weights, step_generator, training_noise_scheduler
+
+BF16 = PrecisionPolicy(torch.bfloat16, torch.bfloat16)
+
+
+def tiny_inputs(model: DurianModel, seed: int = 0, frames: int = 1, latent: int = 8) -> ModelInputs:
+    """Random model inputs of the tiny flavour's shapes (8x8 latents: 32 px)."""
+    g = torch.Generator().manual_seed(seed)
+    channels = model.attribute_net.config.in_channels
+    return ModelInputs(
+        latents=torch.randn(1, channels - 1, frames, latent, latent, generator=g),
+        pose_frames=torch.rand(1, 3, frames, 4 * latent, 4 * latent, generator=g),
+        references=ReferenceInputs(
+            portrait=torch.randn(1, channels, latent, latent, generator=g),
+            attributes=torch.randn(1, 1, channels, latent, latent, generator=g),
+            identity_embeds=torch.randn(1, 1, model.config.identity_dim, generator=g),
+            attribute_embeds=torch.randn(1, 1, model.attribute_net.config.cross_attention_dim, generator=g)))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("zero_snr", [False, True])
+def test_min_snr_weights_are_finite_at_every_timestep(prediction_type: str, zero_snr: bool):
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              prediction_type=prediction_type, rescale_betas_zero_snr=zero_snr)
+    timesteps = torch.arange(scheduler.config.num_train_timesteps)
+    weights = min_snr_weights(scheduler, timesteps, gamma=5.0)
+    assert torch.isfinite(weights).all() and (weights >= 0).all() and (weights <= 1).all()
+    snr = (scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod))[timesteps]
+    # Hang et al.: min(SNR, 5) / SNR for the noise, min(SNR, 5) / (SNR + 1) for v, wherever SNR > 0.
+    expected = snr.clamp(max=5.0) / (snr if prediction_type == "epsilon" else snr + 1)
+    positive = snr > 0
+    torch.testing.assert_close(weights[positive], expected[positive].float())
+    if zero_snr:  # t = 999 is pure noise: the limit of the noise weight is 1, v's weight is 0
+        assert weights[-1] == (1.0 if prediction_type == "epsilon" else 0.0)
+
+
+def test_the_training_schedule_is_the_pipelines():
+    flavour = model_flavour("tiny")
+    scheduler = training_noise_scheduler(random_components(flavour, seed=0).scheduler)
+    spec = flavour.noise_schedule
+    assert scheduler.config.prediction_type == spec.prediction_type == "v_prediction"
+    assert scheduler.config.rescale_betas_zero_snr and scheduler.alphas_cumprod[-1] == 0
+
+
+def test_ranks_draw_different_noise_and_a_step_repeats_its_own():
+    def draw(rank: int, step: int) -> torch.Tensor:
+        return torch.randn(8, generator=step_generator(0, rank, step, torch.device("cpu")))
+
+    assert torch.equal(draw(0, 5), draw(0, 5))
+    assert not torch.equal(draw(0, 5), draw(1, 5))
+    assert not torch.equal(draw(0, 5), draw(0, 6))
+
+
+def test_mixed_precision_is_off_on_cpu_unless_forced():
+    cpu = torch.device("cpu")
+    assert precision_policy("auto", cpu) == PrecisionPolicy()
+    assert precision_policy("bf16", cpu) == BF16
+    assert precision_policy("bf16", cpu, fp32_vae=True).vae_dtype == torch.float32
+    assert precision_policy("auto", torch.device("cuda")).working_dtype == torch.bfloat16
+
+
+def test_stages_under_bf16_keep_fp32_masters_and_insert_the_motion_modules_bit_for_bit():
+    flavour = model_flavour("tiny")
+    model = random_components(flavour, seed=0).model
+    fp32 = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    masters = prepare_stage(model, 1, BF16)
+    assert not model.has_motion_modules
+    assert not any("motion_modules" in name for name, _ in model.named_parameters())
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}  # frozen and working copies alike
+    names = {id(p): name for name, p in model.named_parameters()}
+    assert masters.separate and {m.dtype for m in masters.masters} == {torch.float32}
+    assert all(torch.equal(m, fp32[names[id(p)]]) for p, m in zip(masters.working, masters.masters))
+
+    adapter = random_motion_adapter(flavour, seed=1)
+    expected = {f"denoiser.{name}": tensor.clone() for name, tensor in adapter.state_dict().items()}
+    masters = prepare_stage(model, 2, BF16, motion_adapter=lambda: adapter)
+    assert model.has_motion_modules
+    names = {id(p): name for name, p in model.named_parameters()}
+    trained = [names[id(p)] for p in masters.working]
+    assert trained and all("motion_modules" in name for name in trained)
+    assert set(trained) == {name for name in expected if name in dict(model.named_parameters())}
+    assert all(torch.equal(m, expected[names[id(p)]]) for p, m in zip(masters.working, masters.masters))
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_a_bf16_step_updates_the_masters_and_the_checkpoint_holds_them_in_fp32(tmp_path: Path):
+    components = random_components(model_flavour("tiny"), seed=0)
+    model = components.model
+    masters = prepare_stage(model, 1, BF16)
+    before = [m.detach().clone() for m in masters.masters]
+    optimizer = torch.optim.AdamW(masters.masters, lr=1e-3)
+    scheduler = training_noise_scheduler(components.scheduler)
+    loss = forward_backward(model, scheduler, tiny_inputs(model), StepOptions(autocast=True),
+                            step_generator(0, 0, 0, torch.device("cpu")))
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    masters.grads_to_masters()
+    assert all(p.grad is None for p in masters.working) and {m.grad.dtype for m in masters.masters} == {torch.float32}
+    optimizer.step()
+    masters.zero_grad()
+    masters.to_working()
+    assert any(not torch.equal(a, b) for a, b in zip(before, masters.masters))
+    assert all(torch.equal(p, m.to(torch.bfloat16)) for p, m in zip(masters.working, masters.masters))
+
+    parts = StageParts(masters, optimizer, torch.optim.lr_scheduler.ConstantLR(optimizer, 1.0), None)
+    manager = CheckpointManager(tmp_path, keep=2, enabled=True)
+    path = manager.save(TrainState(global_step=1, stage_step=1, batches=1), model, parts)
+    saved = load_file(path / "model.safetensors")
+    names = {id(p): name for name, p in model.named_parameters()}
+    assert all(saved[names[id(p)]].dtype == torch.float32 and torch.equal(saved[names[id(p)]], m)
+               for p, m in zip(masters.working, masters.masters))
+
+    # Restored into a fresh bf16 model: the same masters and working copies.
+    fresh = random_components(model_flavour("tiny"), seed=5).model
+    fresh_masters = prepare_stage(fresh, 1, BF16)
+    fresh_optimizer = torch.optim.AdamW(fresh_masters.masters, lr=1e-3)
+    state = manager.load(path, fresh, StageParts(fresh_masters, fresh_optimizer,
+                                                 torch.optim.lr_scheduler.ConstantLR(fresh_optimizer, 1.0), None))
+    assert state == TrainState(global_step=1, stage_step=1, batches=1)
+    assert all(torch.equal(a, b) for a, b in zip(fresh_masters.masters, masters.masters))
+    assert all(torch.equal(a, b) for a, b in zip(fresh_masters.working, masters.working))
+
+
+def _two_ranks(rank: int, store: str, results: str) -> None:
+    """One of two gloo ranks: a model built with this rank's own seed, synchronised, one DDP step."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        components = random_components(model_flavour("tiny"), seed=rank)  # different weights on each rank
+        model = components.model
+        masters = prepare_stage(model, 1, PrecisionPolicy())
+        wrapped = distribute(model, masters)
+        started = [m.detach().clone() for m in masters.masters]
+        forward_backward(wrapped, training_noise_scheduler(components.scheduler), tiny_inputs(model, seed=rank),
+                         StepOptions(reference_dropout=0.5), step_generator(0, rank, 0, torch.device("cpu")))
+        grads = [torch.zeros_like(m) if m.grad is None else m.grad.clone() for m in masters.masters]
+        torch.save({"masters": started, "grads": grads}, f"{results}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_start_from_rank_0s_weights_and_average_their_gradients(tmp_path: Path):
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_two_ranks, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    rank0 = random_components(model_flavour("tiny"), seed=0).model
+    expected = [p.detach() for p in rank0.select_trainable(1)]
+    assert all(torch.equal(a, b) for a, b in zip(ranks[1]["masters"], expected))  # rank 1 took rank 0's
+    assert all(torch.equal(a, b) for a, b in zip(ranks[0]["masters"], ranks[1]["masters"]))
+    assert all(torch.equal(a, b) for a, b in zip(ranks[0]["grads"], ranks[1]["grads"]))  # averaged
+    assert sum(g.abs().sum() for g in ranks[0]["grads"]) > 0
+
+
+def test_frames_beyond_the_motion_modules_length_are_a_config_error(tmp_path: Path):
+    config = {"output_dir": str(tmp_path), "data": {"dataset": str(tmp_path)}}
+    assert load_train_config({**config, "stages": [{"stage": 2, "steps": 1, "frames": 32}]}).stages[0].frames == 32
+    with pytest.raises(TrainConfigError, match="frames=33 is more than the motion modules"):
+        load_train_config({**config, "stages": [{"stage": 2, "steps": 1, "frames": 33}]})
