@@ -9,6 +9,7 @@
       card/README.md, card/*.png          the dataset card (counts, distributions, rejections)
       card/contact_sheet.png              a contact sheet of the first samples
       build.lock                          while a build runs: who runs it (one build per folder at a time)
+      weights.json                        the content hash of each weight file, so it is hashed once, not per run
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ class OutputLayout:
     @property
     def card(self) -> Path:
         return self.root / "card"
+
+    @property
+    def weights_cache(self) -> Path:
+        """The content hashes of the weight files the config names, by path, size and times (`tasks.fingerprint`)."""
+        return self.root / "weights.json"
 
     @property
     def lock_file(self) -> Path:

@@ -2,9 +2,10 @@
 
 A unit is a group of videos processed by one task on one worker. It is named by the
 videos it holds (`unit_id`) and stamped with a fingerprint of everything that decides
-its output (each video's size and modification time, the output-relevant config and
-the code version): a unit whose fingerprint is unchanged since its last completed
-run is skipped.
+its output (each video's size and modification time, the output-relevant config, the
+split, the code and library versions, ffmpeg's, and the contents of the weight files the
+config names: `tasks.fingerprint`): a unit whose fingerprint is unchanged since its
+last completed run is skipped.
 """
 
 from __future__ import annotations

@@ -25,10 +25,10 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from data_specs.config import BuildConfig, InputsConfig
-from data_specs.lineage import code_version
 from data_specs.sample import safe_key
 from data_specs.layout import OutputLayout
 from data_specs.units import MAX_VIDEO_ID_LENGTH, VIDEO_ID_PATTERN, UnitReport, VideoRef, WorkUnit
+from tasks.fingerprint import build_identity
 
 _MANIFEST_SUFFIXES = (".parquet", ".csv")
 
@@ -180,7 +180,7 @@ def plan_units(videos: list[VideoRef], config: BuildConfig) -> list[WorkUnit]:
         more_of_file = index + 1 < len(videos) and videos[index + 1].uri == video.uri
         if not more_of_file and int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % target == 0:
             groups.append([])
-    version, config_hash = code_version(), config.output_hash()
+    version, config_hash = build_identity(config), config.output_hash()  # code, libraries, ffmpeg, weights
     units = []
     for group in filter(None, groups):
         unit_id = hashlib.sha256("\n".join(v.uri for v in group).encode()).hexdigest()[:12]

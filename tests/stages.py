@@ -90,3 +90,21 @@ class UsesCountingModel:
     def __call__(self, sample: ClipSample) -> list[ClipSample]:
         assert self.counter.call("mean", sample.frames) >= 0
         return [sample]
+
+
+class ScaleByWeights:
+    """A stage whose output depends on a weight file's contents: frames times the gain stored in `weights` (.npy)."""
+
+    name = "scale-by-weights"
+    resources = Resources()
+    models = ()
+
+    def __init__(self, weights: str) -> None:
+        self.weights = weights
+
+    def setup(self, models: Mapping[str, ModelClient]) -> None:
+        self.gain = float(np.load(self.weights))
+
+    def __call__(self, sample: ClipSample) -> list[ClipSample]:
+        sample.frames = np.clip(sample.frames * self.gain, 0, 255).astype(np.uint8)
+        return [sample]

@@ -13,8 +13,7 @@ from tasks.samples.expansion import dilate_erode
 from tasks.samples.pairs import clip_rng, plan_pairs
 from tests.samples.samples_testing import perceived_clip, sample_stage
 
-# References from the clip itself: these tests look at one clip (scene references: test_scene_references.py).
-PAIRS = PairConfig(pairs_per_clip=3, frames=4, frame_stride=2, min_ref_distance=5, seed=7, references={"scope": "clip"})
+PAIRS = PairConfig(pairs_per_clip=3, frames=4, frame_stride=2, min_ref_distance=5, seed=7)
 
 
 def test_pairs_keep_their_distance_are_deterministic_and_counted():
