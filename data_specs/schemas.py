@@ -67,6 +67,7 @@ CLIPS = pa.schema(
         pa.field("time_start_s", pa.float64()),
         pa.field("time_end_s", pa.float64()),
         pa.field("fps", pa.float64()),
+        pa.field("scene_index", pa.int32(), nullable=False),  # the clip's scene (shot) within its video
         # Median crop side in source pixels / crop size (perception only): below 1 the crop is enlarged.
         pa.field("source_px_per_output_px", pa.float64()),
         *LINEAGE,
@@ -81,6 +82,7 @@ SAMPLES = pa.schema(
         pa.field("shard", pa.string(), nullable=False),
         pa.field("fields", pa.list_(pa.string()), nullable=False),
         pa.field("frame_indices", pa.list_(pa.int32()), nullable=False),
+        pa.field("scene_index", pa.int32()),  # the clip's scene within its video (null: built without scenes)
         # Training samples (kind "pair") only; null for clip samples. What a loader needs to filter by training
         # stage and rebalance attributes, and what the dataset card plots, without opening a shard.
         pa.field("kind", pa.string(), nullable=False),  # clip | pair
@@ -91,6 +93,7 @@ SAMPLES = pa.schema(
         pa.field("expanded_mask_area", pa.float32()),  # fraction of the portrait reference M_port_train covers
         pa.field("expansion", pa.string()),  # none | dilate | generate
         pa.field("face_size", pa.float32()),  # median crop-box side, decoded-frame pixels
+        pa.field("reference_gap_s", pa.float32()),  # time from the nearer reference to the nearest target, seconds
         pa.field("split", pa.string(), nullable=False),  # train | eval, by group or source video (data_specs.split)
         pa.field("group", pa.string()),  # the input manifest's `group` (person, take); null: none given
         *LINEAGE,
@@ -163,6 +166,7 @@ class ClipRow(Lineage):
     time_start_s: float
     time_end_s: float
     fps: float
+    scene_index: int
     source_px_per_output_px: float | None = None
 
 
@@ -174,6 +178,7 @@ class SampleRow(Lineage):
     shard: str
     fields: list[str]
     frame_indices: list[int]
+    scene_index: int | None = None
     kind: str = "clip"
     training_stage: int | None = None
     attribute: str | None = None
@@ -182,6 +187,7 @@ class SampleRow(Lineage):
     expanded_mask_area: float | None = None
     expansion: str | None = None
     face_size: float | None = None
+    reference_gap_s: float | None = None
     split: Split = TRAIN
     group: str | None = None
 

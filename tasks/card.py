@@ -183,6 +183,8 @@ def _markdown(*, title: str, videos: pa.Table, clips: pa.Table, samples: pa.Tabl
     lines += ["", "## Totals", ""]
     totals: list[tuple[str, object]] = [
         ("videos", f"{videos.num_rows} (ok {status['ok']}, partial {status['partial']}, failed {status['failed']})"),
+        ("scenes with clips", len(set(zip(clips["video_id"].to_pylist(), clips["scene_index"].to_pylist(),
+                                          strict=True)))),
         ("clips", clips.num_rows),
         ("clip samples", kinds["clip"]),
         ("training samples (pairs)", kinds["pair"]),
@@ -249,6 +251,20 @@ def _markdown(*, title: str, videos: pa.Table, clips: pa.Table, samples: pa.Tabl
                          "expansion"], rows, align="lrrrrl")
         lines += ["", f"![Mask-area distributions]({plots['mask_area']})", "",
                   f"![Face-size distribution]({plots['face_size']})"]
+
+    gaps = _values(pairs, "reference_gap_s", pair_attributes, None)
+    if gaps.size:
+        lines += ["", "## References", ""]
+        lines.append("Time from each pair's nearer reference to its nearest target frame, in seconds "
+                     "(`reference_gap_s` in `manifests/samples.parquet`): references come from the clip's scene or "
+                     "video at least `pairs.references.min_gap_s` from the targets, or from the clip itself with "
+                     "scope `clip`. Median (10th–90th percentile); the least.")
+        lines.append("")
+        stages = pairs["training_stage"].to_pylist()
+        rows = [[f"stage {stage}" if stage else "**all**", chosen.size, _spread(chosen, 2), f"{chosen.min():.2f}"]
+                for stage in [*per_stage, None]
+                if (chosen := _values(pairs, "reference_gap_s", stages, stage)).size]
+        lines += _table(["pairs", "samples", "gap (s)", "least (s)"], rows)
 
     if crop_scale.size:
         enlarged = int((crop_scale < 1).sum())

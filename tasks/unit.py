@@ -8,11 +8,13 @@ the previous manifest still describes files that exist.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import cv2
@@ -26,10 +28,16 @@ from data_specs.sample import ClipMeta, ClipSample, PairSample, Sample, clip_key
 from data_specs.schemas import ClipRow, FailureRow, SampleRow, ShardRow, VideoRow, to_table, write_table_atomic
 from data_specs.split import Split, split_key, split_of
 from data_specs.units import UnitReport, VideoRef, WorkUnit
+from data_specs.video import VideoProbe
 from tasks.base import ClipStage, stages_for
-from tasks.clips import cut_clips
+from tasks.clips import cut_scene_clips
 from tasks.errors import DataError, StageCrash, failure_kind, failure_reason, is_infrastructure
 from tasks.media import Frame, check_decodable, colour_encoding, iter_frames, probe_video
+from tasks.perception.stage import PerceptionStage
+from tasks.samples.pairs import clip_rng
+from tasks.samples.scene_references import ReferencePools
+from tasks.samples.stage import TrainingSampleStage
+from tasks.scenes import sample_scene_frames, split_scenes
 from tasks.shards import RotatingShardWriter
 from tasks.sources import local_copy, sha256_file
 
@@ -132,15 +140,16 @@ class UnitRun:
                 rate = self.config.decode.fps or probe.fps  # the decoder's constant output rate
                 # Perception crops faces from the source picture; without it, frames are decode.size squares.
                 source_size = (probe.width, probe.height) if self.config.perception is not None else None
-                counted = _Counted(iter_frames(str(path), probe, self.config.decode, video.start_s, video.end_s,
-                                               source_size=source_size is not None))
+                counted = _Counted(self._decode(path, probe, video, source_size))
                 limit = self.config.clips.max_clips_per_video
-                for clip_index, clip in enumerate(cut_clips(counted, self.config.clips.length,
-                                                            self.config.clips.stride)):
-                    if limit and clip_index >= limit:
-                        break
-                    self._process_clip(video, clip_index, clip, rate, lineage, source_size)
-                    row.num_clips += 1
+                scenes = split_scenes(counted, self.config.scenes, rate)
+                with self._reference_pools(video, path, probe, rate, lineage, source_size) as pools:
+                    for clip_index, (scene_index, clip) in enumerate(cut_scene_clips(scenes, self.config.clips.length,
+                                                                                     self.config.clips.stride)):
+                        if limit and clip_index >= limit:
+                            break
+                        self._process_clip(video, clip_index, scene_index, clip, rate, lineage, source_size, pools)
+                        row.num_clips += 1
                 if row.num_clips == 0:
                     raise DataError(f"too short: {counted.count} frame(s) decoded, a clip needs "
                                     f"{self.config.clips.length} (clips.length)")
@@ -156,27 +165,70 @@ class UnitRun:
         self.frames += counted.count
         self.videos.append(row)
 
-    def _process_clip(self, video: VideoRef, clip_index: int, clip: list[Frame], fps: float,
-                      lineage: Lineage, source_size: tuple[int, int] | None = None) -> None:
-        frame_indices = [frame.index for frame in clip]
-        key = clip_key(video.video_id, clip_index)
-        sample = ClipSample(
+    def _decode(self, path: Path, probe: VideoProbe, video: VideoRef,
+                source_size: tuple[int, int] | None) -> Iterator[Frame]:
+        """The video's range as the build decodes it (the clip pass and the scene pass alike)."""
+        return iter_frames(str(path), probe, self.config.decode, video.start_s, video.end_s,
+                           source_size=source_size is not None)
+
+    def _reference_pools(self, video: VideoRef, path: Path, probe: VideoProbe, rate: float, lineage: Lineage,
+                         source_size: tuple[int, int] | None) -> contextlib.AbstractContextManager:
+        """The scene pass, as a context holding its decoder: a `ReferencePools` when pairs draw their references
+        from the scene or video (`pairs.references.scope`), else a null context.
+
+        It decodes the range a second time with the same settings, so frame indices and scenes agree with the
+        clip pass, and keeps `references.candidates` frames per scene (or video), perceived on first use.
+        """
+        training = next((s for s in self.stages if isinstance(s, TrainingSampleStage)), None)
+        perception = next((s for s in self.stages if isinstance(s, PerceptionStage)), None)
+        if training is None or perception is None or training.config.pairs.references.scope == "clip":
+            return contextlib.nullcontext()
+        pairs = training.config.pairs
+        frames = self._decode(path, probe, video, source_size)
+        samples = sample_scene_frames(
+            split_scenes(_until_data_error(frames), self.config.scenes, rate), pairs.references.candidates,
+            lambda scene: clip_rng(pairs.seed, video.video_id, 0 if scene is None else scene + 1),
+            whole_video=pairs.references.scope == "video")
+
+        def perceive(frame: Frame, scene_index: int | None) -> ClipSample:
+            # A candidate is a one-frame clip of its own, named by its frame; it is never written.
+            key = f"{video.video_id}_r{frame.index:06d}"
+            (perceived,) = perception(self._clip_sample(video, key, 0, scene_index, [frame], rate, lineage,
+                                                        source_size))
+            return perceived
+
+        return ReferencePools(samples, perceive, close=frames.close)
+
+    def _clip_sample(self, video: VideoRef, key: str, clip_index: int, scene_index: int | None, clip: list[Frame],
+                     fps: float, lineage: Lineage, source_size: tuple[int, int] | None) -> ClipSample:
+        return ClipSample(
             key=key,
-            meta=ClipMeta(video_id=video.video_id, clip_index=clip_index, frame_indices=frame_indices,
+            meta=ClipMeta(video_id=video.video_id, clip_index=clip_index, frame_indices=[f.index for f in clip],
                           time_s=[frame.time_s for frame in clip], fps=fps, source_path=video.uri,
                           content_sha256=lineage.content_sha256, config_hash=lineage.config_hash,
-                          code_version=lineage.code_version, source_size=source_size),
+                          code_version=lineage.code_version, scene_index=scene_index, source_size=source_size),
             frames=np.stack([frame.image for frame in clip]),
         )
+
+    def _process_clip(self, video: VideoRef, clip_index: int, scene_index: int, clip: list[Frame], fps: float,
+                      lineage: Lineage, source_size: tuple[int, int] | None = None,
+                      pools: ReferencePools | None = None) -> None:
+        frame_indices = [frame.index for frame in clip]
+        key = clip_key(video.video_id, clip_index)
+        sample = self._clip_sample(video, key, clip_index, scene_index, clip, fps, lineage, source_size)
         row = ClipRow(clip_id=key, video_id=video.video_id, clip_index=clip_index, frame_indices=frame_indices,
-                      time_start_s=clip[0].time_s, time_end_s=clip[-1].time_s, fps=fps, **lineage.columns())
+                      time_start_s=clip[0].time_s, time_end_s=clip[-1].time_s, fps=fps, scene_index=scene_index,
+                      **lineage.columns())
         self.clips.append(row)
         records: list[Sample] = [sample]
         for stage in self.stages:
             passed = []
             for record in records:
                 try:
-                    passed += stage(record)
+                    if pools is not None and isinstance(stage, TrainingSampleStage):
+                        passed += stage(record, pools.for_scene(scene_index))
+                    else:
+                        passed += stage(record)
                 except DataError as err:
                     if self.config.execution.on_error == "raise":
                         raise
@@ -208,14 +260,16 @@ def sample_row(sample: Sample, shard: str, lineage: Lineage, split: Split, group
     meta = sample.meta
     if not isinstance(sample, PairSample):
         return SampleRow(sample_key=sample.key, clip_id=sample.key, video_id=meta.video_id, shard=shard,
-                         fields=sample.field_names(), frame_indices=meta.frame_indices, split=split, group=group,
-                         **lineage.columns())
+                         fields=sample.field_names(), frame_indices=meta.frame_indices, scene_index=meta.scene_index,
+                         split=split, group=group, **lineage.columns())
     return SampleRow(sample_key=sample.key, clip_id=meta.clip_key, video_id=meta.video_id, shard=shard,
-                     fields=sample.field_names(), frame_indices=meta.target_frame_indices, kind="pair",
+                     fields=sample.field_names(), frame_indices=meta.target_frame_indices,
+                     scene_index=meta.scene_index, kind="pair",
                      training_stage=meta.training_stage, attribute=meta.attribute, pair_index=meta.pair_index,
                      attribute_mask_area=meta.attribute_ref.mask_area,
                      expanded_mask_area=meta.portrait_ref.mask_area, expansion=meta.expansion.mode,
-                     face_size=meta.face_size, split=split, group=group, **lineage.columns())
+                     face_size=meta.face_size, reference_gap_s=meta.reference_gap_s, split=split, group=group,
+                     **lineage.columns())
 
 
 class _Counted:
@@ -229,3 +283,9 @@ class _Counted:
         for frame in self.frames:
             self.count += 1
             yield frame
+
+
+def _until_data_error(frames: Iterable[Frame]) -> Iterator[Frame]:
+    """The frames up to a decode error, which ends them quietly: the clip pass meets the same error and records it."""
+    with contextlib.suppress(DataError):
+        yield from frames

@@ -42,7 +42,8 @@ def write_build(root: Path, pairs: dict[str, int], failures: list[tuple[str, str
                    VideoRow(video_id="v5", status="partial", num_clips=0, **lineage("v5"))]
     scales = crop_scales or (None,) * videos
     clips = [ClipRow(clip_id=f"{v}-clip-0", video_id=v, clip_index=0, frame_indices=[0, 1, 2, 3],
-                     time_start_s=0.0, time_end_s=0.33, fps=12.0, source_px_per_output_px=scale, **lineage(v))
+                     time_start_s=0.0, time_end_s=0.33, fps=12.0, scene_index=0, source_px_per_output_px=scale,
+                     **lineage(v))
              for v, scale in zip(ids, scales, strict=True)]
     samples = [SampleRow(sample_key=f"{v}-clip-0", clip_id=f"{v}-clip-0", video_id=v, shard="s-00000.tar",
                          fields=["frames.npy"], frame_indices=[0, 1, 2, 3], **lineage(v)) for v in ids]
@@ -57,7 +58,7 @@ def write_build(root: Path, pairs: dict[str, int], failures: list[tuple[str, str
                 attribute_mask_area=0.05 + 0.4 * ((i * 7) % 10) / 10,
                 expanded_mask_area=0.2 + 0.5 * ((i * 3) % 10) / 10,
                 expansion=("none", "dilate", "generate")[i % 3], face_size=60.0 + (i * 13) % 90,
-                **lineage(video)))
+                reference_gap_s=1.0 + (i % 5) / 4, **lineage(video)))
             n += 1
     failure_rows = [FailureRow(item_id=item, stage=stage, reason=reason, **lineage(item.split("-")[0]))
                     for item, stage, reason in failures]
@@ -141,6 +142,9 @@ def test_plots_and_markdown(skewed: tuple[Path, DatasetCard]) -> None:
     assert f"{len(card.samples_per_video)} of the build's 6 videos" in text
     # The crops' scale from source pixels: median (p10-p90) of the clips' values, and how many are enlarged.
     assert "## Crop resolution" in text and "1.60 (0.92–2.77). 1 of 4 clips are enlarged" in text
+    # Scenes, and the references' time to the targets: per stage and over all pairs (1.0 to 2.0 s here).
+    assert "| scenes with clips | 4 |" in text
+    assert "## References" in text and f"| **all** | {sum(SKEW.values())} | 1.50 (1.00–2.00) | 1.00 |" in text
     assert_no_temporaries(card_dir)
 
 

@@ -5,13 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
+import webdataset as wds
 
+from data_specs.sample import decode_sample
 from data_specs.scenes import SceneConfig
+from data_specs.units import UnitReport, WorkUnit
 from data_specs.video import DecodeConfig
 from tasks.clips import cut_clips, cut_scene_clips
 from tasks.media import Frame, iter_frames, probe_video
 from tasks.scenes import sample_scene_frames, split_scenes
+from tasks.sources import list_videos
+from tasks.unit import run_unit
+from tests.conftest import small_config
 from tests.scene_videos import SCENES_AT_12_FPS, write_cut_video
 
 DECODE = DecodeConfig(fps=12, size=64)
@@ -88,3 +95,83 @@ def test_the_scene_sample_is_bounded_uniform_and_seeded():
         (sample,) = sample_scene_frames(iter(stream[:30]), 3, lambda s, seed=seed: np.random.default_rng(seed))
         counts[[f.index for f in sample.frames]] += 1
     assert counts.sum() == 1200 and counts.min() > 20 and counts.max() < 60
+
+
+# ---------------------------------------------------------------- in the unit: clips.parquet, pairs from the scene
+
+TRUTH = {"backend": "truth", "runtime": {"device": "cpu"}}
+PERCEPTION = {"detection": TRUTH, "keypoints": TRUTH, "crop": {"size": 48},
+              "segmentation": {**TRUTH, "attributes": ["hair", "hat"]}}
+
+
+def pairs_config(**references) -> dict:
+    return {"pairs": {"pairs_per_clip": 2, "frames": 2, "min_ref_distance": 1,
+                      "references": {"scope": "scene", "min_gap_s": 0.3, "candidates": 6, **references}},
+            "expansion": {"mode": "none"}, "augment": {"enabled": False}}
+
+
+def build(cut_video: Path, output: Path, **overrides) -> tuple[UnitReport, dict[str, list[dict]]]:
+    config = small_config(cut_video.parent, output, **overrides)  # the folder holds the cut video alone
+    unit = WorkUnit(unit_id="cuts", fingerprint="0" * 16, videos=tuple(list_videos(config.inputs)))
+    report = run_unit(unit, config)
+    tables = {name: pq.read_table(output / report.parts_dir / f"{name}.parquet").to_pylist()
+              for name in ("clips", "samples", "failures", "shards")}
+    return report, tables
+
+
+def shard_samples(output: Path, report: UnitReport) -> list:
+    return [decode_sample(raw) for shard in report.shards
+            for raw in wds.WebDataset(str(output / "shards" / shard), shardshuffle=False)]
+
+
+def test_the_unit_cuts_clips_inside_scenes_and_records_them(cut_video: Path, tmp_path: Path):
+    report, tables = build(cut_video, tmp_path / "out")
+    assert [(row["scene_index"], row["frame_indices"][0]) for row in tables["clips"]] == [
+        (0, 0), (0, 4), (1, 11), (1, 15), (1, 19), (2, 23), (2, 27), (2, 31)]
+    for row in tables["clips"]:
+        assert {SCENES_AT_12_FPS[i] for i in row["frame_indices"]} == {row["scene_index"]}
+    samples = shard_samples(tmp_path / "out", report)
+    assert [s.meta.scene_index for s in samples] == [row["scene_index"] for row in tables["clips"]]
+    assert [row["scene_index"] for row in tables["samples"]] == [row["scene_index"] for row in tables["clips"]]
+
+
+def test_pairs_take_their_references_from_the_clips_scene_far_from_the_targets(cut_video: Path, tmp_path: Path):
+    report, tables = build(cut_video, tmp_path / "out", perception=PERCEPTION, training_samples=pairs_config())
+    samples = shard_samples(tmp_path / "out", report)
+    assert len(samples) == len(tables["samples"]) > 20 and not tables["failures"]
+    scenes = {row["clip_id"]: row["scene_index"] for row in tables["clips"]}
+    for sample, row in zip(samples, tables["samples"], strict=True):
+        meta = sample.meta
+        assert meta.scene_index == scenes[meta.clip_key] == row["scene_index"] and meta.reference_scope == "scene"
+        target_times = np.array(meta.target_frame_indices) / 12
+        for ref in (meta.attribute_ref, meta.portrait_ref):
+            assert ref.position is None and SCENES_AT_12_FPS[ref.frame_index] == meta.scene_index
+            assert ref.time_s == pytest.approx(ref.frame_index / 12)
+            assert ref.gap_s == pytest.approx(np.abs(ref.time_s - target_times).min()) and ref.gap_s >= 0.3 - 1e-6
+        assert row["reference_gap_s"] == pytest.approx(meta.reference_gap_s)
+    # The same inputs give the same pairs, byte for byte.
+    again, tables_again = build(cut_video, tmp_path / "again", perception=PERCEPTION, training_samples=pairs_config())
+    assert [row["sha256"] for row in tables_again["shards"]] == [row["sha256"] for row in tables["shards"]]
+
+
+def test_a_clip_without_a_far_enough_reference_is_a_failure_row(cut_video: Path, tmp_path: Path):
+    _, tables = build(cut_video, tmp_path / "out", perception=PERCEPTION,
+                      training_samples=pairs_config(min_gap_s=1.0), clips={"max_clips_per_video": 2})
+    assert not tables["samples"] and len(tables["failures"]) == 2
+    for row in tables["failures"]:
+        assert row["stage"] == "training-samples"
+        assert row["reason"].startswith("no reference 1 s from the targets (pairs.references.min_gap_s) with hair")
+        assert "reference candidate(s) of scene 0 perceived" in row["reason"]
+
+
+def test_references_from_the_whole_video(cut_video: Path, tmp_path: Path):
+    report, tables = build(cut_video, tmp_path / "out", perception=PERCEPTION,
+                           training_samples=pairs_config(scope="video", min_gap_s=1.0, candidates=12))
+    samples = shard_samples(tmp_path / "out", report)
+    assert samples and not tables["failures"]
+    other_scene = 0
+    for sample in samples:
+        for ref in (sample.meta.attribute_ref, sample.meta.portrait_ref):
+            assert ref.gap_s >= 1.0 - 1e-6
+            other_scene += SCENES_AT_12_FPS[ref.frame_index] != sample.meta.scene_index
+    assert other_scene > 0 and {s.meta.reference_scope for s in samples} == {"video"}

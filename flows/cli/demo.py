@@ -21,9 +21,11 @@ from flows.cli.train import train_command
 # Perception reads the generated videos' ground truth (no weights needed): see the README for real models.
 DEMO_PERCEPTION = {"detection": {"backend": "truth"}, "keypoints": {"backend": "truth"}, "crop": {"size": 64},
                    "segmentation": {"backend": "truth", "attributes": ["hair", "eyeglasses", "beard", "hat"]}}
-# Per clip 2 stage-1 pairs and 2 stage-2 pairs of 4 frames; masks grown by random dilation, references
-# augmented with reflected borders (no model needed; `expansion.mode: generate` and `fill: inpaint` take one).
-DEMO_TRAINING_SAMPLES = {"pairs": {"pairs_per_clip": 2, "frames": 4, "min_ref_distance": 3}}
+# Per clip 2 stage-1 pairs and 2 stage-2 pairs of 4 frames, references from the clip's scene at least half a
+# second from the targets (the videos last 2 s); masks grown by random dilation, references augmented with
+# reflected borders (no model needed; `expansion.mode: generate` and `fill: inpaint` take one).
+DEMO_TRAINING_SAMPLES = {"pairs": {"pairs_per_clip": 2, "frames": 4, "min_ref_distance": 3,
+                                   "references": {"min_gap_s": 0.5, "candidates": 12}}}
 DEMO_TRAINING = ["name=demo", "stages=[{stage: 1, steps: 6}, {stage: 2, steps: 3, frames: 4}]",
                  "scaling.workers=2", "checkpoint_every=3", "optim.learning_rate=1e-4"]
 DEMO_OVERRIDES = ["decode.fps=12", "decode.size=128", "clips.length=8", "clips.stride=8",

@@ -64,16 +64,26 @@ class ReferencePool:
 
 
 class ReferencePools:
-    """The pools of one video's scenes, in scene order, each perceived on first use.
+    """The pools of one video's scenes, in scene order, each perceived on first use; a context that ends the
+    scene pass.
 
     samples: the scene pass (`sample_scene_frames`), consumed lazily; perceive: a candidate frame of a
-    scene to its perceived one-frame clip, `DataError` when perception rejects it.
+    scene to its perceived one-frame clip, `DataError` when perception rejects it; close: stops the scene
+    pass's decoder.
     """
 
-    def __init__(self, samples: Iterator[SceneSample], perceive: Callable[[Frame, int | None], ClipSample]) -> None:
+    def __init__(self, samples: Iterator[SceneSample], perceive: Callable[[Frame, int | None], ClipSample],
+                 close: Callable[[], None] = lambda: None) -> None:
         self._samples = samples
         self._perceive = perceive
+        self._close = close
         self._current: ReferencePool | None = None
+
+    def __enter__(self) -> ReferencePools:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._close()
 
     def for_scene(self, scene_index: int) -> ReferencePool:
         """The pool of the scene `scene_index` (the video's pool for a whole-video pass); scenes only move on."""

@@ -13,7 +13,8 @@ from tasks.samples.expansion import dilate_erode
 from tasks.samples.pairs import clip_rng, plan_pairs
 from tests.samples.samples_testing import perceived_clip, sample_stage
 
-PAIRS = PairConfig(pairs_per_clip=3, frames=4, frame_stride=2, min_ref_distance=5, seed=7)
+# References from the clip itself: these tests look at one clip (scene references: test_scene_references.py).
+PAIRS = PairConfig(pairs_per_clip=3, frames=4, frame_stride=2, min_ref_distance=5, seed=7, references={"scope": "clip"})
 
 
 def test_pairs_keep_their_distance_are_deterministic_and_counted():

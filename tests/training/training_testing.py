@@ -30,7 +30,8 @@ def make_pairs(clips: int = 6, size: int = 32, frames: int = 4, pairs_per_clip: 
     the two attributes); stage-2 samples have `frames` targets.
     """
     config = TrainingSamplesConfig(
-        pairs=PairConfig(pairs_per_clip=pairs_per_clip, stages=stages, frames=frames, min_ref_distance=2),
+        pairs=PairConfig(pairs_per_clip=pairs_per_clip, stages=stages, frames=frames, min_ref_distance=2,
+                         references={"scope": "clip"}),
         expansion=ExpansionConfig(mode="none"), augment=AugmentConfig(enabled=False))
     stage = sample_stage(config)
     samples: list[PairSample] = []
