@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Spec(BaseModel):
@@ -120,13 +120,51 @@ class IdentityEncoderSpec(_Spec):
 
 
 class NoiseScheduleSpec(_Spec):
-    """The beta schedule, shared by the training (DDPM) and inference (DDIM) schedulers."""
+    """The noise schedule, shared by the training (DDPM) and inference (DDIM) schedulers.
 
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
-    beta_schedule: Literal["linear", "scaled_linear"] = "scaled_linear"
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    The default is the references' recipe (Moore-AnimateAnyone, Champ: `enable_zero_snr`): SD 1.5's
+    scaled-linear betas rescaled to zero terminal SNR, v-prediction (epsilon is undefined at zero SNR) and
+    trailing timestep spacing, so sampling starts at t = 999 from pure noise, the state training ends in.
+    """
+
+    num_train_timesteps: int = Field(1000, ge=1, description="Diffusion steps of training.")
+    beta_start: float = Field(0.00085, gt=0, description="First beta (SD 1.5).")
+    beta_end: float = Field(0.012, gt=0, description="Last beta before any rescaling (SD 1.5).")
+    beta_schedule: Literal["linear", "scaled_linear"] = Field("scaled_linear", description="diffusers' beta curve.")
+    rescale_betas_zero_snr: bool = Field(
+        True, description="Rescale the betas so the last timestep has zero SNR (Lin et al. 2024), as the "
+        "references do; needs `prediction_type='v_prediction'`.")
+    prediction_type: Literal["epsilon", "v_prediction"] = Field(
+        "v_prediction", description="What the denoiser predicts: the noise, or v = sqrt(a) * noise - sqrt(1 - a) * x0.")
+    timestep_spacing: Literal["leading", "trailing", "linspace"] = Field(
+        "trailing", description="How sampling picks its timesteps; 'trailing' starts at the last one (t = 999).")
+
+    @model_validator(mode="after")
+    def _zero_snr_needs_v(self) -> NoiseScheduleSpec:
+        if self.rescale_betas_zero_snr and self.prediction_type == "epsilon":
+            raise ValueError("zero terminal SNR with epsilon prediction cannot denoise the last timestep (pure "
+                             "noise holds no signal to predict the noise from): use prediction_type='v_prediction'")
+        return self
+
+    def diffusers_config(self) -> dict:
+        """Keyword arguments shared by diffusers' `DDPMScheduler` and `DDIMScheduler`."""
+        return self.model_dump()
+
+
+class PretrainedPaths(_Spec):
+    """Where the pretrained parts of the `sd15` flavour are: local paths, or hub ids already in the local
+    Hugging Face cache (see `model.builders`)."""
+
+    sd15: str = Field(description="SD 1.5: the original single file (.safetensors/.ckpt) or a diffusers folder.")
+    motion_adapter: str | None = Field(
+        None, description="AnimateDiff motion modules (`mm_sd_v15_v2.ckpt` or a diffusers MotionAdapter folder), "
+        "inserted when stage 2 starts. None: random motion modules.")
+    image_encoder: str = Field(description="The sd-image-variations CLIP image encoder (folder or hub id).")
+    arcface: str = Field(description="insightface arcface_torch `backbone.pth` (or .safetensors) of the flavour's "
+                         "IResNet.")
+    vae: str | None = Field(
+        None, description="A separate VAE instead of SD 1.5's own, e.g. sd-vae-ft-mse (the references' choice): a "
+        "diffusers AutoencoderKL folder or a single weights file in either layout.")
 
 
 class ModelFlavour(_Spec):

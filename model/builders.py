@@ -6,7 +6,13 @@ Pretrained parts, from local paths (or hub ids already in the local Hugging Face
   - AnimateDiff motion modules: the original `mm_sd_v15_v2.ckpt`, or a diffusers MotionAdapter folder;
   - the CLIP image encoder of sd-image-variations (a folder with `image_encoder/`, or the encoder's own
     folder; `model.safetensors` or `pytorch_model.bin`);
-  - the ArcFace identity encoder: insightface's `backbone.pth` (or `.safetensors`) of the flavour's IResNet.
+  - the ArcFace identity encoder: insightface's `backbone.pth` (or `.safetensors`) of the flavour's IResNet;
+  - optionally a separate VAE (sd-vae-ft-mse, the references' choice): a diffusers AutoencoderKL folder, or a
+    single file (`diffusion_pytorch_model.safetensors`, or the original `vae-ft-mse-840000-ema-pruned` file in
+    LDM keys).
+
+The stage-1 model is a 2D denoiser; the motion modules are added when stage 2 starts
+(`DurianModel.add_motion_modules(load_motion_adapter(...))`).
 
 Every network is built on the meta device and filled one tensor at a time (`model.weights`), straight in the
 requested dtype on the requested device: loading needs about the final model's memory, not a multiple of it.
@@ -25,7 +31,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from huggingface_hub import snapshot_download
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from data_specs.model import IdentityEncoderSpec, ModelFlavour, NoiseScheduleSpec
+from data_specs.model import IdentityEncoderSpec, ModelFlavour, NoiseScheduleSpec, PretrainedPaths
 from model.checkpoints import CheckpointError
 from model.durian import DurianModel
 from model.encoders import IResNet
@@ -66,39 +72,26 @@ class DurianComponents:
 # ---------------------------------------------------------------- schedulers
 
 
-def _schedule_kwargs(spec: NoiseScheduleSpec) -> dict:
-    return {"num_train_timesteps": spec.num_train_timesteps, "beta_start": spec.beta_start,
-            "beta_end": spec.beta_end, "beta_schedule": spec.beta_schedule,
-            "prediction_type": spec.prediction_type}
-
-
 def inference_scheduler(spec: NoiseScheduleSpec) -> DDIMScheduler:
-    """DDIM over the flavour's beta schedule (SD 1.5 settings: no clipping, steps_offset 1)."""
-    return DDIMScheduler(**_schedule_kwargs(spec), clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    """DDIM over the spec's schedule (SD 1.5's DDIM settings otherwise: no clipping, steps_offset 1)."""
+    return DDIMScheduler(**spec.diffusers_config(), clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 
 
 def training_scheduler(spec: NoiseScheduleSpec) -> DDPMScheduler:
-    """DDPM for adding noise in training: the same betas as `inference_scheduler`."""
-    return DDPMScheduler(**_schedule_kwargs(spec), clip_sample=False)
+    """DDPM for adding noise in training: the same betas and prediction type as `inference_scheduler`."""
+    return DDPMScheduler(**spec.diffusers_config(), clip_sample=False)
 
 
 # ---------------------------------------------------------------- random weights
 
 
-def identity_motion_adapter(flavour: ModelFlavour) -> MotionAdapter:
-    """Motion modules that pass their input through unchanged (zero `proj_out`, and
-    each module adds its output to its input).
-
-    Stage 1 trains on single frames without temporal layers: building the denoiser
-    with this adapter keeps its spatial path exactly the SD UNet's. Stage 2 then
-    loads the real modules with `model.denoiser.load_motion_modules(adapter)`.
-    """
-    adapter = MotionAdapter(**flavour.motion.diffusers_config(flavour.unet))
-    for name, module in adapter.named_modules():
-        if name.endswith("proj_out"):
-            torch.nn.init.zeros_(module.weight)
-            torch.nn.init.zeros_(module.bias)
-    return adapter
+def random_motion_adapter(flavour: ModelFlavour, seed: int = 0) -> MotionAdapter:
+    """AnimateDiff motion modules of the flavour's layout with random weights (tiny, or sd15 without
+    `motion_adapter`), built in the current default device; diffusers' init (zero `proj_out`: each module
+    starts as a pass-through)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MotionAdapter(**flavour.motion.diffusers_config(flavour.unet))
 
 
 def _identity_encoder(spec: IdentityEncoderSpec) -> IResNet:
@@ -107,14 +100,14 @@ def _identity_encoder(spec: IdentityEncoderSpec) -> IResNet:
 
 def random_components(flavour: ModelFlavour, seed: int = 0) -> DurianComponents:
     """Every component of `flavour` with random weights (tests, demo, benchmarks), built in the current
-    default device (`with torch.device(...)`)."""
+    default device (`with torch.device(...)`). The denoiser is the 2D one of stage 1 (see `random_motion_adapter`
+    for stage 2)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**flavour.unet.diffusers_config())
-        adapter = MotionAdapter(**flavour.motion.diffusers_config(flavour.unet))
         image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**flavour.image_encoder.transformers_config()))
         identity_encoder = _identity_encoder(flavour.identity_encoder)
-        model = DurianModel.from_unet2d(unet, adapter, flavour.pose_guider_channels,
+        model = DurianModel.from_unet2d(unet, None, flavour.pose_guider_channels,
                                         flavour.identity_encoder.embedding_dim)
         vae = AutoencoderKL(**flavour.vae.diffusers_config())
     return DurianComponents(model, vae.eval(), image_encoder.eval(), identity_encoder.eval(),
@@ -149,31 +142,68 @@ def _empty(cls: type[ModelMixin], config: dict) -> ModelMixin:
 
 
 def load_sd15(source: str | Path, flavour: ModelFlavour, dtype: torch.dtype = torch.float32,
-              device: Device = "cpu") -> tuple[UNet2DConditionModel, AutoencoderKL]:
-    """The SD 1.5 UNet and VAE from the original single file or a diffusers folder.
+              device: Device = "cpu", with_vae: bool = True) -> tuple[UNet2DConditionModel, AutoencoderKL | None]:
+    """The SD 1.5 UNet and VAE (None without `with_vae`) from the original single file or a diffusers folder.
 
     A single file is read once for both, with the flavour's configs (no network, no config folder).
     """
+    vae = None
     if str(source).endswith(SINGLE_FILE_SUFFIXES):
         unet = _empty(UNet2DConditionModel, flavour.unet.diffusers_config())
-        vae = _empty(AutoencoderKL, flavour.vae.diffusers_config())
         weights = open_weights(source)
         if not any(key.startswith(LDM_UNET_PREFIX) for key in weights.keys()):
             raise CheckpointError(f"{source} has no {LDM_UNET_PREFIX}* keys: not an original SD 1.x checkpoint "
                                   "(a diffusers UNet file belongs in a folder with its config.json)")
         load_weights(unet, weights, prefix=LDM_UNET_PREFIX, rename=unet_key_map(unet.config).to_diffusers,
                      dtype=dtype, device=device)
-        load_weights(vae, weights, prefix=LDM_VAE_PREFIX, rename=vae_key_map(vae.config).to_diffusers,
-                     dtype=dtype, device=device)
+        if with_vae:
+            vae = _empty(AutoencoderKL, flavour.vae.diffusers_config())
+            load_weights(vae, weights, prefix=LDM_VAE_PREFIX, rename=vae_key_map(vae.config).to_diffusers,
+                         dtype=dtype, device=device)
     else:
         folder = _local(source, ["unet/*.json", "unet/*.safetensors", "vae/*.json", "vae/*.safetensors"])
-        parts = []
-        for cls, name in ((UNet2DConditionModel, "unet"), (AutoencoderKL, "vae")):
-            part = _empty(cls, cls.load_config(folder / name))
-            load_weights(part, _weights_in(folder / name, DIFFUSERS_WEIGHTS), dtype=dtype, device=device)
-            parts.append(part)
-        unet, vae = parts
-    return unet.eval(), vae.eval()
+        unet = _empty(UNet2DConditionModel, UNet2DConditionModel.load_config(folder / "unet"))
+        load_weights(unet, _weights_in(folder / "unet", DIFFUSERS_WEIGHTS), dtype=dtype, device=device)
+        if with_vae:
+            vae = load_vae(folder / "vae", flavour, dtype, device)
+    return unet.eval(), vae
+
+
+# Top-level modules of an AutoencoderKL, in both layouts (a standalone LDM VAE file may carry its training
+# loss's discriminator and LPIPS weights besides, under `loss.`, which are skipped).
+_VAE_MODULES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
+
+
+def load_vae(source: str | Path, flavour: ModelFlavour, dtype: torch.dtype = torch.float32,
+             device: Device = "cpu") -> AutoencoderKL:
+    """A VAE on its own, such as sd-vae-ft-mse (which both references train with) instead of SD 1.5's.
+
+    source: a diffusers AutoencoderKL folder (`config.json` and `diffusion_pytorch_model.*`, as
+    stabilityai/sd-vae-ft-mse is released) or hub id, or a single weights file with the flavour's VAE config:
+    diffusers keys, or the original LDM keys (`vae-ft-mse-840000-ema-pruned.safetensors`, optionally under
+    `first_stage_model.`).
+    """
+    if str(source).endswith(SINGLE_FILE_SUFFIXES):
+        vae = _empty(AutoencoderKL, flavour.vae.diffusers_config())
+        weights = open_weights(source)
+        keys = weights.keys()
+        prefix = LDM_VAE_PREFIX if any(key.startswith(LDM_VAE_PREFIX) for key in keys) else ""
+        if any(key.startswith(f"{prefix}encoder.down_blocks.") for key in keys):
+            def rename(key: str) -> str | None:
+                return key if key.startswith(_VAE_MODULES) else None
+        else:
+            to_diffusers = vae_key_map(vae.config).to_diffusers
+
+            def rename(key: str) -> str | None:
+                return to_diffusers(key) if key.startswith(_VAE_MODULES) else None
+        load_weights(vae, weights, prefix=prefix, rename=rename, dtype=dtype, device=device)
+    else:
+        folder = _local(source, ["*.json", "*.safetensors", "vae/*.json", "vae/*.safetensors"])
+        if not (folder / "config.json").is_file() and (folder / "vae" / "config.json").is_file():
+            folder = folder / "vae"  # a whole pipeline's folder
+        vae = _empty(AutoencoderKL, AutoencoderKL.load_config(folder))
+        load_weights(vae, _weights_in(folder, DIFFUSERS_WEIGHTS), dtype=dtype, device=device)
+    return vae.eval()
 
 
 def load_motion_adapter(source: str | Path, flavour: ModelFlavour, dtype: torch.dtype = torch.float32,
@@ -216,22 +246,18 @@ def load_identity_encoder(path: str | Path, spec: IdentityEncoderSpec, dtype: to
     return encoder.eval()
 
 
-def pretrained_components(flavour: ModelFlavour, sd15: str | Path, motion_adapter: str | Path | None,
-                          image_encoder: str | Path, arcface: str | Path, dtype: torch.dtype = torch.float32,
+def pretrained_components(flavour: ModelFlavour, paths: PretrainedPaths, dtype: torch.dtype = torch.float32,
                           device: Device = "cpu") -> DurianComponents:
-    """Durian initialised from pretrained parts (see the module docstring), in `dtype` on `device`.
+    """Stage-1 Durian initialised from pretrained parts (see the module docstring), in `dtype` on `device`.
 
-    motion_adapter None: pass-through temporal layers (`identity_motion_adapter`), for stage 1.
+    The denoiser is 2D; `paths.motion_adapter` is for stage 2 (`load_motion_adapter`, then
+    `DurianModel.add_motion_modules`). `paths.vae`, when given, replaces SD 1.5's own VAE.
     """
-    # Each part is built once; the UNet and the adapter then move into the DurianModel (no copy).
-    encoder = load_image_encoder(image_encoder, dtype, device)
-    identity_encoder = load_identity_encoder(arcface, flavour.identity_encoder, dtype, device)
-    unet, vae = load_sd15(sd15, flavour, dtype, device)
-    if motion_adapter is None:
-        with torch.device(device):
-            adapter = identity_motion_adapter(flavour)  # float32: from_unet2d casts it tensor by tensor
-    else:
-        adapter = load_motion_adapter(motion_adapter, flavour, dtype, device)
-    model = DurianModel.from_unet2d(unet, adapter, flavour.pose_guider_channels,
-                                    flavour.identity_encoder.embedding_dim)
+    # Each part is built once; the UNet then moves into the DurianModel (no copy).
+    encoder = load_image_encoder(paths.image_encoder, dtype, device)
+    identity_encoder = load_identity_encoder(paths.arcface, flavour.identity_encoder, dtype, device)
+    unet, vae = load_sd15(paths.sd15, flavour, dtype, device, with_vae=paths.vae is None)
+    if paths.vae is not None:
+        vae = load_vae(paths.vae, flavour, dtype, device)
+    model = DurianModel.from_unet2d(unet, None, flavour.pose_guider_channels, flavour.identity_encoder.embedding_dim)
     return DurianComponents(model, vae, encoder, identity_encoder, inference_scheduler(flavour.noise_schedule))

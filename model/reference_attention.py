@@ -118,38 +118,54 @@ def _project(attn: Attention, tokens: torch.Tensor) -> KeysValues:
     return _heads(attn, attn.to_k(tokens)), _heads(attn, attn.to_v(tokens))
 
 
-def _attend(attn: Attention, query: torch.Tensor, groups: list[KeysValues], bias: torch.Tensor | None = None
-            ) -> torch.Tensor:
-    """SDPA of head-split `query` over the concatenated key/value groups: (B, Lq, heads * d), before `to_out`."""
+GroupBias = float | torch.Tensor  # a logit bias for every key of a group: a float, or (rows, 1, 1, 1) per row
+
+
+def _attend(attn: Attention, query: torch.Tensor, groups: list[KeysValues],
+            group_bias: list[GroupBias] | None = None) -> torch.Tensor:
+    """SDPA of head-split `query` over the concatenated key/value groups: (B, Lq, heads * d), before `to_out`.
+
+    group_bias: optionally one logit bias per group, added to every key of the group (-inf removes them).
+    """
     key = torch.cat([k for k, _ in groups], dim=2)
     value = torch.cat([v for _, v in groups], dim=2)
     if attn.norm_q is not None:
         query = attn.norm_q(query)
     if attn.norm_k is not None:
         key = attn.norm_k(key)
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=attn.scale)
+    mask = None
+    if group_bias is not None:
+        rows = max(b.shape[0] if isinstance(b, torch.Tensor) else 1 for b in group_bias)
+        mask = torch.cat([torch.as_tensor(b, dtype=query.dtype, device=query.device).expand(rows, 1, 1, k.shape[2])
+                          for (k, _), b in zip(groups, group_bias)], dim=-1)  # broadcast over heads, queries
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=attn.scale)
     return out.transpose(1, 2).flatten(2)
 
 
 def _attend_attributes(attn: Attention, query: torch.Tensor, shared: list[KeysValues],
-                       attributes: list[KeysValues], mode: ReadMode) -> torch.Tensor:
+                       attributes: list[KeysValues], mode: ReadMode, shared_bias: list[GroupBias] | None = None,
+                       attribute_bias: GroupBias = 0.0) -> torch.Tensor:
     """Attention over the `shared` groups plus one group per attribute, combined as `mode` says.
 
+    shared_bias, attribute_bias: logit biases of the shared groups and of every attribute group (the
+    per-sample reference drop), on top of the mode's attribute weights.
     Interpolation blends two outputs before `to_out`: `to_out` is affine, so this equals blending after it.
     """
+    shared_bias = shared_bias or [0.0] * len(shared)
+    plain = all(isinstance(b, float) and b == 0 for b in [*shared_bias, attribute_bias])
     if mode.alpha is not None:
         if len(attributes) != 2:
             raise ValueError(f"interpolation needs exactly 2 attributes, got {len(attributes)}")
-        first, second = (_attend(attn, query, [*shared, group]) for group in attributes)
+        bias = None if plain else [*shared_bias, attribute_bias]
+        first, second = (_attend(attn, query, [*shared, group], bias) for group in attributes)
         return torch.lerp(first, second, mode.alpha)
     groups = [*shared, *attributes]
     if mode.attribute_weights is None:
-        return _attend(attn, query, groups)
+        return _attend(attn, query, groups, None if plain else [*shared_bias, *[attribute_bias] * len(attributes)])
     if len(mode.attribute_weights) != len(attributes):
         raise ValueError(f"{len(mode.attribute_weights)} weights for {len(attributes)} attributes")
-    logits = [0.0] * len(shared) + [math.log(w) if w > 0 else -math.inf for w in mode.attribute_weights]
-    bias = torch.cat([query.new_full((k.shape[2],), b) for (k, _), b in zip(groups, logits)])
-    return _attend(attn, query, groups, bias[None, None, None])  # broadcast over batch, heads, queries
+    weights = [math.log(w) if w > 0 else -math.inf for w in mode.attribute_weights]
+    return _attend(attn, query, groups, [*shared_bias, *[attribute_bias + w for w in weights]])
 
 
 def _finish(attn: Attention, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -191,15 +207,17 @@ class _ReadModeProcessor:
     def __call__(self, attn: Attention, hidden_states: torch.Tensor,
                  encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
-                 read_mode: ReadMode = ReadMode()) -> torch.Tensor:
-        """hidden_states: (B * F, L, C) -> (B * F, L, C)."""
+                 read_mode: ReadMode = ReadMode(), drop_references: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden_states: (B * F, L, C) -> (B * F, L, C); drop_references: optional (B,) bool, the samples that
+        read no references (the per-sample classifier-free-guidance drop of training)."""
         _check_supported(attn, attention_mask)
         query = _heads(attn, attn.to_q(hidden_states))
-        out = self.attend(attn, query, hidden_states, encoder_hidden_states, read_mode)
+        out = self.attend(attn, query, hidden_states, encoder_hidden_states, read_mode, drop_references)
         return _finish(attn, out, hidden_states)
 
     def attend(self, attn: Attention, query: torch.Tensor, hidden_states: torch.Tensor,
-               encoder_hidden_states: torch.Tensor | None, read_mode: ReadMode) -> torch.Tensor:
+               encoder_hidden_states: torch.Tensor | None, read_mode: ReadMode,
+               drop_references: torch.Tensor | None) -> torch.Tensor:
         """The attention output before `to_out`: (B * F, L, heads * d)."""
         raise NotImplementedError
 
@@ -216,7 +234,8 @@ class ReferenceReadProcessor(_ReadModeProcessor):
         self.bank, self.layer = bank, layer
 
     def attend(self, attn: Attention, query: torch.Tensor, hidden_states: torch.Tensor,
-               encoder_hidden_states: torch.Tensor | None, read_mode: ReadMode) -> torch.Tensor:
+               encoder_hidden_states: torch.Tensor | None, read_mode: ReadMode,
+               drop_references: torch.Tensor | None) -> torch.Tensor:
         # 1. Own tokens.
         own = _project(attn, hidden_states)
         if not read_mode.use_references:
@@ -240,7 +259,14 @@ class ReferenceReadProcessor(_ReadModeProcessor):
 
         shared = [own, per_frame(portrait)]
         attribute_groups = [per_frame(attributes[:, n]) for n in range(num_attributes)]
-        return _attend_attributes(attn, query, shared, attribute_groups, read_mode)
+        if drop_references is None:
+            return _attend_attributes(attn, query, shared, attribute_groups, read_mode)
+        # 3. Dropped samples: their reference keys get a -inf logit, i.e. zero attention weight, so they attend to
+        #    their own tokens only, as the unconditional branch does, in the same graph as the others.
+        dropped = drop_references.to(query.device, torch.bool).repeat_interleave(frames)[:, None, None, None]
+        drop_bias = torch.zeros(dropped.shape, dtype=query.dtype, device=query.device).masked_fill(dropped, -math.inf)
+        return _attend_attributes(attn, query, shared, attribute_groups, read_mode, shared_bias=[0.0, drop_bias],
+                                  attribute_bias=drop_bias)
 
 
 class AttributeCrossAttnProcessor(_ReadModeProcessor):
@@ -251,7 +277,9 @@ class AttributeCrossAttnProcessor(_ReadModeProcessor):
     """
 
     def attend(self, attn: Attention, query: torch.Tensor, hidden_states: torch.Tensor,
-               encoder_hidden_states: torch.Tensor | None, read_mode: ReadMode) -> torch.Tensor:
+               encoder_hidden_states: torch.Tensor | None, read_mode: ReadMode,
+               drop_references: torch.Tensor | None) -> torch.Tensor:
+        # A dropped sample's attribute embeddings arrive zeroed (`DurianModel.denoise`): nothing to mask here.
         if read_mode.alpha is not None:
             num_attributes = 2
         elif read_mode.attribute_weights is not None:

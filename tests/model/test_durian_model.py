@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import copy
+from collections import Counter
 
 import pytest
 import torch
+from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import AttnProcessor2_0
 
+from data_specs.model import model_flavour
+from model.builders import random_motion_adapter
 from model.durian import DurianModel, ReferenceInputs
 from model.reference_attention import UNCONDITIONAL, ReadMode
 from durian_testing import make_clip, make_references
@@ -100,11 +104,17 @@ def test_a_reference_layer_without_recorded_tokens_raises(model: DurianModel) ->
         assert model.denoise(latents, timesteps, pose_frames, embeds, UNCONDITIONAL).shape == latents.shape
 
 
-def training_grads(model: DurianModel, checkpointing: bool, steps: int = 2) -> dict[str, torch.Tensor]:
-    """Accumulate gradients over `steps` micro-batches; the bank must not grow."""
+def training_grads(model: DurianModel, checkpointing: bool, steps: int = 2
+                   ) -> tuple[dict[str, torch.Tensor], Counter[str]]:
+    """Accumulate gradients over `steps` micro-batches (the bank must not grow); also count the runs of every
+    spatial transformer block of the three UNets."""
     if checkpointing:
         model.enable_gradient_checkpointing()
     trainable = model.select_trainable(1)
+    runs: Counter[str] = Counter()
+    for name, module in model.named_modules():
+        if isinstance(module, BasicTransformerBlock) and "motion_modules" not in name:
+            module.register_forward_pre_hook(lambda *_, name=name: runs.update([name]))
     model.zero_grad()
     sizes = []
     for step in range(steps):
@@ -116,13 +126,17 @@ def training_grads(model: DurianModel, checkpointing: bool, steps: int = 2) -> d
         assert len(model.bank) == 0
     assert sizes == [sizes[0]] * steps and sizes[0] == 2 * len(model.reference_layers)
     assert all(p.grad is not None for p in trainable)
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, runs
 
 
 def test_gradients_equal_with_and_without_checkpointing(model: DurianModel) -> None:
+    """Both reference nets and the denoiser are checkpointed down to each spatial transformer block: every block
+    runs again in backward, and the gradients are those of the plain run."""
     torch.nn.init.normal_(model.pose_guider.conv_out.weight, std=0.1)
-    reference = training_grads(copy.deepcopy(model), checkpointing=False)
-    checkpointed = training_grads(model, checkpointing=True)
+    reference, plain_runs = training_grads(copy.deepcopy(model), checkpointing=False)
+    checkpointed, checkpointed_runs = training_grads(model, checkpointing=True)
+    assert {name.split(".")[0] for name in plain_runs} == {"attribute_net", "portrait_net", "denoiser"}
+    assert checkpointed_runs == {name: 2 * count for name, count in plain_runs.items()}
     assert reference.keys() == checkpointed.keys()
     for net in ("attribute_net.", "portrait_net."):
         assert any(n.startswith(net) for n in reference)
@@ -144,6 +158,9 @@ def test_stage_selection(model: DurianModel) -> None:
     model.clear_references()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
+    with pytest.raises(ValueError, match="call add_motion_modules"):
+        model.select_trainable(2)
+    model.add_motion_modules(random_motion_adapter(model_flavour("tiny")))
     stage2 = model.select_trainable(2)
     names2 = {n for n, p in model.named_parameters() if p.requires_grad}
     assert len(stage2) == len(names2) > 0 and all("denoiser." in n and "motion_modules" in n for n in names2)
@@ -153,9 +170,32 @@ def test_stage_selection(model: DurianModel) -> None:
     model.clear_references()
 
 
-def test_dropped_references_do_not_run_the_reference_nets(model: DurianModel) -> None:
+def test_a_dropped_sample_is_the_unconditional_branch_in_the_same_graph(model: DurianModel) -> None:
+    """Per-sample classifier-free-guidance drop: the reference nets always run (one static graph for DDP), a
+    dropped sample predicts what the unconditional branch predicts and sends the reference nets nothing."""
+    torch.nn.init.normal_(model.pose_guider.conv_out.weight, std=0.1)
+    model.select_trainable(1)
+    latents, timesteps, pose_frames = make_clip(batch=2)
+    references = make_references(batch=2)
     calls = []
     model.attribute_net.register_forward_pre_hook(lambda *_: calls.append(1))
-    latents, timesteps, pose_frames = make_clip()
-    out = model(latents, timesteps, pose_frames, make_references(), drop_references=True)
-    assert calls == [] and len(model.bank) == 0 and out.shape == latents.shape
+    out = model(latents, timesteps, pose_frames, references, drop_references=torch.tensor([False, True]))
+    assert calls == [1] and len(model.bank) == 2 * len(model.reference_layers)
+    with torch.no_grad():
+        unconditional = model.denoise(latents[1:], timesteps[1:], pose_frames[1:], references.attribute_embeds[1:],
+                                      UNCONDITIONAL)
+        kept = model.denoise(latents, timesteps, pose_frames, references.attribute_embeds)[:1]  # nothing dropped
+    # The masked reference keys get a weight of exactly 0; what remains differs from the unconditional branch's
+    # sum only in the order the softmax adds (rounding).
+    torch.testing.assert_close(out[1:], unconditional, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out[:1], kept, rtol=0, atol=1e-6)
+    assert (out[1:] - kept).abs().max() > 1e-3  # (the branches do differ)
+    # The dropped sample's loss reaches every reference parameter the kept one does, with a gradient of exactly 0.
+    out[1].pow(2).mean().backward(retain_graph=True)
+    reference_grads = {n: p.grad for n, p in model.named_parameters() if n.startswith(("attribute_net.",
+                                                                                       "portrait_net."))}
+    assert all(g is not None and not g.any() for g in reference_grads.values() if g is not None)
+    out[0].pow(2).mean().backward()
+    model.clear_references()
+    assert any(p.grad.abs().max() > 0 for n, p in model.named_parameters()
+               if n.startswith("portrait_net.") and p.grad is not None)
