@@ -64,8 +64,9 @@ def run_unit(unit: WorkUnit, config: BuildConfig, stages: Sequence[ClipStage] | 
 class UnitRun:
     """One run of one unit: its inputs, the shard writer, and the manifest rows collected so far.
 
-    Bad videos and clips become failure rows (or raise, with `on_error="raise"`);
-    anything else raises, and the unit leaves no visible trace until a retry succeeds.
+    Bad videos and clips become failure rows (or raise, with `on_error="raise"`), and so
+    does a stage's crash on one clip, for its video (`StageCrash`); infrastructure errors
+    raise, and the unit leaves no visible trace until a retry succeeds.
     """
 
     unit: WorkUnit
