@@ -122,7 +122,10 @@ def main() -> None:
         videos = [write_portrait_video(root / "videos" / f"v{i}.mp4", seed=i, num_frames=48, width=768, height=768)
                   for i in range(args.videos)]
         clips = perceived_clips(videos, DecodeConfig(fps=24, size=768))
-        stage = TrainingSampleStage(TrainingSamplesConfig.model_validate(SAMPLES),
+        # Clip by clip, outside a unit: references from the clip itself (the unit's scene pass, which gives
+        # references from the scene, is measured by bench_scenes.py).
+        in_clip = {**SAMPLES, "pairs": {**SAMPLES["pairs"], "references": {"scope": "clip"}}}
+        stage = TrainingSampleStage(TrainingSamplesConfig.model_validate(in_clip),
                                     PerceptionStage(PerceptionConfig.model_validate(PERCEPTION), DecodeConfig()).segmenter)
         stage.setup({})
 
