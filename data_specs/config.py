@@ -164,7 +164,6 @@ class BuildConfig(Spec):
             raise ValueError(f"clips.length {self.clips.length} is shorter than the {needed} frames a pair needs "
                              f"(training_samples.pairs: frames, frame_stride, min_ref_distance)")
         samples.check_attributes(self.perception.segmentation.attributes)
-        samples.check_keypoints(self.perception.keypoints.backend)
         if samples.expansion.mode == "generate" and self.perception.segmentation.backend == "truth":
             raise ValueError("expansion.mode 'generate' segments generated images: the 'truth' segmenter knows "
                              "only the test videos; choose a segmentation model")
