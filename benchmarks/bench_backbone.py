@@ -15,6 +15,11 @@ The scaling curve compares each worker count's unit-work throughput with the cor
 every core of the machine busy at the pipeline task's CPU cost per frame (`--cores`
 cores, default all). Prints frames/s and the ratios; `--markdown` prints tables for
 BENCHMARKS.md.
+
+`--colour` also prices the YUV-to-RGB conversion per output frame, the ways it could be
+done: the pipeline's exact conversion (`tasks.media.YuvToRgb`, any matrix), OpenCV's I420
+one (BT.601 limited only), and ffmpeg's, fused into the scaler or as a second, unscaled
+scale filter (CPU of ffmpeg over its YUV-out run of the same graph).
 """
 
 from __future__ import annotations
@@ -28,11 +33,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
+
 from data_specs.config import BuildConfig, parse_config
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # the temporary server must not phone home
 from data_specs.units import WorkUnit
-from tasks.media import find_ffmpeg
+from tasks.media import ColourEncoding, YuvToRgb, find_ffmpeg
 from tasks.sources import list_videos
 from tasks.synthetic import write_portrait_video
 from tasks.unit import run_unit
@@ -71,6 +79,51 @@ def bare_same_work(ffmpeg: str, videos: list[Path], size: int, workdir: Path) ->
                         "-vf", graph, "-q:v", "2", "-f", "image2", str(out / "%05d.jpg")])
         shutil.rmtree(out)
     return total
+
+
+# BT.709 as the standard prints it (R = Y + 1.5748 Cr, ...), on Y in [0, 1] and Cb, Cr in [-0.5, 0.5].
+BT709 = np.array([[1, 0, 1.5748], [1, -0.1873, -0.4681], [1, 1.8556, 0]])
+
+
+def colour_costs(ffmpeg: str, video: Path, size: int, frames: int) -> dict[str, tuple[float, float, float]]:
+    """Each way to turn the decoded `size` x `size` BT.709 frames into RGB (see the module doc): CPU ms per frame,
+    and the mean and largest error in levels on the first 10 frames against a float conversion of the same planes."""
+    cv2.setNumThreads(1)  # as in a unit
+    crop = f"scale=w='if(gt(iw,ih),-2,{size})':h='if(gt(iw,ih),{size},-2)',crop={size}:{size}"
+
+    def run(graph: str, pix_fmt: str, first: int | None = None) -> tuple[float, np.ndarray]:
+        """ffmpeg's CPU seconds and output bytes for `graph` (one thread)."""
+        limit = ["-frames:v", str(first)] if first else []
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out = subprocess.run([ffmpeg, "-nostdin", "-threads", "1", "-filter_threads", "1", "-i", str(video), "-vf",
+                              graph, *limit, "-pix_fmt", pix_fmt, "-f", "rawvideo", "-"], capture_output=True,
+                             check=True).stdout
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, np.frombuffer(out, np.uint8)
+
+    planes = run(crop, "yuv420p", 10)[1].reshape(10, size * 3 // 2, size)
+    luma = (planes[:, :size] - 16.0) / 219
+    u, v = planes[:, size:].reshape(10, 2, size // 2, size // 2).transpose(1, 0, 2, 3)
+    chroma = [(plane.repeat(2, 1).repeat(2, 2) - 128.0) / 224 for plane in (u, v)]  # each sample over 2x2 pixels
+    reference = np.clip(255 * np.stack([luma, *chroma], axis=-1) @ BT709.T, 0, 255)
+
+    def error(rgb: np.ndarray) -> tuple[float, float]:
+        difference = np.abs(rgb.reshape(reference.shape) - reference)
+        return float(difference.mean()), float(difference.max())
+
+    costs = {}
+    for name, convert in (("pipeline YuvToRgb (any matrix)", YuvToRgb(ColourEncoding("bt709", "limited"))),
+                          ("OpenCV I420 (BT.601 only)", lambda yuv: cv2.cvtColor(yuv, cv2.COLOR_YUV2RGB_I420))):
+        started = time.process_time()
+        for _ in range(20):
+            converted = [convert(frame) for frame in planes]
+        costs[name] = (1000 * (time.process_time() - started) / 200, *error(np.stack(converted)))
+    yuv_cpu = min(run(crop, "yuv420p")[0] for _ in range(2))
+    for name, graph in (("ffmpeg, in the scaler", crop.replace("',crop", "':in_color_matrix=bt709,crop")),
+                        ("ffmpeg, second unscaled scale", f"{crop},scale=in_color_matrix=bt709")):
+        cpu = min(run(graph, "rgb24")[0] for _ in range(2))
+        costs[name] = (1000 * (cpu - yuv_cpu) / frames, *error(run(graph, "rgb24", 10)[1]))
+    return costs
 
 
 def cpu_seconds() -> float:
@@ -112,6 +165,7 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="Ray worker counts for the scaling curve (default 1,2)")
     parser.add_argument("--cores", type=int, default=os.cpu_count(), help="cores of the core limit (default all)")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    parser.add_argument("--colour", action="store_true", help="also price the YUV-to-RGB conversion per frame")
     args = parser.parse_args()
 
     ffmpeg, _ = find_ffmpeg()
@@ -159,6 +213,11 @@ def main() -> None:
         print(f"{workers} worker(s): {fps:.0f} frames/s = {fps / limit_fps:.2f} of the {args.cores}-core limit "
               f"({limit_fps:.0f} frames/s at {1000 * task_cpu / frames:.2f} CPU-ms per frame); workers idle "
               f"outside units {overhead:.0%} of the span; sum of unit times {unit_sum:.2f} s")
+    if args.colour:
+        per_video = int(args.seconds * args.fps)
+        print(f"\nYUV to RGB of {args.size}x{args.size} BT.709 frames (1 thread): CPU ms/frame, mean and max error")
+        for name, (ms, mean, largest) in colour_costs(ffmpeg, videos[0], args.size, per_video).items():
+            print(f"  {name:<36}{ms:>6.2f}{mean:>8.2f}{largest:>7.1f}")
     if args.markdown:
         print("\n| run | wall s | frames/s | × bare decode | × bare same work |\n|---|---|---|---|---|")
         for name, seconds, fps, vs_decode, vs_same in rows:
