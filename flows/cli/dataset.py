@@ -98,6 +98,7 @@ def build_dataset_command(
         typer.echo(f"# {len(videos)} videos found; config hash {cfg.output_hash()}")
         return
     from flows.build_dataset import build_dataset
+    from flows.build_lock import BuildLockedError
     from flows.embedded import embedded_services
     from flows.ray_runtime import RayUnavailableError
 
@@ -107,7 +108,7 @@ def build_dataset_command(
             timeline["services_ready"] = time.time()
             summary = build_dataset(cfg)
             timeline["flow_returned"] = time.time()
-    except RayUnavailableError as err:
+    except (RayUnavailableError, BuildLockedError) as err:  # BuildLockedError: another build holds the folder
         fail(str(err))
     timeline["services_stopped"] = time.time()
     summary.timeline.update(timeline)
