@@ -43,8 +43,12 @@ def build_identity(config: BuildConfig) -> str:
 
 @cache
 def ffmpeg_version() -> str:
-    """The first line of `ffmpeg -version` (version and build), for the binary the workers decode with."""
-    ffmpeg, _ = find_ffmpeg()
+    """The first line of `ffmpeg -version` (version and build) where the build is planned, which is the binary the
+    workers decode with on one machine; on a cluster, install the same ffmpeg on every node."""
+    try:
+        ffmpeg, _ = find_ffmpeg()
+    except RuntimeError:
+        return "ffmpeg not found where the build is planned"  # the workers report it, video by video
     return subprocess.run([ffmpeg, "-version"], capture_output=True, text=True, check=True).stdout.split("\n")[0]
 
 
