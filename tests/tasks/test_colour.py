@@ -22,7 +22,7 @@ PUBLISHED = {
 }
 
 
-def colour_chart(width: int, height: int, frames: int = 2) -> np.ndarray:
+def colour_chart(width: int, height: int, frames: int = 1) -> np.ndarray:
     """Every hue across the width, from white through saturated to black down the height, plus noise."""
     hue = np.linspace(0, 179, width, dtype=np.float32)[None, :].repeat(height, 0)
     ramp = np.linspace(0, 2, height, dtype=np.float32)[:, None].repeat(width, 1)
@@ -88,7 +88,7 @@ def test_frames_follow_the_stream_matrix_and_range(
         error = np.abs(decoded(path, source_size).astype(np.float64) - np.clip(expected, 0, 255))
         assert error.mean() < 0.3 and error.max() <= 1.0, (source_size, error.mean(), error.max())
     # The test tells encodings apart: OpenCV's conversion (BT.601, limited range) of the same planes is far off.
-    if (matrix, yuv_range) != ("bt601", "limited"):
+    if tagged and (matrix, yuv_range) != ("bt601", "limited"):
         bt601 = np.stack([cv2.cvtColor(p, cv2.COLOR_YUV2RGB_I420) for p in planes]).astype(np.float64)
         assert np.abs(bt601 - np.clip(expected, 0, 255)).max() > 10
 
