@@ -278,8 +278,7 @@ def iter_frames(
     index = 0
     try:
         # Every frame in the pipe and the read-ahead queue was decoded before any damage (ffmpeg
-        # stops there: `_decode_graph`), so all are yielded, however late the error is read: which
-        # frames a damaged file gives does not depend on timing, and no good one is thrown away.
+        # stops there: `_decode_graph`), so all are yielded, however late the error is read.
         while (image := ready.get()) is not None:
             yield Frame(index=index, time_s=start_s + index / rate, image=image)
             index += 1
@@ -400,9 +399,13 @@ def _decode_graph(
 
     Damage stops ffmpeg before a damaged frame reaches the pipe: `err_detect explode` makes
     the decoder fail the packet it finds broken instead of concealing it, and `-xerror`
-    makes ffmpeg exit at that failure or at any frame still flagged as concealed. A failure
-    comes in decoding order, so frames shown earlier that reference the damaged one (B
-    frames) are never decoded either; everything already in the pipe is sound.
+    makes ffmpeg exit at that failure, at a packet the demuxer flags as corrupt, or at any
+    frame still flagged as concealed. A failure comes in decoding order, so frames shown
+    earlier that reference the damaged one (B frames) are never decoded either; everything
+    already in the pipe is sound. The price: the good frames ffmpeg still held (for
+    reordering, or queued to its writer thread) are lost with it, a few frames whose number
+    can differ by one between runs. Garbage that still parses as a valid stream is damage
+    no decoder sees; this catches what the decoder can.
     """
     # Input-side -ss seeks to the keyframe before start_s and decodes up to it (accurate
     # and fast); -t then ends the range. `threads` limits the decoder.
