@@ -54,8 +54,9 @@ def _pair_rows(sample: PairSample, max_frames: int, tile: int) -> list[np.ndarra
     top = np.concatenate([_tiles(np.stack(shown), len(shown), tile), _tiles(sample.targets, targets, tile)], axis=1)
     blank = np.zeros((len(shown), *sample.targets.shape[1:]), np.uint8)
     bottom = np.concatenate([_tiles(blank, len(shown), tile), _tiles(sample.pose_frames, targets, tile)], axis=1)
-    title = (f"{sample.key} | {meta.attribute} | stage {meta.training_stage} | refs {meta.attribute_ref.position},"
-             f"{meta.portrait_ref.position} | {meta.expansion.mode}")
+    gap = f" ({meta.reference_gap_s:.1f} s away)" if meta.reference_gap_s is not None else ""
+    title = (f"{sample.key} | {meta.attribute} | stage {meta.training_stage} | refs: frames "
+             f"{meta.attribute_ref.frame_index}, {meta.portrait_ref.frame_index}{gap} | {meta.expansion.mode}")
     return [_label(top, title), _label(bottom, "attr ref, M_attr, port ref, M_port_train | targets / guidance")]
 
 
