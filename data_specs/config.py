@@ -167,6 +167,7 @@ class BuildConfig(Spec):
         if samples.expansion.mode == "generate" and self.perception.segmentation.backend == "truth":
             raise ValueError("expansion.mode 'generate' segments generated images: the 'truth' segmenter knows "
                              "only the test videos; choose a segmentation model")
+        samples.check_keypoints(self.perception.keypoints.backend)
         return self
 
     def output_hash(self) -> str:

@@ -25,6 +25,7 @@ from data_specs.scenes import ReferenceConfig, ReferenceScope
 from data_specs.spec import Spec
 
 ExpansionMode = Literal["none", "dilate", "generate"]
+ConditionRenderer = Literal["openpose_face", "pose_frames"]
 FillMode = Literal["constant", "reflect", "inpaint"]
 TrainingStage = Literal[1, 2]
 DiffusionFlavour = Literal["sd15", "sdxl", "tiny"]
@@ -132,6 +133,18 @@ class GenerateConfig(DiffusionWeights):
     controlnet: str | None = Field(None, description="Diffusers folder or hub id of the ControlNet (None: the "
                                    "flavour's default, an OpenPose ControlNet).")
     conditioning_scale: float = Field(1.0, ge=0, le=5, description="ControlNet conditioning scale.")
+    condition: ConditionRenderer = Field(
+        "openpose_face", description="How the keypoints become the ControlNet's condition image; it must be the "
+        "format the ControlNet was trained on. 'openpose_face': the 68 OpenPose face points (derived from Sapiens' "
+        "Goliath points) as white dots on black, as controlnet_aux's OpenPose/DWPose annotators draw them: for "
+        "OpenPose ControlNets (the defaults lllyasviel/control_v11p_sd15_openpose and "
+        "thibaud/controlnet-openpose-sdxl-1.0, xinsir/controlnet-openpose-sdxl-1.0, ControlNet-Union's openpose "
+        "mode); needs keypoints.backend 'sapiens'. 'pose_frames': the samples' own pose frames (each keypoint a dot "
+        "in its facial region's colour, `PoseRenderSpec`), for a ControlNet trained on those renders; no public "
+        "ControlNet was.")
+    condition_min_confidence: float = Field(
+        0.3, ge=0, description="'openpose_face': keypoints below this confidence are left out of the condition "
+        "(as the annotators leave out points they did not find).")
     prompts: dict[str, tuple[str, ...]] = Field(
         default_factory=lambda: dict(DEFAULT_PROMPTS),
         description="Per attribute: prompt templates, one drawn per sample. Every masked attribute needs one.")
@@ -218,6 +231,14 @@ class TrainingSamplesConfig(Spec):
         if missing:
             raise ValueError(f"expansion.generate.prompts has no template for {', '.join(missing)}")
 
+    def check_keypoints(self, backend: str) -> None:
+        """Raise ValueError when the generated expansion's condition cannot be drawn from this keypoint backend."""
+        if self.expansion.mode == "generate" and self.expansion.generate.condition == "openpose_face" \
+                and backend != "sapiens":
+            raise ValueError(f"expansion.generate.condition 'openpose_face' derives the 68 OpenPose face points from "
+                             f"Sapiens' Goliath face points; keypoints.backend {backend!r} gives 5 points. Use "
+                             "backend 'sapiens', or condition 'pose_frames' with a ControlNet trained on pose frames")
+
 
 # ---------------------------------------------------------------------------------------------
 # What a pair sample records about itself
@@ -261,6 +282,7 @@ class ExpansionMeta(Spec):
     erode_px: int | None = None
     prompt: str | None = None
     seed: int | None = None
+    condition: ConditionRenderer | None = Field(None, description="How the ControlNet's condition image was drawn.")
     generated_image: str | None = Field(None, description="Member of this sample holding the generated image.")
     generator: str | None = Field(None, description="Model and weights that generated it.")
 

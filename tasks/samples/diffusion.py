@@ -1,7 +1,8 @@
 """The diffusion models of the training-sample stage: mask-expansion generation, inpainting, VAE latents.
 
-- `MaskGenerator`: the paper's mask expansion draws an image of the frame's keypoints (an OpenPose
-  ControlNet on SD 1.5 or SDXL), prompted for a larger attribute; its attribute mask widens M_port_train.
+- `MaskGenerator`: the paper's mask expansion draws an image conditioned on the frame's keypoints (an OpenPose
+  ControlNet on SD 1.5 or SDXL, given the keypoints in its own training format: `GenerateConfig.condition`),
+  prompted for a larger attribute; its attribute mask widens M_port_train.
 - `Inpainter`: paints the area an augmentation's affine warp exposed; every other pixel stays as it was.
 - `LatentEncoder`: the VAE latents the trainer would otherwise compute every step.
 
@@ -236,7 +237,8 @@ class MaskGenerator(_DiffusionComponent):
         self.model = _placed(pipeline, device, dtype)
 
     def generate(self, conditions: np.ndarray, prompts: Sequence[str], seeds: Sequence[int]) -> np.ndarray:
-        """(N, H, W, 3) uint8 RGB images for (N, H, W, 3) uint8 RGB keypoint renderings, one prompt and seed each.
+        """(N, H, W, 3) uint8 RGB images for (N, H, W, 3) uint8 RGB condition images (keypoints drawn as the
+        ControlNet expects, `tasks.samples.expansion.condition_images`), one prompt and seed each.
 
         The pipeline runs at the nearest multiple-of-8 size; images come back at the conditions' size.
         """

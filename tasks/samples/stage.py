@@ -22,7 +22,7 @@ from data_specs.training_samples import (AugmentParams, ExpansionMeta, GenerateC
                                          PairMeta, ReferenceMeta, TrainingSamplesConfig)
 from tasks.base import ModelClient, ModelSpec, Resources
 from tasks.samples import augment
-from tasks.samples.expansion import dilate_erode, draw_dilation, expand
+from tasks.samples.expansion import condition_images, dilate_erode, draw_dilation, expand
 from tasks.samples.pairs import PairPlan, clip_rng, plan_pairs
 
 MASK_GENERATOR, INPAINTER, LATENT_ENCODER = "mask_generator", "inpainter", "latent_encoder"
@@ -128,6 +128,7 @@ class TrainingSampleStage:
             templates = expansion.generate.prompts[plan.attribute]
             meta["prompt"] = templates[int(rng.integers(len(templates)))]
             meta["seed"] = int(rng.integers(2**31))
+            meta["condition"] = expansion.generate.condition
         config = self.config.augment
         draw = (lambda: augment.draw(rng, config, side)) if config.enabled else augment.identity_params
         attribute_params, portrait_params = draw(), draw()
@@ -139,7 +140,7 @@ class TrainingSampleStage:
         """ControlNet images of the portrait references' keypoints; their attribute masks join the expansion."""
         if self.config.expansion.mode != "generate":
             return {}
-        conditions = np.stack([sample.pose_frames[d.plan.portrait_ref] for d in drafts])
+        conditions = condition_images(self.config.expansion.generate, sample, [d.plan.portrait_ref for d in drafts])
         images = self._clients[MASK_GENERATOR].call("generate", conditions, [d.expansion.prompt for d in drafts],
                                                     [d.expansion.seed for d in drafts])
         masks = self._clients[self.segmenter].call("__call__", np.asarray(images, np.uint8))
