@@ -191,7 +191,8 @@ class AugmentConfig(Spec):
     saturation: float = Field(0.2, ge=0, lt=1, description="Saturation factor drawn from 1 +- this.")
     hue: float = Field(0.03, ge=0, le=0.5, description="Largest hue shift, as a fraction of the colour circle.")
     fill: FillMode = Field("reflect", description="Exposed area: 'constant' colour, 'reflect'ed image, or "
-                           "'inpaint'ed by a diffusion model (the paper outpaints).")
+                           "'inpaint'ed by a diffusion model (the paper outpaints). Only the portrait reference "
+                           "is filled through its mask; the attribute reference's exposed area is outside M_attr.")
     fill_value: RGB = Field((0, 0, 0), description="Colour of the exposed area with fill 'constant'.")
     inpaint: InpaintConfig = Field(default_factory=InpaintConfig)
 
