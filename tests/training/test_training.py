@@ -1,4 +1,4 @@
-"""The training loop: resume gives the same losses; 2 Ray Train workers (gloo) overfit a tiny set in the flow."""
+"""The training loop: resume gives the same losses (bf16 with fp32 masters); 2 Ray Train workers (gloo) overfit a tiny set in the flow."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from data_specs.training import load_train_config
 from tests.training.training_testing import write_pair_dataset
@@ -37,19 +38,30 @@ def tiny_config(dataset: Path, output: Path, **overrides) -> object:
         "optim": {"learning_rate": 3e-3}, **overrides})
 
 
-def test_a_killed_run_resumes_from_its_last_checkpoint_with_the_same_losses(tmp_path: Path):
-    dataset = write_pair_dataset(tmp_path / "data", clips=2, size=32, frames=2, pairs_per_clip=1)
-    stages = [{"stage": 1, "steps": 4}, {"stage": 2, "steps": 4, "frames": 2}]  # checkpoints at 3 and 4
-    whole = train_locally(tiny_config(dataset, tmp_path / "whole", stages=stages)).losses
+def test_a_killed_run_resumes_from_its_last_checkpoint_with_the_same_losses_under_bf16(tmp_path: Path):
+    """bf16 forced on the CPU (fp32 masters, bf16 working copies): across the stage-2 insertion of the motion
+    modules, a run killed twice resumes exactly, and its checkpoints hold the masters in fp32."""
+    from safetensors.torch import load_file
 
-    config = tiny_config(dataset, tmp_path / "killed", stages=stages)
+    from training.checkpoints import latest_checkpoint
+
+    dataset = write_pair_dataset(tmp_path / "data", clips=2, size=32, frames=2, pairs_per_clip=1)
+    stages = [{"stage": 1, "steps": 2}, {"stage": 2, "steps": 2, "frames": 2}]
+    settings = {"stages": stages, "checkpoint_every": 1, "mixed_precision": "bf16"}
+    whole = train_locally(tiny_config(dataset, tmp_path / "whole", **settings)).losses
+
+    config = tiny_config(dataset, tmp_path / "killed", **settings)
     with pytest.raises(Interrupted):
-        train(config, KilledAfter(config, stage=1, step=4))  # stage 1 done, killed before stage 2
+        train(config, KilledAfter(config, stage=1, step=2))  # stage 1 done, killed before stage 2
     with pytest.raises(Interrupted):
-        train(config, KilledAfter(config, stage=2, step=3))  # mid-stage 2, its step-3 checkpoint written
+        train(config, KilledAfter(config, stage=2, step=1))  # mid-stage 2, its step-1 checkpoint written
     resumed = train_locally(config).losses
-    assert len(whole) == 8 and len(resumed) == 1
-    np.testing.assert_allclose(resumed, whole[7:], rtol=1e-5)
+    assert len(whole) == 4 and len(resumed) == 1
+    assert resumed == whole[3:]  # bit for bit
+    saved = load_file(latest_checkpoint(config.run_dir / "checkpoints") / "model.safetensors")
+    motion = {name: t.dtype for name, t in saved.items() if "motion_modules" in name and "pos_embed" not in name}
+    assert motion and set(motion.values()) == {torch.float32}  # the stage-2 masters (not the position buffers)
+    assert {t.dtype for name, t in saved.items() if name.startswith("attribute_net.")} == {torch.bfloat16}
     assert (config.run_dir / "pipeline" / "model_index.json").is_file()
 
 
@@ -57,8 +69,6 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_with_the_same_losses(tmp_
 @pytest.mark.usefixtures("prefect_server", "local_ray")
 def test_two_ray_train_workers_overfit_a_tiny_set_in_the_flow(tmp_path: Path):
     from prefect.artifacts import Artifact
-
-    import torch
     from safetensors.torch import load_file
 
     from data_specs.model import model_flavour
