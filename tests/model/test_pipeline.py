@@ -13,11 +13,12 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from flows.cli.sample import sample
-from model.builders import DurianComponents, inference_scheduler, training_scheduler
-from model.geometry import fit_similarity, retarget_keypoints
-from data_specs.perception import TRUTH_5
+from data_specs.model import NoiseScheduleSpec
+from data_specs.perception import GOLIATH_FACE, TRUTH_5, PoseRenderSpec
 from data_specs.pose_frames import render_pose_frames
+from flows.cli.sample import sample
+from model.builders import DurianComponents, inference_scheduler, random_motion_adapter, training_scheduler
+from model.geometry import fit_similarity, retarget_keypoints
 from model.pipeline import DurianPipeline, render_driving_pose, window_starts
 from tasks.media import find_ffmpeg
 from tasks.synthetic import write_portrait_video
@@ -121,9 +122,62 @@ def test_similarity_fit_and_inference_mask(pipe: DurianPipeline) -> None:
     assert mask[0, 12:18, 24:30].min() > 0.99 and mask[0, 12:18, 34:40].max() < 0.01
 
 
-def test_training_and_inference_share_the_beta_schedule(tiny) -> None:
+def test_the_default_schedule_is_zero_terminal_snr_for_training_and_sampling(tiny, pipe: DurianPipeline,
+                                                                            tmp_path: Path) -> None:
+    """The references' recipe: sampling starts at t = 999 from pure noise (alpha_cumprod 0), the state the last
+    training timestep is in, and both schedulers share the betas and the v-prediction."""
     schedule = tiny.noise_schedule
-    torch.testing.assert_close(training_scheduler(schedule).betas, inference_scheduler(schedule).betas)
+    assert schedule == NoiseScheduleSpec() and schedule.prediction_type == "v_prediction"
+    training, inference = training_scheduler(schedule), inference_scheduler(schedule)
+    torch.testing.assert_close(training.betas, inference.betas, rtol=0, atol=0)
+    assert training.alphas_cumprod[-1] == 0 and training.config.prediction_type == "v_prediction"
+    inference.set_timesteps(25)
+    assert inference.timesteps[0] == 999 and inference.alphas_cumprod[int(inference.timesteps[0])] == 0
+    # The saved pipeline samples with that schedule.
+    pipe.save_pretrained(tmp_path)
+    loaded = DurianPipeline.from_pretrained(tmp_path).scheduler
+    assert {k: loaded.config[k] for k in schedule.diffusers_config()} == schedule.diffusers_config()
+    with pytest.raises(ValueError, match="use prediction_type='v_prediction'"):
+        NoiseScheduleSpec(prediction_type="epsilon")
+
+
+def goliath_motion(frames: int, seed: int = 0) -> np.ndarray:
+    """(F, 238, 3) Goliath face points in a 64x64 frame (x, y, confidence), moving a little from frame to frame."""
+    rng = np.random.default_rng(seed)
+    first = np.concatenate([rng.uniform(8, 56, (238, 2)), rng.uniform(0, 1, (238, 1))], axis=1)
+    motion = np.concatenate([rng.normal(0, 1.5, (frames, 1, 2)).cumsum(0), np.zeros((frames, 1, 1))], axis=2)
+    return (first[None] + motion).astype(np.float32)
+
+
+def test_driving_frames_are_drawn_as_the_dataset_drew_its_pose_frames(pipe: DurianPipeline, tmp_path: Path) -> None:
+    """A model trained on layout L with render spec S draws a driving motion exactly as `render_pose_frames`
+    (the dataset's pose frames) draws the same points: the portrait's own motion retargets onto itself."""
+    spec = PoseRenderSpec(point_radius=3, confidence_threshold=0.5)
+    pipe.set_training_facts(GOLIATH_FACE.name, spec, clip_length=2)
+    driving = goliath_motion(3)
+    expected = torch.from_numpy(render_pose_frames(driving, GOLIATH_FACE, 64, spec)).permute(0, 3, 1, 2) / 255
+    torch.testing.assert_close(pipe.driving_pose_frames(driving, driving[0], (64, 64)), expected, rtol=0, atol=0)
+    assert expected.amax(dim=(0, 1)).count_nonzero() > 238  # (points drawn, several pixels each)
+    # The facts travel with the saved pipeline.
+    pipe.save_pretrained(tmp_path)
+    loaded = DurianPipeline.from_pretrained(tmp_path)
+    assert (loaded.trained_layout, loaded.trained_pose_render, loaded.default_window) == (GOLIATH_FACE, spec, 2)
+    torch.testing.assert_close(loaded.driving_pose_frames(driving, driving[0], (64, 64)), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"trained on layout 'goliath_face' \(238 points\)"):
+        loaded.driving_pose_frames(np.repeat(FACE[None], 3, 0), FACE, (64, 64))
+
+
+def test_a_goliath_trained_pipeline_samples_from_goliath_points_over_its_clip_length(pipe: DurianPipeline) -> None:
+    pipe.set_training_facts(GOLIATH_FACE.name, PoseRenderSpec(), clip_length=2)
+    denoiser_calls = count_calls(pipe.model.denoiser)
+    driving = goliath_motion(3)
+    mask = np.zeros((64, 64), bool)
+    mask[:18] = True
+    portrait = driving[0] + np.float32([1, -1, 0])  # another face shape than the driving one
+    out = pipe(face_image(0), mask, portrait, [face_image(1)], [mask], [FACE], driving, num_inference_steps=2,
+               overlap=1, generator=torch.Generator().manual_seed(0))
+    assert out.frames.shape == (3, 64, 64, 3) and np.isfinite(out.frames).all()
+    assert len(denoiser_calls) == 2 * 2 * len(window_starts(3, 2, 1)) == 8  # windows of the trained 2 frames
 
 
 def test_driving_pose_is_drawn_by_the_training_renderer() -> None:
