@@ -132,6 +132,59 @@ def test_stage1_denoiser_is_the_sd_unet(tiny: ModelFlavour) -> None:
     torch.testing.assert_close(video[0].transpose(0, 1), frames, atol=1e-5, rtol=1e-5)
 
 
+# ---------------------------------------------------------------- the two stages
+
+
+def test_stage1_has_no_temporal_layers_and_stage2_adds_the_adapters_bit_for_bit(components: DurianComponents,
+                                                                               tiny: ModelFlavour) -> None:
+    model = components.model
+    assert not model.has_motion_modules
+    assert not any("motion" in name for name, _ in [*model.named_parameters(), *model.named_modules()])
+    ran: set[str] = set()
+    hook = torch.nn.modules.module.register_module_forward_hook(lambda m, *_: ran.add(type(m).__name__))
+    try:
+        latents, timesteps, pose_frames = make_clip(frames=3)
+        with torch.no_grad():
+            model(latents, timesteps, pose_frames, make_references())
+        model.clear_references()
+    finally:
+        hook.remove()
+    assert "BasicTransformerBlock" in ran and not any("Motion" in name or "3D" in name for name in ran)
+
+    stage1 = {k: v.clone() for k, v in model.state_dict().items()}
+    readers = list(model.reference_layers)
+    adapter = random_motion_adapter(tiny, seed=1)
+    for tensor in adapter.parameters():  # no zero tensors (diffusers zero-inits proj_out) hiding a bad insert
+        torch.nn.init.normal_(tensor.data)
+    motion = {f"denoiser.{k}": v.clone() for k, v in adapter.state_dict().items()}
+    model.add_motion_modules(adapter)
+    assert model.has_motion_modules and model.reference_layers == readers
+    assert model.config.denoiser_config["down_block_types"] == ["CrossAttnDownBlockMotion", "DownBlockMotion"]
+    state = model.state_dict()
+    assert state.keys() == stage1.keys() | motion.keys() and all("motion_modules" in k for k in motion)
+    assert not [k for k in stage1 if not torch.equal(state[k], stage1[k])]
+    assert not [k for k in motion if not torch.equal(state[k], motion[k])]
+    assert all(p.is_meta for p in adapter.parameters())  # moved, not copied
+    with torch.no_grad():
+        assert model(latents, timesteps, pose_frames, make_references()).shape == latents.shape
+    model.clear_references()
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_a_pipeline_of_either_stage_round_trips(components: DurianComponents, tiny: ModelFlavour, tmp_path: Path,
+                                                stage: int) -> None:
+    from model.pipeline import DurianPipeline
+
+    if stage == 2:
+        components.model.add_motion_modules(random_motion_adapter(tiny))
+    torch.nn.init.normal_(components.model.pose_guider.conv_out.weight)
+    components.pipeline().save_pretrained(tmp_path)
+    loaded = DurianPipeline.from_pretrained(tmp_path)
+    assert loaded.model.has_motion_modules == (stage == 2)
+    assert type(loaded.model.denoiser) is type(components.model.denoiser)
+    assert_same_tensors(loaded.model, components.model.state_dict())
+
+
 # ---------------------------------------------------------------- the original SD 1.5 single file
 
 
