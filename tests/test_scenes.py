@@ -105,8 +105,10 @@ PERCEPTION = {"detection": TRUTH, "keypoints": TRUTH, "crop": {"size": 48},
 
 
 def pairs_config(**references) -> dict:
+    """Pairs whose references come from the scene; every frame of a scene is a candidate (the longest has 13), so
+    which clips can be served does not hang on the draw."""
     return {"pairs": {"pairs_per_clip": 2, "frames": 2, "min_ref_distance": 1,
-                      "references": {"scope": "scene", "min_gap_s": 0.3, "candidates": 6, **references}},
+                      "references": {"scope": "scene", "min_gap_s": 0.25, "candidates": 13, **references}},
             "expansion": {"mode": "none"}, "augment": {"enabled": False}}
 
 
@@ -147,7 +149,7 @@ def test_pairs_take_their_references_from_the_clips_scene_far_from_the_targets(c
         for ref in (meta.attribute_ref, meta.portrait_ref):
             assert ref.position is None and SCENES_AT_12_FPS[ref.frame_index] == meta.scene_index
             assert ref.time_s == pytest.approx(ref.frame_index / 12)
-            assert ref.gap_s == pytest.approx(np.abs(ref.time_s - target_times).min()) and ref.gap_s >= 0.3 - 1e-6
+            assert ref.gap_s == pytest.approx(np.abs(ref.time_s - target_times).min()) and ref.gap_s >= 0.25 - 1e-6
         assert row["reference_gap_s"] == pytest.approx(meta.reference_gap_s)
     # The same inputs give the same pairs, byte for byte.
     again, tables_again = build(cut_video, tmp_path / "again", perception=PERCEPTION, training_samples=pairs_config())
@@ -166,7 +168,7 @@ def test_a_clip_without_a_far_enough_reference_is_a_failure_row(cut_video: Path,
 
 def test_references_from_the_whole_video(cut_video: Path, tmp_path: Path):
     report, tables = build(cut_video, tmp_path / "out", perception=PERCEPTION,
-                           training_samples=pairs_config(scope="video", min_gap_s=1.0, candidates=12))
+                           training_samples=pairs_config(scope="video", min_gap_s=1.0, candidates=36))
     samples = shard_samples(tmp_path / "out", report)
     assert samples and not tables["failures"]
     other_scene = 0
