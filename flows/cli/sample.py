@@ -41,8 +41,54 @@ class SampleInputs:
     attributes: list[np.ndarray]
     attribute_masks: list[np.ndarray]
     attribute_keypoints: list[np.ndarray]
-    driving: np.ndarray  # (F, 5, 2)
+    driving: np.ndarray  # (F, K, 2) or (F, K, 3) with a confidence
     fps: float
+
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
+
+
+def driving_keypoints_from_video(video: Path, build_config: Path, max_frames: int | None = None
+                                 ) -> tuple[np.ndarray, str, float]:
+    """The main face's keypoints in a driving video, found as the dataset found its own: the perception of the
+    dataset's build config (its decode settings, face detector, track and crop, and keypoint backend) run here,
+    in-process, on the video as one clip.
+
+    Returns (F, K, 3) keypoints (x, y, confidence in face-crop pixels, as the dataset's), the name of their
+    layout, and the video's frame rate. A video the dataset would reject (no face, several faces...) is a
+    `typer.BadParameter` saying why.
+    """
+    import itertools
+
+    from data_specs.config import BuildConfig, ConfigError
+    from data_specs.sample import ClipMeta, ClipSample
+    from tasks.base import LocalModel
+    from tasks.errors import DataError
+    from tasks.media import iter_frames, probe_video
+    from tasks.perception.stage import PerceptionStage
+
+    try:
+        config = BuildConfig.from_yaml(build_config)
+    except ConfigError as err:
+        raise typer.BadParameter(str(err)) from err
+    if config.perception is None:
+        raise typer.BadParameter(f"{build_config} configures no perception: give the build config of the dataset "
+                                 "the model was trained on")
+    try:
+        probe = probe_video(str(video))
+        frames = list(itertools.islice(iter_frames(str(video), probe, config.decode, source_size=True), max_frames))
+        fps = config.decode.fps or probe.fps
+        meta = ClipMeta(video_id=video.stem, clip_index=0, frame_indices=[f.index for f in frames],
+                        time_s=[f.time_s for f in frames], fps=fps, source_path=str(video),
+                        content_sha256="0" * 64, config_hash="driving", code_version="driving",
+                        source_size=(probe.width, probe.height))
+        stage = PerceptionStage(config.perception, config.decode)
+        stage.setup({spec.name: LocalModel(spec) for spec in stage.models})
+        (perceived,) = stage(ClipSample(key=f"{video.stem}_driving", meta=meta,
+                                        frames=np.stack([f.image for f in frames])))
+    except DataError as err:
+        raise typer.BadParameter(f"driving video {video}: {err}") from err
+    return perceived.keypoints, stage.layout.name, fps
 
 
 def load_keypoints(path: Path) -> np.ndarray:
@@ -136,13 +182,19 @@ def sample(
     attribute_keypoints: Annotated[list[Path] | None, typer.Option(
         help=".npy (5, 2) keypoints per --attribute, in the same order.")] = None,
     driving: Annotated[Path | None, typer.Option(
-        help="Driving keypoints: .npy (F, 5, 2) or .npz with `keypoints` (F, 5, 2).")] = None,
+        help="Driving motion: keypoints in the model's trained layout, .npy (F, K, 2|3) or .npz with `keypoints`; "
+             "or a video, whose keypoints --perception-config finds.")] = None,
+    perception_config: Annotated[Path | None, typer.Option(
+        help="With a --driving video: the build config (YAML) of the dataset the model was trained on; its "
+             "perception (detector, crop, keypoint backend) finds the driving keypoints as it found the "
+             "dataset's.")] = None,
     alpha: Annotated[float | None, typer.Option(
         help="Interpolate between exactly two attributes: 0 = first, 1 = second.")] = None,
     frames: Annotated[int | None, typer.Option(help="Frames to generate (default: all driving frames).")] = None,
     steps: Annotated[int, typer.Option(help="DDIM steps.")] = 25,
     guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 disables).")] = 3.5,
-    window: Annotated[int, typer.Option(help="Frames per denoiser call; longer clips use windows.")] = 16,
+    window: Annotated[int | None, typer.Option(
+        help="Frames per denoiser call; longer clips use windows (default: the model's trained clip length).")] = None,
     overlap: Annotated[int, typer.Option(help="Frames shared by consecutive windows.")] = 4,
     size: Annotated[int | None, typer.Option(
         help="Square output size (default: the portrait's, rounded to the model's multiple).")] = None,
@@ -154,9 +206,11 @@ def sample(
 
     Either --from-truth VIDEO.truth.npz (synthetic demo: self-transfer within the
     video), or --portrait/--portrait-mask/--portrait-keypoints, one or more
-    --attribute/--attribute-mask/--attribute-keypoints and --driving.
+    --attribute/--attribute-mask/--attribute-keypoints and --driving (keypoints, or a video with
+    --perception-config).
     """
     # 1. Inputs.
+    driving_layout = None  # the layout of keypoints found in a driving video
     if from_truth is not None:
         inputs = inputs_from_truth(from_truth, attribute_class, portrait_frame, attribute_frame)
     else:
@@ -169,10 +223,18 @@ def sample(
             raise typer.BadParameter(f"missing {', '.join(missing)} (or use --from-truth)")
         if not len(attribute) == len(attribute_mask) == len(attribute_keypoints):
             raise typer.BadParameter("give one --attribute-mask and one --attribute-keypoints per --attribute")
+        driving_fps = 25.0
+        if driving.suffix.lower() in VIDEO_SUFFIXES:
+            if perception_config is None:
+                raise typer.BadParameter("a --driving video needs --perception-config (the dataset's build config)")
+            driving_points, driving_layout, driving_fps = driving_keypoints_from_video(driving, perception_config,
+                                                                                       frames)
+        else:
+            driving_points = load_keypoints(driving)
         inputs = SampleInputs(
             _load_image(portrait), _load_mask(portrait_mask), np.load(portrait_keypoints).astype(np.float32),
             [_load_image(p) for p in attribute], [_load_mask(p) for p in attribute_mask],
-            [np.load(p).astype(np.float32) for p in attribute_keypoints], load_keypoints(driving), 25.0)
+            [np.load(p).astype(np.float32) for p in attribute_keypoints], driving_points, driving_fps)
 
     # 2. Pipeline (torch and diffusers load here, not when the CLI starts).
     import torch
@@ -181,6 +243,9 @@ def sample(
 
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipe = load_pipeline(model, flavour, seed, torch_device)
+    if driving_layout is not None and pipe.trained_layout is not None and pipe.trained_layout.name != driving_layout:
+        raise typer.BadParameter(f"--perception-config finds {driving_layout!r} keypoints; the model was trained on "
+                                 f"{pipe.trained_layout.name!r}: give the build config of its dataset")
 
     # 3. Sample and write.
     result = pipe(

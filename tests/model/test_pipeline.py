@@ -11,12 +11,13 @@ import PIL.Image
 import pytest
 import torch
 import typer
+import yaml
 from typer.testing import CliRunner
 
 from data_specs.model import NoiseScheduleSpec
 from data_specs.perception import GOLIATH_FACE, TRUTH_5, PoseRenderSpec
 from data_specs.pose_frames import render_pose_frames
-from flows.cli.sample import sample
+from flows.cli.sample import driving_keypoints_from_video, sample
 from model.builders import DurianComponents, inference_scheduler, random_motion_adapter, training_scheduler
 from model.geometry import fit_similarity, retarget_keypoints
 from model.pipeline import DurianPipeline, render_driving_pose, window_starts
@@ -246,3 +247,21 @@ def test_sample_command_writes_an_mp4(tmp_path: Path) -> None:
     result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     assert probe_frames(out2) == 3
+
+    # Driving keypoints found in a video by the perception of the dataset's build config (here its ground truth).
+    config = tmp_path / "build.yaml"
+    config.write_text(yaml.safe_dump({
+        "inputs": {"source": str(tmp_path)}, "output_dir": str(tmp_path / "dataset"),
+        "perception": {"crop": {"size": 64}, "detection": {"backend": "truth"}, "keypoints": {"backend": "truth"},
+                       "segmentation": {"backend": "truth", "attributes": ["hair"]}}}))
+    keypoints, layout, fps = driving_keypoints_from_video(video, config)
+    assert (keypoints.shape, layout, fps) == ((6, 5, 3), TRUTH_5.name, 10.0)
+    assert ((keypoints[..., :2] > 0) & (keypoints[..., :2] < 64)).all()  # in face-crop pixels, as the dataset's
+    out3 = tmp_path / "video.mp4"
+    video_args = [*args[:-6], "--driving", video, "--perception-config", config, "--frames", "4", "--steps", "1",
+                  "--out", out3]
+    result = runner.invoke(app, [str(a) for a in video_args])
+    assert result.exit_code == 0, result.output
+    assert probe_frames(out3) == 4
+    result = runner.invoke(app, [str(a) for a in [*args[:-6], "--driving", video, "--out", out3]])
+    assert result.exit_code != 0 and "needs --perception-config" in result.output
