@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 
 from data_specs.perception import PerceptionMeta
-from data_specs.sample import GENERATED, ClipSample, PairSample
+from data_specs.sample import GENERATED, ClipMeta, ClipSample, PairSample
 from data_specs.training_samples import (AugmentParams, ExpansionMeta, GenerateConfig, InpaintConfig, LatentConfig,
                                          PairMeta, ReferenceMeta, TrainingSamplesConfig)
 from tasks.base import ModelClient, ModelSpec, Resources
 from tasks.samples import augment
 from tasks.samples.expansion import condition_images, dilate_erode, draw_dilation, expand
 from tasks.samples.pairs import PairPlan, clip_rng, plan_pairs
+from tasks.samples.scene_references import ReferencePool, plan_pool_pairs, with_references
 
 MASK_GENERATOR, INPAINTER, LATENT_ENCODER = "mask_generator", "inpainter", "latent_encoder"
 
@@ -95,21 +96,31 @@ class TrainingSampleStage:
         self._clients = models
         self._provenance = {name: client.get("provenance") for name, client in models.items()}
 
-    def __call__(self, sample: ClipSample) -> list[PairSample]:
+    def __call__(self, sample: ClipSample, references: ReferencePool | None = None) -> list[PairSample]:
+        """The clip's pairs; `references`: the pool of its scene (or video), which scopes other than 'clip' need."""
         perception = sample.meta.perception
         if perception is None or sample.pose_frames is None or not sample.masks or sample.landmarks is None:
             raise ValueError("training samples need perception's crops, pose frames, masks and landmarks "
                              "(set `perception` in the build config)")
         presence = {attribute: np.asarray(flags, bool) for attribute, flags in perception.presence.items()}
+        pairs, clip = self.config.pairs, sample
+        if pairs.references.scope != "clip":
+            if references is None:
+                raise ValueError(f"pairs.references.scope {pairs.references.scope!r} draws references from the "
+                                 "scene's pool, which the unit's scene pass gives")
+            # Pool positions follow the clip's: the steps below index references and targets alike.
+            sample = with_references(clip, references)
         drafts = []
-        for stage in self.config.pairs.stages:
-            rng = clip_rng(self.config.pairs.seed, sample.key, stage)
-            for plan in plan_pairs(len(sample.frames), presence, self.config.pairs, stage, rng):
+        for stage in pairs.stages:
+            rng = clip_rng(pairs.seed, clip.key, stage)
+            plans = (plan_pairs(len(clip.frames), presence, pairs, stage, rng) if pairs.references.scope == "clip"
+                     else plan_pool_pairs(clip, references, pairs, stage, rng))
+            for plan in plans:
                 drafts.append(self._draw(sample, stage, plan, rng))
         generated = self._generate(sample, drafts)
         references = self._references(sample, drafts)
         latents = self._latents(sample, drafts, references)
-        return [self._pair(sample, perception, draft, refs, generated.get(i), latents[i])
+        return [self._pair(sample, len(clip.frames), perception, draft, refs, generated.get(i), latents[i])
                 for i, (draft, refs) in enumerate(zip(drafts, references))]
 
     # -------------------------------------------------------------- steps
@@ -199,8 +210,8 @@ class TrainingSampleStage:
             start += 2
         return out
 
-    def _pair(self, sample: ClipSample, perception: PerceptionMeta, draft: _Draft, refs: tuple[np.ndarray, ...],
-              generated: np.ndarray | None, latents: dict[str, np.ndarray]) -> PairSample:
+    def _pair(self, sample: ClipSample, clip_frames: int, perception: PerceptionMeta, draft: _Draft,
+              refs: tuple[np.ndarray, ...], generated: np.ndarray | None, latents: dict[str, np.ndarray]) -> PairSample:
         plan, meta = draft.plan, sample.meta
         attribute_ref, attribute_mask, portrait_ref, portrait_mask, portrait_image = refs
         # ArcFace points (the face detector's five, which ArcFace aligns with) where each reference's
@@ -218,12 +229,13 @@ class TrainingSampleStage:
         pair_meta = PairMeta(
             video_id=meta.video_id, clip_key=sample.key, clip_index=meta.clip_index, source_path=meta.source_path,
             content_sha256=meta.content_sha256, config_hash=meta.config_hash, code_version=meta.code_version,
-            fps=meta.fps, training_stage=draft.stage, pair_index=plan.pair_index, attribute=plan.attribute,
+            fps=meta.fps, scene_index=meta.scene_index, reference_scope=self.config.pairs.references.scope,
+            training_stage=draft.stage, pair_index=plan.pair_index, attribute=plan.attribute,
             target_positions=targets, target_frame_indices=[meta.frame_indices[t] for t in targets],
-            attribute_ref=ReferenceMeta(position=plan.attribute_ref, frame_index=meta.frame_indices[plan.attribute_ref],
-                                        mask_area=float(attribute_mask.mean()), augmentation=draft.attribute_params),
-            portrait_ref=ReferenceMeta(position=plan.portrait_ref, frame_index=meta.frame_indices[plan.portrait_ref],
-                                       mask_area=float(portrait_mask.mean()), augmentation=draft.portrait_params),
+            attribute_ref=_reference_meta(meta, clip_frames, plan.attribute_ref, targets, attribute_mask,
+                                          draft.attribute_params),
+            portrait_ref=_reference_meta(meta, clip_frames, plan.portrait_ref, targets, portrait_mask,
+                                         draft.portrait_params),
             expansion=expansion,
             keypoint_layout=perception.keypoint_layout,
             face_size=float(np.median(sides)),
@@ -248,3 +260,13 @@ class TrainingSampleStage:
             generated=generated,
             latents=latents,
         )
+
+
+def _reference_meta(meta: ClipMeta, clip_frames: int, position: int, targets: list[int], mask: np.ndarray,
+                    params: AugmentParams) -> ReferenceMeta:
+    """What a pair records of one reference: where it comes from, and how far it is from the targets."""
+    time_s = meta.time_s[position]
+    return ReferenceMeta(position=position if position < clip_frames else None,
+                         frame_index=meta.frame_indices[position], time_s=time_s,
+                         gap_s=min(abs(time_s - meta.time_s[t]) for t in targets), mask_area=float(mask.mean()),
+                         augmentation=params)
