@@ -20,7 +20,7 @@ from tests.samples.goliath_testing import with_goliath_face
 from tests.samples.samples_testing import perceived_clip, sample_stage
 
 CPU = {"device": "cpu", "batch_size": 4}
-PAIRS = {"pairs_per_clip": 1, "frames": 2, "min_ref_distance": 3, "stages": [1, 2]}
+PAIRS = {"pairs_per_clip": 1, "frames": 2, "min_ref_distance": 3, "stages": [1, 2], "references": {"scope": "clip"}}
 
 
 @pytest.fixture(scope="module")
