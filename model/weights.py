@@ -159,3 +159,22 @@ def _fit_shape(tensor: torch.Tensor, shape: torch.Size, where: str) -> torch.Ten
     if tensor.shape[:len(shape)] == shape and all(size == 1 for size in tensor.shape[len(shape):]):
         return tensor.reshape(shape)
     raise CheckpointError(f"{where} has shape {tuple(tensor.shape)}, the model needs {tuple(shape)}")
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """sha256 of a network's weights (names, shapes and values), the same whether it is held in fp32 or fp16.
+
+    Floating-point tensors are hashed as fp16 (fp32 -> fp16 and fp32 -> fp16 -> fp16 round alike), so a VAE
+    loaded in fp16 for encoding and the same VAE loaded in fp32 for training agree. Take it before casting a
+    network to bf16 (bf16 -> fp16 is not fp32 -> fp16).
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach()
+        if tensor.is_floating_point():
+            tensor = tensor.to(torch.float16)
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

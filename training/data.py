@@ -90,7 +90,7 @@ class DatasetIndex:
     shard_sha256: dict[str, str]  # shard -> sha256, every shard of the manifest
     pairs: list[PairEntry]  # every pair sample, sorted by (shard, key)
     validation: frozenset[str]  # video ids of the evaluation split
-    _image_size: dict[int, tuple[int, int]] = field(default_factory=dict, repr=False)
+    _first: dict[int, PairSample] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, root: str | Path, stages: Sequence[int] = ()) -> DatasetIndex:
@@ -162,17 +162,21 @@ class DatasetIndex:
         self.require_stage(stage)
         return min(p.targets for p in self.pairs if p.stage == stage)
 
-    def image_size(self, stage: int) -> tuple[int, int]:
-        """(height, width) of the stage's crops, from its first readable sample (corrupt shards are skipped)."""
-        if stage not in self._image_size:
+    def first_sample(self, stage: int) -> PairSample:
+        """The stage's first readable sample (corrupt shards are skipped): what the build wrote for the stage."""
+        if stage not in self._first:
             self.require_stage(stage)
             for pair in (p for p in self.pairs if p.stage == stage):
                 if raw := _read_shard(self.root, pair.shard, self.shard_sha256[pair.shard], {pair.key}):
-                    self._image_size[stage] = tuple(decode_sample(raw[0]).targets.shape[1:3])
+                    self._first[stage] = decode_sample(raw[0])
                     break
             else:
                 raise ValueError(f"{self.root}: every shard of the stage-{stage} samples is missing or corrupt")
-        return self._image_size[stage]
+        return self._first[stage]
+
+    def image_size(self, stage: int) -> tuple[int, int]:
+        """(height, width) of the stage's crops."""
+        return tuple(self.first_sample(stage).targets.shape[1:3])
 
     def check_fits(self, stage_run: StageRun, resolution: int | None) -> None:
         """Raise TrainConfigError (a ValueError) when the stage cannot train on this dataset."""
@@ -205,7 +209,7 @@ class DatasetIndex:
     def exclude(self, shards: Iterable[str]) -> DatasetIndex:
         """This index without the samples of `shards` (e.g. those `verify` found bad)."""
         drop = set(shards)
-        return replace(self, pairs=[p for p in self.pairs if p.shard not in drop], _image_size={})
+        return replace(self, pairs=[p for p in self.pairs if p.shard not in drop], _first={})
 
 
 def _read_shard(root: Path, shard: str, sha256: str, keys: set[str]) -> list[dict[str, object]] | None:

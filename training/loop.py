@@ -41,9 +41,11 @@ from diffusers.optimization import get_scheduler
 from torch import nn
 
 from data_specs.model import model_flavour
+from data_specs.perception import PoseRenderSpec
 from data_specs.training import StageRun, TrainConfig
 from model.builders import DurianComponents, random_components
 from model.durian import DurianModel
+from model.weights import weights_fingerprint
 from training.precision import MasterWeights, PrecisionPolicy, hold_in, precision_policy
 from training.state import CheckpointManager, StageParts, TrainState
 from training.step import (
@@ -90,12 +92,10 @@ class Progress:
 # ---------------------------------------------------------------- building blocks
 
 
-def build_components(config: TrainConfig, policy: PrecisionPolicy, device: torch.device) -> DurianComponents:
-    """The networks to train from: a saved pipeline (`init_from`), the pretrained parts (sd15) or random (tiny).
-
-    The frozen encoders and the VAE are held as `policy` says from here on; the model stays fp32 until
-    `prepare_stage` has taken the fp32 masters of what the stage trains.
-    """
+def build_components(config: TrainConfig, device: torch.device) -> DurianComponents:
+    """The networks to train from, in fp32 on `device`: a saved pipeline (`init_from`), the pretrained parts
+    (sd15) or random (tiny). The frozen ones are set to eval mode without gradients; `PrecisionPolicy.apply`
+    then holds them in their training dtype, and `prepare_stage` the model."""
     flavour = model_flavour(config.flavour)
     if config.init_from:
         from model.pipeline import DurianPipeline
@@ -109,8 +109,8 @@ def build_components(config: TrainConfig, policy: PrecisionPolicy, device: torch
         components = pretrained_components(flavour, config.pretrained, device=device)
     else:
         components = random_components(flavour, seed=config.seed)
-    components.model.to(device)
-    policy.apply([components.image_encoder, components.identity_encoder], components.vae, device)
+    for module in (components.model, components.vae, components.image_encoder, components.identity_encoder):
+        hold_in(module, torch.float32, device)
     for module in (components.vae, components.image_encoder, components.identity_encoder):
         module.requires_grad_(False).eval()
     return components
@@ -205,8 +205,18 @@ class Trainer:
         if self.state.seed != config.seed:
             log.warning("resuming with the checkpoint's seed %d (the config says %d): a resumed run draws what "
                         "the interrupted one would have", self.state.seed, config.seed)
-        self.components = build_components(config, self.policy, self.device)
+        self.components = build_components(config, self.device)
         self.model = self.components.model
+        frozen = self._frozen_networks()
+        # The VAE's identity, taken in fp32: precomputed latents must come from this very VAE.
+        self.vae_weights = weights_fingerprint(self.components.vae)
+        # The export restores the frozen networks exactly (rank 0 keeps their fp32 weights on the host).
+        self._frozen_fp32 = ({name: {key: value.detach().to("cpu", copy=True) for key, value in
+                                     network.state_dict().items()}
+                              for name, network in frozen.items()}
+                             if session.rank == 0 and self.policy.working_dtype != torch.float32 else {})
+        self.policy.apply([frozen["image_encoder"], frozen["identity_encoder"]], frozen["vae"], self.device)
+        self.stored_latents = False  # whether this stage reads the shards' latents (`check_latents`)
         self.encoders = Encoders(self.components.vae, self.components.image_encoder,
                                  self.components.identity_encoder)
         self.noise_scheduler = training_noise_scheduler(self.components.scheduler)
@@ -218,6 +228,31 @@ class Trainer:
         # A resumed run's log drops what the interrupted attempt logged after its last checkpoint.
         self.log = TrainingLog(config.run_dir, enabled=session.rank == 0,
                                purge_step=self.state.global_step + 1 if self.restored is not None else None)
+
+    def _frozen_networks(self) -> dict[str, nn.Module]:
+        components = self.components
+        return {"vae": components.vae, "image_encoder": components.image_encoder,
+                "identity_encoder": components.identity_encoder}
+
+    def check_latents(self, stage: int) -> bool:
+        """Whether the stage's precomputed target latents can be used: they must come from this run's VAE
+        (raises TrainConfigError naming both otherwise); latents of an unrecorded VAE are not used."""
+        from data_specs.training import TrainConfigError
+
+        sample = self.index.first_sample(stage)
+        if not sample.latents:
+            return False
+        made_by = sample.meta.latents_vae_weights
+        if made_by is None:
+            log.warning("the dataset's latents do not record which VAE made them (%s): the targets are encoded "
+                        "with this run's VAE instead", sample.meta.latents_vae)
+            return False
+        if made_by != self.vae_weights:
+            raise TrainConfigError(
+                f"the dataset's latents were made by another VAE ({sample.meta.latents_vae}, weights sha256 "
+                f"{made_by[:12]}) than this run's (weights sha256 {self.vae_weights[:12]}): rebuild the latents "
+                "with training_samples.latents.vae set to this model's VAE, or train without them")
+        return True
 
     # ------------------------------------------------------------ stages
 
@@ -235,6 +270,7 @@ class Trainer:
     def start_stage(self, stage_index: int) -> StageParts:
         """Model, masters, optimiser, schedule and EMA of a stage; restored when the run resumes in it."""
         run = self.config.stages[stage_index]
+        self.stored_latents = self.check_latents(run.stage)
         masters = prepare_stage(self.model, run.stage, self.policy, self.motion_adapter,
                                 self.config.gradient_checkpointing)
         self.state.motion_modules = self.model.has_motion_modules
@@ -276,7 +312,7 @@ class Trainer:
         for micro in range(accumulation):
             batch = next(loader)
             skipped += batch.skipped_shards
-            inputs = model_inputs(self.encoders, batch, self.device)
+            inputs = model_inputs(self.encoders, batch, self.device, self.stored_latents)
             last = micro == accumulation - 1
             no_sync = (self.wrapped.no_sync() if isinstance(self.wrapped, nn.parallel.DistributedDataParallel)
                        and not last else contextlib.nullcontext())
@@ -383,17 +419,26 @@ class Trainer:
                 masters.to_working()
 
     def export(self, folder: Path) -> Path:
-        """The trained pipeline, in fp32: the trained weights from their masters, the rest as held."""
+        """The trained pipeline in fp32, with the guidance it was trained on: the trained weights from their
+        masters, the frozen networks as loaded; model weights an earlier stage trained and a later one froze
+        are saved as that stage held them (bf16 under mixed precision)."""
         from training.checkpoints import export_pipeline
 
         components = self.components
         for network in (components.model, components.vae, components.image_encoder, components.identity_encoder):
             hold_in(network, torch.float32)
+        for name, network in self._frozen_networks().items():
+            if name in self._frozen_fp32:
+                network.load_state_dict(self._frozen_fp32[name])
         if self.parts is not None:
             with torch.no_grad():
                 torch._foreach_copy_([p.data for p in self.parts.masters.working],
                                      [m.data for m in self.parts.masters.masters])
-        return export_pipeline(components.pipeline(), folder)
+        pipeline = components.pipeline()
+        stages = self.config.stages
+        pipeline.set_training_facts(self.index.first_sample(stages[-1].stage).meta.keypoint_layout,
+                                    PoseRenderSpec(), clip_length=max(run.frames for run in stages))
+        return export_pipeline(pipeline, folder)
 
 
 def train(config: TrainConfig, session: Session) -> Progress:

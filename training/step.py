@@ -64,17 +64,18 @@ def step_generator(seed: int, rank: int, step: int, device: torch.device) -> tor
 
 
 @torch.no_grad()
-def model_inputs(encoders: Encoders, batch: object, device: torch.device) -> ModelInputs:
+def model_inputs(encoders: Encoders, batch: object, device: torch.device, stored_latents: bool = True) -> ModelInputs:
     """Latents of the targets (precomputed when the shards hold them) and the encoded references.
 
     The target latents are the VAE posterior's mode (its mean), like the precomputed ones: a function of the
     image alone; SD's VAE posterior is so narrow that sampling it would add noise far below the diffusion's.
 
     batch: a `training.data.TrainingBatch` (targets (B, F, 3, H, W) in [-1, 1], references in [0, 1]).
+    stored_latents: use the batch's latents when it has them (False: they are not this VAE's).
     """
     targets = batch.targets.to(device)
     b, f = targets.shape[:2]
-    if batch.latents and "target" in batch.latents:
+    if stored_latents and batch.latents and "target" in batch.latents:
         latents = batch.latents["target"].to(device, torch.float32)  # (B, F, c, h, w), posterior modes
     else:
         latents = encode_latents(encoders.vae, (targets.flatten(0, 1) + 1) / 2).unflatten(0, (b, f))

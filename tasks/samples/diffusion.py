@@ -44,6 +44,7 @@ from data_specs.training_samples import (
     LatentConfig,
 )
 from model.builders import inference_scheduler, random_components
+from model.weights import weights_fingerprint
 from tasks.perception.runtime import ModelComponent, batches, check_images, resolve_device
 
 SIZE_MULTIPLE = 8  # SD pipelines take sides divisible by the VAE's downsampling
@@ -329,6 +330,7 @@ class LatentEncoder(_DiffusionComponent):
 
     config: LatentConfig
     model: AutoencoderKL | None
+    weights_fingerprint: str | None = None  # `model.weights.weights_fingerprint` of the VAE, once set up
 
     def _source(self) -> str | None:
         """The diffusers folder or hub id holding `vae/`; None: the tiny flavour's seeded random VAE."""
@@ -357,6 +359,7 @@ class LatentEncoder(_DiffusionComponent):
             raise ValueError(f"the {self.provenance} does not make {self.config.flavour} latents: it has "
                              f"{vae.config.latent_channels} channels at 1/{scale} size, the flavour "
                              f"{spec.latent_channels} at 1/{spec.vae_scale_factor}")
+        self.weights_fingerprint = weights_fingerprint(vae)  # recorded with the latents; training checks it
         self.model = _placed(vae.eval(), device, dtype)
 
     def encode(self, images: np.ndarray) -> np.ndarray:

@@ -91,10 +91,12 @@ class TrainingSampleStage:
         self.models = tuple(models)
         self._clients: Mapping[str, ModelClient] = {}
         self._provenance: dict[str, str] = {}
+        self._vae_weights: str | None = None
 
     def setup(self, models: Mapping[str, ModelClient]) -> None:
         self._clients = models
         self._provenance = {name: client.get("provenance") for name, client in models.items()}
+        self._vae_weights = models[LATENT_ENCODER].get("weights_fingerprint") if LATENT_ENCODER in models else None
 
     def __call__(self, sample: ClipSample, references: ReferencePool | None = None) -> list[PairSample]:
         """The clip's pairs; `references`: the pool of its scene (or video), which scopes other than 'clip' need."""
@@ -242,6 +244,7 @@ class TrainingSampleStage:
             seed=self.config.pairs.seed,
             provenance={**perception.provenance, **self._provenance},
             latents_vae=self._provenance.get(LATENT_ENCODER) if latents else None,
+            latents_vae_weights=self._vae_weights if latents else None,
         )
         return PairSample(
             key=pair_key(sample.key, draft.stage, plan.pair_index),

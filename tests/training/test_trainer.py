@@ -177,3 +177,36 @@ def test_frames_beyond_the_motion_modules_length_are_a_config_error(tmp_path: Pa
     assert load_train_config({**config, "stages": [{"stage": 2, "steps": 1, "frames": 32}]}).stages[0].frames == 32
     with pytest.raises(TrainConfigError, match="frames=33 is more than the motion modules"):
         load_train_config({**config, "stages": [{"stage": 2, "steps": 1, "frames": 33}]})
+
+
+def test_precomputed_latents_are_used_only_when_this_runs_vae_made_them(tmp_path: Path):
+    import dataclasses
+
+    import numpy as np
+
+    from model.weights import weights_fingerprint
+    from tests.training.training_testing import make_pairs, write_samples
+    from training.loop import Trainer
+    from training.ray_train import LocalSession
+
+    vae = random_components(model_flavour("tiny"), seed=0).vae  # the VAE a seed-0 tiny run trains with
+    this_vae = weights_fingerprint(vae)
+    assert this_vae == weights_fingerprint(vae.half())  # fp16 encoders and fp32 trainers agree
+
+    def trainer(made_by: str | None, name: str) -> Trainer:
+        pairs = make_pairs(clips=1, size=32, frames=1, pairs_per_clip=1, stages=(1,))
+        latent = np.zeros((4, 8, 8), np.float16)
+        pairs = [dataclasses.replace(p, latents={"target": latent[None], "attr_ref": latent, "port_ref": latent},
+                                     meta=p.meta.model_copy(update={"latents_vae": "a VAE",
+                                                                    "latents_vae_weights": made_by}))
+                 for p in pairs]
+        dataset = write_samples(tmp_path / name, pairs)
+        config = load_train_config({"output_dir": str(tmp_path / "runs"), "name": name, "resolution": 32,
+                                    "data": {"dataset": str(dataset), "loader_workers": 0},
+                                    "stages": [{"stage": 1, "steps": 1}]})
+        return Trainer(config, LocalSession(config))
+
+    assert trainer(this_vae, "same").check_latents(1)
+    assert not trainer(None, "unrecorded").check_latents(1)  # encoded by this run's VAE instead
+    with pytest.raises(TrainConfigError, match="made by another VAE"):
+        trainer("0" * 64, "other").check_latents(1)
