@@ -38,8 +38,9 @@ def encode_latents(vae: AutoencoderKL, images: torch.Tensor,
                    generator: torch.Generator | None = None) -> torch.Tensor:
     """(B, 3, H, W) in [0, 1] -> scaled latents (B, c, H / s, W / s).
 
-    With a generator the posterior is sampled (training targets); without, its mode
-    is used (references, deterministic).
+    Without a generator the posterior's mode (its mean) is used: training targets, references and the
+    precomputed latents of a build alike (deterministic; SD's VAE posterior is so narrow that a sample
+    differs by far less than the diffusion noise). With one, the posterior is sampled.
     """
     posterior = vae.encode(images.to(vae.dtype) * 2 - 1).latent_dist
     latents = posterior.sample(generator) if generator is not None else posterior.mode()
