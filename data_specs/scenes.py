@@ -40,8 +40,9 @@ class SceneConfig(Spec):
     min_content_val: float = Field(15.0, ge=0, le=255, description="AdaptiveDetector: the least mean HSV change of "
                                    "a cut.")
     min_scene_s: float = Field(0.5, ge=0, le=60, description="Shortest scene, in seconds: a cut closer than this to "
-                               "the previous one is merged (flashes). It is also how far detection looks ahead, so "
-                               "this many seconds of decoded frames are held per video.")
+                               "the previous one is dropped (flashes). The content detector names a cut up to this "
+                               "long after it, so it holds this many seconds of decoded frames; the adaptive "
+                               "detector holds 2 frames.")
     analysis_side: int = Field(128, ge=16, le=4096, description="Frames are scaled down to this longer side for "
                                "detection, never up. The score is a mean over pixels, which barely depends on the "
                                "resolution; 128 px costs a quarter of PySceneDetect's 256 (BENCHMARKS.md).")

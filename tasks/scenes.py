@@ -4,7 +4,7 @@
 to PySceneDetect's `AdaptiveDetector` or `ContentDetector` (their `process_frame(timecode,
 bgr_frame)` API takes frames from any source) and yields every frame with its scene's index. A detector names a cut up
 to `event_buffer_length` frames after it has seen it, so frames are held back that long: memory
-stays at `scenes.min_scene_s` seconds of frames, never the video.
+stays at a few frames (`scenes.min_scene_s` seconds with the content detector), never the video.
 
 `sample_scene_frames` keeps a uniform, seeded sample of at most K frames per scene (or per video):
 bottom-k by a random key drawn per frame in order from a generator of (seed, video, scene), so the

@@ -157,8 +157,11 @@ def plan_pool_pairs(clip: ClipSample, pool: ReferencePool, config: PairConfig, s
     # partners[p, a]: eligible portrait references for the attribute reference a with the targets at p.
     partners = eligible.astype(np.int64) @ apart.T.astype(np.int64)
     presence = pool.presence(sorted(clip.masks))
-    usable = {a: eligible & visible[None, :] & (partners > 0) for a, visible in presence.items()
-              if (eligible & visible[None, :] & (partners > 0)).any()}
+    usable = {}  # attribute -> (P, K): attribute references that have a portrait reference, per placement
+    for attribute, visible in presence.items():
+        choices = eligible & visible[None, :] & (partners > 0)
+        if choices.any():
+            usable[attribute] = choices
     if not usable:
         shown = [a for a, visible in presence.items() if visible.any()]
         clip_times = f"{clip.meta.time_s[0]:.2f}-{clip.meta.time_s[-1]:.2f} s"
