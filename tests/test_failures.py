@@ -68,3 +68,13 @@ def test_infrastructure_errors_and_on_error_raise_still_fail_the_unit(videos: Pa
     with pytest.raises(type(error)):
         run_unit(one_unit(config), config, [CrashOn("portrait_0002", error)])
     assert OutputLayout(config.output_path).read_report("all") is None  # nothing published: Ray retries the unit
+
+
+def test_what_counts_as_the_machines_trouble():
+    import ray.exceptions
+
+    from tasks.errors import is_infrastructure
+
+    assert is_infrastructure(OSError(5, "Input/output error")) and is_infrastructure(MemoryError())
+    assert is_infrastructure(ray.exceptions.RayActorError())  # a model actor dead beyond its restarts
+    assert not is_infrastructure(ZeroDivisionError()) and not is_infrastructure(ValueError("bad shape"))
