@@ -11,7 +11,9 @@ head fills the middle of the frame; `head_centre` and `head_size` place it (e.g.
 small in an HD or phone frame, as in real footage).
 """
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -35,7 +37,15 @@ COLOURS = {
     HAT: (210, 40, 40),
 }
 SKIN_TONES = ((230, 190, 160), (200, 150, 110), (160, 110, 80), (240, 205, 180))
-
+# Styled attributes (`styled=True`): each video draws its own colour per attribute from these ranges, so that an
+# attribute carried from one video to another is visibly the donor's (the default keeps `COLOURS`).
+STYLE_RANGES = {
+    HAIR: ((20, 10, 0), (200, 160, 90)),
+    BEARD: ((30, 20, 10), (140, 110, 90)),
+    EYEGLASSES: ((0, 0, 60), (90, 200, 255)),
+    HAT: ((60, 0, 0), (255, 220, 120)),
+}
+TRIPLETS_MANIFEST = "triplets.json"
 
 
 def write_portrait_video(
@@ -51,6 +61,8 @@ def write_portrait_video(
     codec: str = "libx264",
     head_centre: tuple[float, float] | None = None,
     head_size: float | None = None,
+    styled: bool = False,
+    attribute_seeds: Mapping[str, int] | None = None,
 ) -> Path:
     """Render and encode one portrait video and write its ground truth beside it.
 
@@ -60,11 +72,14 @@ def write_portrait_video(
     `head_centre` ((x, y) fractions of the width and height) and `head_size` (the face's
     width as a fraction of the shorter side) place the head; it then drifts by a fraction of
     its own size. None: centred, 0.38-0.46 of the shorter side, drifting across the frame.
+    `styled`: each attribute in the video's own seeded colour (`attribute_colour`) instead of `COLOURS`;
+    `attribute_seeds` ({attribute: seed}, styled only): that attribute in another video's colour.
     """
     unknown = set(attributes) - set(ATTRIBUTES)
     if unknown:
         raise ValueError(f"unknown attributes {sorted(unknown)}; choose from {ATTRIBUTES}")
-    frames, truth = _render(seed, num_frames, width, height, attributes, head_centre, head_size)
+    frames, truth = _render(seed, num_frames, width, height, attributes, head_centre, head_size, styled,
+                            attribute_seeds)
     path = Path(path)
     write_video(frames, path, fps, rotation=rotation, codec=codec)
     np.savez_compressed(_truth_path(path), fps=np.float64(fps), size=np.array([width, height]), **truth)
@@ -153,15 +168,124 @@ def write_dataset(out_dir: str | Path, count: int, seed: int = 0, **video_kwargs
     return paths
 
 
+def attribute_colour(seed: int, attribute: str) -> tuple[int, int, int]:
+    """The RGB colour of `attribute` in the styled video of `seed` (its own generator: the video's head and
+    motion draws are untouched)."""
+    label = LABEL_OF[attribute]
+    low, high = STYLE_RANGES[label]
+    rng = np.random.default_rng([seed, label])
+    return tuple(int(v) for v in rng.integers(low, np.add(high, 1)))
+
+
+@dataclass(frozen=True)
+class TripletSpec:
+    """A cross-transfer triplet: portrait video A (identity and motion of `seed_a`) wearing `attribute` as video B
+    (`seed_b`) wears it. The attribute's shape follows A's head (it is drawn on A's head, as any transfer must
+    put it), its colour is B's: the truth is A with that region repainted, or added where A lacks it."""
+
+    index: int
+    attribute: str
+    seed_a: int
+    seed_b: int
+    attributes_a: tuple[str, ...]
+    attributes_b: tuple[str, ...]
+    num_frames: int
+    width: int
+    height: int
+
+    def path(self, directory: str | Path, role: str) -> Path:
+        """The video of `role` (a, b or truth): `triplet_<index>_<role>.mp4`."""
+        return Path(directory) / f"triplet_{self.index:04d}_{role}.mp4"
+
+
+@dataclass
+class Triplet:
+    """A triplet rendered: (F, H, W, 3) uint8 frames of A, B and the truth, and each one's ground truth arrays."""
+
+    spec: TripletSpec
+    a: np.ndarray
+    b: np.ndarray
+    truth: np.ndarray
+    truth_a: dict[str, np.ndarray]
+    truth_b: dict[str, np.ndarray]
+    truth_truth: dict[str, np.ndarray]
+
+    @property
+    def region(self) -> np.ndarray:
+        """(F, H, W) bool: the transferred attribute's region in the truth, the only pixels that differ from A."""
+        return self.truth_truth[f"masks_{self.spec.attribute}"]
+
+
+def plan_triplets(count: int, seed: int = 0, *, num_frames: int = 48, width: int = 256,
+                  height: int = 256) -> list[TripletSpec]:
+    """`count` triplets cycling through the attributes; A draws a seeded attribute subset, B always wears the one it
+    lends. Seeds seed + 2i (A) and seed + 2i + 1 (B)."""
+    specs = []
+    for index in range(count):
+        seed_a, seed_b = seed + 2 * index, seed + 2 * index + 1
+        attribute = ATTRIBUTES[index % len(ATTRIBUTES)]
+        keep = np.random.default_rng([seed_a, 99]).random(len(ATTRIBUTES)) < 0.5
+        attributes_a = tuple(a for a, k in zip(ATTRIBUTES, keep) if k)
+        keep = np.random.default_rng([seed_b, 99]).random(len(ATTRIBUTES)) < 0.5
+        attributes_b = tuple(a for a, k in zip(ATTRIBUTES, keep) if k or a == attribute)
+        specs.append(TripletSpec(index, attribute, seed_a, seed_b, attributes_a, attributes_b, num_frames, width,
+                                 height))
+    return specs
+
+
+def render_triplet(spec: TripletSpec) -> Triplet:
+    """Render A, B and the truth of a triplet (exactly: nothing is encoded)."""
+    size = (spec.num_frames, spec.width, spec.height)
+    a, truth_a = _render(spec.seed_a, *size, spec.attributes_a, styled=True)
+    b, truth_b = _render(spec.seed_b, *size, spec.attributes_b, styled=True)
+    wearing = tuple(name for name in ATTRIBUTES if name in spec.attributes_a or name == spec.attribute)
+    truth, truth_truth = _render(spec.seed_a, *size, wearing, styled=True,
+                                 attribute_seeds={spec.attribute: spec.seed_b})
+    return Triplet(spec, a, b, truth, truth_a, truth_b, truth_truth)
+
+
+def write_triplets(out_dir: str | Path, count: int, seed: int = 0, *, num_frames: int = 48, width: int = 256,
+                   height: int = 256, fps: float = 24.0) -> list[TripletSpec]:
+    """Write `count` triplets (`triplet_<i>_a.mp4`, `_b.mp4`, `_truth.mp4`, each with its `.truth.npz`) and the
+    manifest `triplets.json` that `read_triplets` reads (it holds the seeds: `render_triplet` redraws any triplet
+    exactly, without the encoder's loss)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    specs = plan_triplets(count, seed, num_frames=num_frames, width=width, height=height)
+    for spec in specs:
+        triplet = render_triplet(spec)
+        for role, frames, truth in (("a", triplet.a, triplet.truth_a), ("b", triplet.b, triplet.truth_b),
+                                    ("truth", triplet.truth, triplet.truth_truth)):
+            path = spec.path(out_dir, role)
+            write_video(frames, path, fps)
+            np.savez_compressed(_truth_path(path), fps=np.float64(fps), size=np.array([spec.width, spec.height]),
+                                **truth)
+    manifest = {"fps": fps, "triplets": [{**vars(spec), "attributes_a": list(spec.attributes_a),
+                                          "attributes_b": list(spec.attributes_b)} for spec in specs]}
+    (out_dir / TRIPLETS_MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return specs
+
+
+def read_triplets(directory: str | Path) -> list[TripletSpec]:
+    """The triplets `write_triplets` wrote into `directory` (its `triplets.json`)."""
+    manifest = json.loads((Path(directory) / TRIPLETS_MANIFEST).read_text())
+    return [TripletSpec(**{**entry, "attributes_a": tuple(entry["attributes_a"]),
+                           "attributes_b": tuple(entry["attributes_b"])}) for entry in manifest["triplets"]]
+
+
 def _render(
     seed: int, num_frames: int, width: int, height: int, attributes: Sequence[str],
-    head_centre: tuple[float, float] | None = None, head_size: float | None = None,
+    head_centre: tuple[float, float] | None = None, head_size: float | None = None, styled: bool = False,
+    attribute_seeds: Mapping[str, int] | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Draw (F, H, W, 3) uint8 RGB frames and their ground truth arrays."""
     rng = np.random.default_rng(seed)
     palette = np.zeros((max(COLOURS) + 1, 3), np.uint8)
     for label, colour in COLOURS.items():
         palette[label] = colour
+    if styled:  # from their own generator: the head and its motion stay what `seed` draws
+        for name in ATTRIBUTES:
+            palette[LABEL_OF[name]] = attribute_colour((attribute_seeds or {}).get(name, seed), name)
     palette[BACKGROUND] = rng.integers((60, 90, 120), (100, 140, 180))  # a muted blue-grey
     palette[SKIN] = SKIN_TONES[rng.integers(len(SKIN_TONES))]
     palette[NOSE] = (palette[SKIN] * 0.8).astype(np.uint8)

@@ -26,12 +26,22 @@ def make_videos(
     fps: Annotated[float, typer.Option(min=1.0, help="Frame rate.")] = 24.0,
     edge_cases: Annotated[bool, typer.Option(help="Also write broken and unusual inputs (empty, truncated, "
                                                   "random bytes, audio-only, one frame, VFR, rotated, huge, odd name).")] = False,
+    triplets: Annotated[int, typer.Option(min=0, help="Also write this many cross-transfer triplets into "
+                                                      "OUT_DIR/triplets: videos A and B and the exact truth of A "
+                                                      "wearing B's attribute (README, 'Evaluation').")] = 0,
+    styled: Annotated[bool, typer.Option(help="Each video draws its own attribute colours (as triplets do).")] = False,
 ) -> None:
     """Write synthetic portrait videos (a moving, turning head with hair, eyeglasses, hat and beard) with ground truth."""
-    from tasks.synthetic import write_dataset, write_edge_case_videos
+    from tasks.synthetic import write_dataset, write_edge_case_videos, write_triplets
 
-    paths = write_dataset(out_dir, count=count, seed=seed, num_frames=frames, width=size, height=size, fps=fps)
+    paths = write_dataset(out_dir, count=count, seed=seed, num_frames=frames, width=size, height=size, fps=fps,
+                          styled=styled)
     typer.echo(f"wrote {len(paths)} videos with ground truth to {out_dir}")
+    if triplets:
+        # Seeds after the videos': a triplet's A and B are videos no dataset of this seed holds.
+        specs = write_triplets(out_dir / "triplets", triplets, seed=seed + count, num_frames=frames, width=size,
+                               height=size, fps=fps)
+        typer.echo(f"wrote {len(specs)} triplets (A, B, truth) to {out_dir / 'triplets'}")
     if edge_cases:
         cases = write_edge_case_videos(out_dir / "edge_cases", seed=seed)
         typer.echo(f"wrote {len(cases)} edge-case inputs to {out_dir / 'edge_cases'}: {', '.join(sorted(cases))}")

@@ -14,9 +14,15 @@ from tasks.synthetic import (
     EYEGLASSES,
     HAIR,
     HAT,
+    _render,
+    attribute_colour,
     load_truth,
+    plan_triplets,
+    read_triplets,
+    render_triplet,
     write_dataset,
     write_portrait_video,
+    write_triplets,
 )
 
 SMALL = {"num_frames": 6, "width": 64, "height": 64}
@@ -152,3 +158,37 @@ def test_a_head_placed_high_and_small_in_an_hd_frame(tmp_path: Path, width: int,
         cx, cy = np.round((box[:2] + box[2:]) / 2).astype(int)
         assert np.abs(frame[cy, cx + 2].astype(int) - frame[cy, cx - 2]).max() < 20
         assert np.abs(frame[cy, cx].astype(int) - frame[height - 5, width - 5]).max() > 30
+
+
+@pytest.mark.parametrize("spec", plan_triplets(8, seed=5, num_frames=4, width=64, height=64),
+                         ids=lambda spec: f"{spec.index}-{spec.attribute}")
+def test_triplet_truth_is_a_outside_the_attribute_and_b_inside(spec) -> None:
+    triplet = render_triplet(spec)
+    region = triplet.region
+    colour = attribute_colour(spec.seed_b, spec.attribute)
+    assert region.any(axis=(1, 2)).all()  # the transferred attribute is seen in every frame
+    assert np.array_equal(triplet.truth[~region], triplet.a[~region])  # A's identity and motion, pixel for pixel
+    assert (triplet.truth[region] == colour).all()  # B's attribute rendering inside its region
+    assert (triplet.b[triplet.truth_b[f"masks_{spec.attribute}"]] == colour).all()  # ... which is how B wears it
+    assert not np.array_equal(triplet.truth, triplet.a)  # a real change: A's own colour differs, or A lacks it
+    assert np.array_equal(triplet.truth_truth["keypoints"], triplet.truth_a["keypoints"])  # A's motion
+
+
+def test_styled_attributes_keep_the_head_and_change_only_attribute_colours() -> None:
+    plain, plain_truth = _render(11, 3, 48, 48, ATTRIBUTES)
+    styled, styled_truth = _render(11, 3, 48, 48, ATTRIBUTES, styled=True)
+    attributes = np.any([plain_truth[f"masks_{name}"] for name in ATTRIBUTES], axis=0)
+    assert np.array_equal(plain[~attributes], styled[~attributes])
+    assert not np.array_equal(plain[attributes], styled[attributes])
+    assert (styled[plain_truth["masks_hat"]] == attribute_colour(11, "hat")).all()
+    assert plain[plain_truth["masks_hat"]].tolist()[0] == list(COLOURS[HAT])
+
+
+def test_written_triplets_read_back_and_redraw_exactly(tmp_path: Path) -> None:
+    specs = write_triplets(tmp_path, 2, seed=3, num_frames=3, width=32, height=32, fps=12.0)
+    assert read_triplets(tmp_path) == specs
+    for spec in specs:
+        for role in ("a", "b", "truth"):
+            assert probe_video(str(spec.path(tmp_path, role))).num_frames == 3
+        truth = load_truth(spec.path(tmp_path, "truth"))
+        assert np.array_equal(truth[f"masks_{spec.attribute}"], render_triplet(spec).region)
