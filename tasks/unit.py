@@ -143,7 +143,8 @@ class UnitRun:
                 source_size = (probe.width, probe.height) if self.config.perception is not None else None
                 counted = _Counted(self._decode(path, probe, video, source_size))
                 limit = self.config.clips.max_clips_per_video
-                scenes = split_scenes(counted, self.config.scenes, rate)
+                scene_lengths: Counter[int] = Counter()
+                scenes = _tally(split_scenes(counted, self.config.scenes, rate), scene_lengths)
                 with self._reference_pools(video, path, probe, rate, lineage, source_size) as pools:
                     for clip_index, (scene_index, clip) in enumerate(cut_scene_clips(scenes, self.config.clips.length,
                                                                                      self.config.clips.stride)):
@@ -152,7 +153,9 @@ class UnitRun:
                         self._process_clip(video, clip_index, scene_index, clip, rate, lineage, source_size, pools)
                         row.num_clips += 1
                 if row.num_clips == 0:
-                    raise DataError(f"too short: {counted.count} frame(s) decoded, a clip needs "
+                    scenes_seen = (f" in {len(scene_lengths)} scenes of at most {max(scene_lengths.values())} frames"
+                                   if len(scene_lengths) > 1 else "")
+                    raise DataError(f"too short: {counted.count} frame(s) decoded{scenes_seen}, a clip needs "
                                     f"{self.config.clips.length} (clips.length)")
                 row.status = "ok"
         except (DataError, StageCrash) as err:
@@ -290,3 +293,10 @@ def _until_data_error(frames: Iterable[Frame]) -> Iterator[Frame]:
     """The frames up to a decode error, which ends them quietly: the clip pass meets the same error and records it."""
     with contextlib.suppress(DataError):
         yield from frames
+
+
+def _tally(scenes: Iterable[tuple[int, Frame]], lengths: Counter[int]) -> Iterator[tuple[int, Frame]]:
+    """Pass (scene, frame) pairs through, counting each scene's frames into `lengths`."""
+    for scene, frame in scenes:
+        lengths[scene] += 1
+        yield scene, frame

@@ -137,6 +137,12 @@ def test_the_unit_cuts_clips_inside_scenes_and_records_them(cut_video: Path, tmp
     assert [row["scene_index"] for row in tables["samples"]] == [row["scene_index"] for row in tables["clips"]]
 
 
+def test_a_video_whose_scenes_are_all_shorter_than_a_clip_says_so(cut_video: Path, tmp_path: Path):
+    _, tables = build(cut_video, tmp_path / "out", clips={"length": 14, "stride": 14})
+    assert not tables["clips"] and [row["reason"] for row in tables["failures"]] == [
+        "too short: 36 frame(s) decoded in 3 scenes of at most 13 frames, a clip needs 14 (clips.length)"]
+
+
 def test_pairs_take_their_references_from_the_clips_scene_far_from_the_targets(cut_video: Path, tmp_path: Path):
     report, tables = build(cut_video, tmp_path / "out", perception=PERCEPTION, training_samples=pairs_config())
     samples = shard_samples(tmp_path / "out", report)
