@@ -4,6 +4,15 @@ With no address the build starts its own local Ray (`address="local"`), so a sta
 `ray_current_cluster` file or a `RAY_ADDRESS` left in the environment never makes it
 join (or wait forever for) some other cluster. With an address, the head's GCS port
 must answer within `ray_connect_timeout_s`, or the flow stops with an error naming it.
+
+The local Ray runs its dashboard process: Ray's state API lives there, and Ray Train's
+placement-group cleaner asks it every few seconds whether the train controller is alive
+(without it, each ask logs "Failed to query Ray Train Controller actor state"). Its port is
+chosen here and given to every process as RAY_API_SERVER_ADDRESS, so the state API never
+has to guess which of several Ray instances on the machine is meant. Ray
+Train's preemption watcher, which follows node drains on a cluster, is switched off for
+the local Ray through Ray Train's own setting: one machine is never drained, and its
+actor logs an error line at start.
 """
 
 from __future__ import annotations
@@ -20,6 +29,11 @@ from data_specs.config import ExecutionConfig
 
 # Ray would otherwise ask about (and, on a fresh machine, try to send) usage statistics.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray Train's switch for its preemption watcher (ray.train.v2._internal.constants).
+PREEMPTION_WATCHER_SETTING = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+# Where Ray's state API clients find the dashboard (ray.dashboard.utils.get_address_for_submission_client).
+API_SERVER_SETTING = "RAY_API_SERVER_ADDRESS"
+LOCALHOST = "127.0.0.1"
 
 
 class RayUnavailableError(RuntimeError):
@@ -82,11 +96,20 @@ def connect(execution: ExecutionConfig) -> bool:
     if address is None:
         # A local Ray's workers inherit this process's environment. A runtime_env would make Ray start
         # every worker through its runtime-env agent instead of using the ones it pre-starts (seconds).
-        ray.init(address="local", num_cpus=execution.local_ray_cpus, include_dashboard=False,
-                 logging_level="WARNING")
+        os.environ.setdefault(PREEMPTION_WATCHER_SETTING, "0")
+        port = _free_port()
+        os.environ[API_SERVER_SETTING] = f"http://{LOCALHOST}:{port}"
+        ray.init(address="local", num_cpus=execution.local_ray_cpus, include_dashboard=True,
+                 dashboard_host=LOCALHOST, dashboard_port=port, logging_level="WARNING")
     else:
         ray.init(address=address, runtime_env={"env_vars": worker_env()}, logging_level="WARNING")
     return True
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((LOCALHOST, 0))
+        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -75,3 +75,27 @@ def test_side_by_side_video(tmp_path: Path) -> None:
         side_by_side_video([guidance, guidance[:2]], ["a", "b"], tmp_path / "bad.mp4", fps=8)
     with pytest.raises(ValueError, match="one label per column"):
         side_by_side_video([guidance], ["a", "b"], tmp_path / "bad.mp4", fps=8)
+
+
+def test_the_runs_log_gets_a_progress_line_every_n_steps_and_each_validation(tmp_path: Path):
+    from data_specs.training import load_train_config
+    from flows.train import progress_lines
+
+    config = load_train_config({"output_dir": str(tmp_path), "data": {"dataset": str(tmp_path)},
+                                "progress_log_every": 2, "stages": [{"stage": 1, "steps": 3},
+                                                                    {"stage": 2, "steps": 4, "frames": 2}]})
+    records = [{"kind": "train", "stage": 1 if step <= 3 else 2, "step": step, "loss": 0.5, "lr": 1e-5,
+                "samples_per_s": 2.0, "time": 100.0 + 10 * step} for step in range(1, 6)]
+    records.append({"kind": "validation", "stage": 1, "step": 3, "l1": 0.08, "psnr": 18.2, "ssim": 0.61,
+                    "video": "v.mp4", "time": 131.0})
+    logged: set = set()
+    lines = progress_lines(records, config, logged)
+    assert lines == [
+        "stage 1, step 2/7: loss 0.5, lr 1.00e-05, 2.00 samples/s, 0 min 50 s left",  # 10 s a step, 5 to go
+        "stage 1, step 3/7: loss 0.5, lr 1.00e-05, 2.00 samples/s, 0 min 40 s left",  # a stage's last step
+        "stage 2, step 4/7: loss 0.5, lr 1.00e-05, 2.00 samples/s, 0 min 30 s left",
+        "validation at step 3 (stage 1): l1 0.08, psnr 18.2, ssim 0.61; video v.mp4"]
+    assert progress_lines(records, config, logged) == []  # each line once
+    records.append({**records[4], "step": 6, "time": 160.0})
+    assert progress_lines(records, config, logged) == [
+        "stage 2, step 6/7: loss 0.5, lr 1.00e-05, 2.00 samples/s, 0 min 10 s left"]
