@@ -273,7 +273,8 @@ class Trainer:
         self.stored_latents = self.check_latents(run.stage)
         masters = prepare_stage(self.model, run.stage, self.policy, self.motion_adapter,
                                 self.config.gradient_checkpointing)
-        self.state.motion_modules = self.model.has_motion_modules
+        if self.restored is None:
+            self.state.motion_modules = self.model.has_motion_modules
         if self.session.world_size > 1:
             self.wrapped = distribute(self.model, masters)
         optimizer = _optimizer(self.config, run, masters.masters, self.device)
@@ -286,6 +287,12 @@ class Trainer:
             ema = make_ema(masters.masters, self.config.ema_decay)
         self.parts = StageParts(masters, optimizer, schedule, ema)
         if self.restored is not None and self.state.stage_index == stage_index:
+            if self.state.motion_modules != self.model.has_motion_modules:
+                saved, built = ("with" if has else "without" for has in (self.state.motion_modules,
+                                                                         self.model.has_motion_modules))
+                raise ValueError(f"checkpoint {self.restored} was saved {saved} motion modules, but stage "
+                                 f"{run.stage} of this config builds the model {built} them: were `stages` or "
+                                 "`init_from` changed since?")
             self.state = self.checkpoints.load(self.restored, self.model, self.parts)
             self.restored = None  # loaded once: later stages start from where this one ends
         return self.parts
@@ -368,7 +375,9 @@ class Trainer:
             log_due = step % config.log_every == 0 or step == run.steps
             checkpoint_due = step % config.checkpoint_every == 0 or step == run.steps
             validation_due = validator is not None and validator.due(step)
-            if not (log_due or checkpoint_due or validation_due):
+            # The same on every rank (reading the losses is a collective); validation runs on rank 0 only.
+            validation_step = step % config.validate_every == 0 or step == run.steps
+            if not (log_due or checkpoint_due or validation_step):
                 continue
             losses, grad_norms = self._read(pending)
             pending.clear()

@@ -1,4 +1,5 @@
-"""The training loop: resume gives the same losses (bf16 with fp32 masters); 2 Ray Train workers (gloo) overfit a tiny set in the flow."""
+"""The training loop: resume gives the same losses (bf16 with fp32 masters); 2 Ray Train workers (gloo) overfit
+a tiny set in the flow."""
 
 from __future__ import annotations
 
