@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from data_specs.model import model_flavour
-from model.builders import DurianComponents, random_components
+from model.builders import DurianComponents, random_components, random_motion_adapter
 from model.pipeline import DurianPipeline
 from training.checkpoints import (
     export_pipeline,
@@ -27,7 +27,10 @@ from training.checkpoints import (
 
 @pytest.fixture(scope="module")
 def components() -> DurianComponents:
-    return random_components(model_flavour("tiny"), seed=0)
+    """A stage-2 model (motion modules inserted)."""
+    components = random_components(model_flavour("tiny"), seed=0)
+    components.model.add_motion_modules(random_motion_adapter(model_flavour("tiny"), seed=0))
+    return components
 
 
 class Small(torch.nn.Module):
