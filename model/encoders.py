@@ -6,9 +6,6 @@ in [0, 1] with 1 on the attribute.
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
@@ -45,32 +42,6 @@ def encode_latents(vae: AutoencoderKL, images: torch.Tensor,
     posterior = vae.encode(images.to(vae.dtype) * 2 - 1).latent_dist
     latents = posterior.sample(generator) if generator is not None else posterior.mode()
     return latents * vae.config.scaling_factor
-
-
-# Elements of each VAE tensor that `vae_identity` reads: enough that any other VAE (another fine-tune of the
-# same architecture) differs, few enough that it costs nothing on any device.
-_IDENTITY_SAMPLES = 4096
-
-
-@torch.no_grad()
-def vae_identity(vae: AutoencoderKL) -> str:
-    """A stable identity of a VAE's weights: hex SHA-256 of its architecture and of evenly spaced samples of
-    every tensor, rounded to bfloat16.
-
-    Latents made by one VAE are only valid for the same VAE: precomputed latents record this, and training
-    compares it with its own VAE's. Rounding makes it the same for that VAE held in float32 or bfloat16 and on
-    any device; SD 1.5's VAE and sd-vae-ft-mse (the same architecture) differ.
-    """
-    digest = hashlib.sha256()
-    architecture = {k: v for k, v in vae.config.items() if not k.startswith("_")}
-    digest.update(json.dumps(architecture, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(vae.state_dict().items()):
-        flat = tensor.detach().flatten()
-        index = torch.linspace(0, flat.numel() - 1, min(flat.numel(), _IDENTITY_SAMPLES), device=flat.device).long()
-        samples = flat[index].to(torch.bfloat16).view(torch.int16).cpu().numpy()
-        digest.update(f"{name}{tuple(tensor.shape)}".encode())
-        digest.update(samples.tobytes())
-    return digest.hexdigest()
 
 
 def reference_input(vae: AutoencoderKL, images: torch.Tensor, masks: torch.Tensor,
