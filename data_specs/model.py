@@ -151,6 +151,12 @@ class NoiseScheduleSpec(_Spec):
         return self.model_dump()
 
 
+# The schedule SD 1.5 itself was trained with (epsilon prediction, no zero-SNR rescaling, SD's "leading"
+# spacing): what its ControlNets and inpainting models sample with (`tasks.samples.diffusion`), not Durian's.
+SD15_NOISE_SCHEDULE = NoiseScheduleSpec(rescale_betas_zero_snr=False, prediction_type="epsilon",
+                                        timestep_spacing="leading")
+
+
 class PretrainedPaths(_Spec):
     """Where the pretrained parts of the `sd15` flavour are: local paths, or hub ids already in the local
     Hugging Face cache (see `model.builders`)."""

@@ -35,7 +35,7 @@ from diffusers import (
 from tokenizers import pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from data_specs.model import model_flavour
+from data_specs.model import SD15_NOISE_SCHEDULE, model_flavour
 from data_specs.training_samples import (
     DEFAULT_CONTROLNET_WEIGHTS,
     DEFAULT_INPAINT_WEIGHTS,
@@ -82,7 +82,7 @@ def _tiny_parts(unet_in_channels: int) -> dict:
     unet = UNet2DConditionModel(**flavour.unet.diffusers_config(unet_in_channels),
                                 sample_size=_TINY_VAE["sample_size"] // SIZE_MULTIPLE)
     return {"vae": AutoencoderKL(**_TINY_VAE).eval(), "text_encoder": text_encoder.eval(), "tokenizer": tokenizer,
-            "unet": unet.eval(), "scheduler": inference_scheduler(flavour.noise_schedule)}
+            "unet": unet.eval(), "scheduler": inference_scheduler(SD15_NOISE_SCHEDULE)}
 
 
 def tiny_controlnet_pipeline(seed: int = 0) -> StableDiffusionControlNetPipeline:
