@@ -172,7 +172,7 @@ def distribute(model: DurianModel, masters: MasterWeights) -> nn.parallel.Distri
     _sync_params_and_buffers(group.WORLD, [m.data for m in masters.masters], _BROADCAST_BUCKET_BYTES, 0)
     masters.to_working()
     wrapped = nn.parallel.DistributedDataParallel(model, static_graph=True, init_sync=False,
-                                                  broadcast_buffers=False)
+                                                  forward_sync_buffers=False)
     if masters.separate:
         wrapped.register_comm_hook(None, _allreduce_in_fp32)
     return wrapped
@@ -458,8 +458,9 @@ def train(config: TrainConfig, session: Session) -> Progress:
 # ---------------------------------------------------------------- helpers
 
 
-def _allreduce_in_fp32(process_group: object, bucket: object) -> torch.futures.Future[torch.Tensor]:
-    """DDP communication hook: average a bucket of bf16 gradients in fp32 (one rounding, not one per rank)."""
+def _allreduce_in_fp32(process_group, bucket):  # noqa: ANN001, ANN202 (DDP checks the annotations it finds)
+    """DDP communication hook: average a bucket (a `dist.GradBucket`) of bf16 gradients in fp32 (one rounding,
+    not one per rank); returns the future of the averaged bucket."""
     import torch.distributed as dist
 
     group = process_group if process_group is not None else dist.group.WORLD

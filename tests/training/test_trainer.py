@@ -141,20 +141,24 @@ def test_a_bf16_step_updates_the_masters_and_the_checkpoint_holds_them_in_fp32(t
 
 
 def _two_ranks(rank: int, store: str, results: str) -> None:
-    """One of two gloo ranks: a model built with this rank's own seed, synchronised, one DDP step."""
+    """One of two gloo ranks: a model built with this rank's own seed, synchronised, one DDP step; in fp32,
+    then under bf16 (fp32 masters, gradients averaged in fp32 by the communication hook)."""
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
-        components = random_components(model_flavour("tiny"), seed=rank)  # different weights on each rank
-        model = components.model
-        masters = prepare_stage(model, 1, PrecisionPolicy())
-        wrapped = distribute(model, masters)
-        started = [m.detach().clone() for m in masters.masters]
-        forward_backward(wrapped, training_noise_scheduler(components.scheduler), tiny_inputs(model, seed=rank),
-                         StepOptions(reference_dropout=0.5), step_generator(0, rank, 0, torch.device("cpu")))
-        grads = [torch.zeros_like(m) if m.grad is None else m.grad.clone() for m in masters.masters]
-        torch.save({"masters": started, "grads": grads}, f"{results}/rank{rank}.pt")
+        for name, policy in (("fp32", PrecisionPolicy()), ("bf16", BF16)):
+            components = random_components(model_flavour("tiny"), seed=rank)  # different weights on each rank
+            model = components.model
+            masters = prepare_stage(model, 1, policy)
+            wrapped = distribute(model, masters)
+            started = [m.detach().clone() for m in masters.masters]
+            forward_backward(wrapped, training_noise_scheduler(components.scheduler), tiny_inputs(model, seed=rank),
+                             StepOptions(reference_dropout=0.5, autocast=policy.autocast),
+                             step_generator(0, rank, 0, torch.device("cpu")))
+            masters.grads_to_masters()
+            grads = [torch.zeros_like(m) if m.grad is None else m.grad.clone() for m in masters.masters]
+            torch.save({"masters": started, "grads": grads}, f"{results}/{name}-rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -163,13 +167,15 @@ def test_two_ranks_start_from_rank_0s_weights_and_average_their_gradients(tmp_pa
     import torch.multiprocessing as mp
 
     mp.start_processes(_two_ranks, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, start_method="spawn")
-    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
     rank0 = random_components(model_flavour("tiny"), seed=0).model
     expected = [p.detach() for p in rank0.select_trainable(1)]
-    assert all(torch.equal(a, b) for a, b in zip(ranks[1]["masters"], expected))  # rank 1 took rank 0's
-    assert all(torch.equal(a, b) for a, b in zip(ranks[0]["masters"], ranks[1]["masters"]))
-    assert all(torch.equal(a, b) for a, b in zip(ranks[0]["grads"], ranks[1]["grads"]))  # averaged
-    assert sum(g.abs().sum() for g in ranks[0]["grads"]) > 0
+    for name in ("fp32", "bf16"):
+        ranks = [torch.load(tmp_path / f"{name}-rank{rank}.pt") for rank in range(2)]
+        assert all(torch.equal(a, b) for a, b in zip(ranks[1]["masters"], expected))  # rank 1 took rank 0's
+        assert all(torch.equal(a, b) for a, b in zip(ranks[0]["masters"], ranks[1]["masters"]))
+        assert all(torch.equal(a, b) for a, b in zip(ranks[0]["grads"], ranks[1]["grads"]))  # averaged
+        assert {g.dtype for g in ranks[0]["grads"]} == {torch.float32}
+        assert sum(g.abs().sum() for g in ranks[0]["grads"]) > 0, name
 
 
 def test_frames_beyond_the_motion_modules_length_are_a_config_error(tmp_path: Path):
