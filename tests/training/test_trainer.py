@@ -216,3 +216,28 @@ def test_precomputed_latents_are_used_only_when_this_runs_vae_made_them(tmp_path
     assert not trainer(None, "unrecorded").check_latents(1)  # encoded by this run's VAE instead
     with pytest.raises(TrainConfigError, match="made by another VAE"):
         trainer("0" * 64, "other").check_latents(1)
+
+
+def test_a_stage_2_run_from_a_stage_1_pipeline_inserts_the_motion_modules(tmp_path: Path):
+    from tests.training.training_testing import write_pair_dataset
+    from training.loop import Trainer
+    from training.ray_train import LocalSession
+
+    flavour = model_flavour("tiny")
+    stage1 = random_components(flavour, seed=3)
+    stage1.pipeline().save_pretrained(str(tmp_path / "stage1"))
+    dataset = write_pair_dataset(tmp_path / "data", clips=1, size=32, frames=2, pairs_per_clip=1, stages=(2,))
+    config = load_train_config({"output_dir": str(tmp_path / "runs"), "resolution": 32, "seed": 4,
+                                "init_from": str(tmp_path / "stage1"),
+                                "data": {"dataset": str(dataset), "loader_workers": 0},
+                                "stages": [{"stage": 2, "steps": 1, "frames": 2}]})
+    trainer = Trainer(config, LocalSession(config))
+    assert not trainer.model.has_motion_modules
+    parts = trainer.start_stage(0)
+    assert trainer.model.has_motion_modules and trainer.state.motion_modules
+    spatial = {name: p for name, p in trainer.model.named_parameters() if "motion_modules" not in name}
+    saved = stage1.model.state_dict()
+    assert all(torch.equal(p, saved[name]) for name, p in spatial.items())  # stage 1's weights, as saved
+    adapter = random_motion_adapter(flavour, seed=4).state_dict()  # the run's seed: the same on every rank
+    names = {id(p): name for name, p in trainer.model.named_parameters()}
+    assert all(torch.equal(p, adapter[names[id(p)].removeprefix("denoiser.")]) for p in parts.masters.masters)
