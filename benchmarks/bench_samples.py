@@ -35,7 +35,7 @@ from data_specs.perception import PerceptionConfig
 from data_specs.sample import PairSample, decode_sample, encode_sample
 from data_specs.training_samples import TrainingSamplesConfig
 from data_specs.video import DecodeConfig
-from tasks.base import LocalModel
+from tasks.build_stages import LocalModel
 from tasks.clips import cut_clips
 from tasks.media import iter_frames, probe_video
 from tasks.perception.stage import PerceptionStage
@@ -125,8 +125,7 @@ def main() -> None:
         # Clip by clip, outside a unit: references from the clip itself (the unit's scene pass, which gives
         # references from the scene, is measured by bench_scenes.py).
         in_clip = {**SAMPLES, "pairs": {**SAMPLES["pairs"], "references": {"scope": "clip"}}}
-        stage = TrainingSampleStage(TrainingSamplesConfig.model_validate(in_clip),
-                                    PerceptionStage(PerceptionConfig.model_validate(PERCEPTION), DecodeConfig()).segmenter)
+        stage = TrainingSampleStage(TrainingSamplesConfig.model_validate(in_clip))
         stage.setup({})
 
         # 1. CPU work per sample, best of the repeats; the floor over the same samples.

@@ -27,7 +27,7 @@ from flows.artifacts import inline_images
 from flows.build_lock import BuildLock
 from flows.ray_runtime import ray_session
 from flows.ray_units import model_actors, run_units
-from tasks.base import build_stages, model_specs
+from tasks.build_stages import build_stages, model_specs
 
 
 @flow(name="build-dataset", log_prints=True)

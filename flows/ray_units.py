@@ -3,8 +3,10 @@
 Models (`tasks.base.ModelSpec`) run in long-lived actors, created and set up once per
 build with the resources they declare (GPUs included); unit tasks (CPU: decode, crop,
 encode, shard) call them with whole clips of frames, so that many CPU units keep a GPU
-model busy. Ray's `ActorPool` serves one caller; here every unit task is a caller, so each
-client spreads its calls over the model's actors itself.
+model busy. A stage holds a `RayModel` per model: a proxy on which `detector.detect(frames,
+refs)` runs `detect` on one of the model's actors (`ModelActor.call`) and returns its result.
+Ray's `ActorPool` serves one caller; here every unit task is a caller, so each proxy spreads
+its calls over the model's actors itself.
 
 Lives apart from the flow module because Prefect may load a flow from its file path
 (a deployment's entrypoint): what Ray ships to workers must be importable by its
@@ -14,6 +16,7 @@ package name.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import uuid
 from collections.abc import Iterator
@@ -42,21 +45,40 @@ class ModelActor:
         self.model = spec.factory()
         self.model.setup()
 
+    def methods(self) -> list[str]:
+        """The model's public methods (`__call__` when it is callable): what `RayModel` forwards as calls."""
+        names = [name for name in dir(self.model) if not name.startswith("_")
+                 and callable(getattr(type(self.model), name, None))]
+        return names + ["__call__"] * callable(self.model)
+
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """`model.method(*args, **kwargs)`: the one entry `RayModel`'s method proxies go through."""
         return getattr(self.model, method)(*args, **kwargs)
 
     def get(self, attribute: str) -> Any:
         return getattr(self.model, attribute)
 
 
-class RayModelClient:
-    """A `tasks.base.ModelClient` over the actors of one model: calls go round the actors in turn."""
+class RayModel:
+    """A proxy of one model over its actors, as `tasks.build_stages.LocalModel` is in-process: `model.detect(x)`
+    and `model(x)` run on the actors, in turn; `model.provenance` reads the attribute from an actor."""
 
-    def __init__(self, actors: list) -> None:
+    def __init__(self, actors: list, methods: list[str]) -> None:
         self.actors = actors
+        self.methods = frozenset(methods)
         self._turn = itertools.count()
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # no private or special attribute is forwarded (pickling probes them)
+            raise AttributeError(name)
+        if name in self.methods:
+            return functools.partial(self._call, name)
+        return ray.get(self.actors[0].get.remote(name))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("__call__", *args, **kwargs)
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         actor = self.actors[next(self._turn) % len(self.actors)]
         try:
             return ray.get(actor.call.remote(method, *args, **kwargs))
@@ -68,11 +90,8 @@ class RayModelClient:
                 raise err.cause from None
             raise
 
-    def get(self, attribute: str) -> Any:
-        return ray.get(self.actors[0].get.remote(attribute))
-
     def __reduce__(self) -> tuple:  # a fresh turn counter in each unit task
-        return RayModelClient, (self.actors,)
+        return RayModel, (self.actors, sorted(self.methods))
 
 
 def check_capacity(specs: dict[str, ModelSpec], config: BuildConfig) -> None:
@@ -90,7 +109,7 @@ def check_capacity(specs: dict[str, ModelSpec], config: BuildConfig) -> None:
 
 
 @contextlib.contextmanager
-def model_actors(specs: dict[str, ModelSpec], config: BuildConfig) -> Iterator[dict[str, RayModelClient]]:
+def model_actors(specs: dict[str, ModelSpec], config: BuildConfig) -> Iterator[dict[str, RayModel]]:
     """The actors of every model for the duration of the block, each set up once; a model that cannot
     load stops the build here, before any unit runs."""
     check_capacity(specs, config)
@@ -102,15 +121,16 @@ def model_actors(specs: dict[str, ModelSpec], config: BuildConfig) -> Iterator[d
                                                     max_restarts=restarts, max_task_retries=restarts)
                      .remote(spec) for index in range(spec.replicas)]
               for name, spec in specs.items()}
+    methods = {}
     try:
         for name, handles in actors.items():
             try:
-                ray.get([handle.get.remote("provenance") for handle in handles])
+                methods[name] = ray.get([handle.methods.remote() for handle in handles])[0]
             except ray.exceptions.RayError as err:
                 cause = getattr(err, "cause", None) or err
                 raise ModelLoadError(f"model {name!r} could not be set up: {type(cause).__name__}: "
                                      f"{str(cause).strip().splitlines()[-1]}") from err
-        yield {name: RayModelClient(handles) for name, handles in actors.items()}
+        yield {name: RayModel(handles, methods[name]) for name, handles in actors.items()}
     finally:
         for handle in itertools.chain.from_iterable(actors.values()):
             ray.kill(handle)
@@ -126,8 +146,8 @@ class UnitOutcome:
     data_error: DataError | None = None
 
 
-def _run_unit(unit: WorkUnit, config: BuildConfig, models: dict[str, RayModelClient], build_id: str) -> UnitOutcome:
-    from tasks.base import stages_for
+def _run_unit(unit: WorkUnit, config: BuildConfig, models: dict[str, RayModel], build_id: str) -> UnitOutcome:
+    from tasks.build_stages import stages_for
     from tasks.unit import run_unit
 
     node_id = ray.get_runtime_context().get_node_id()
@@ -138,7 +158,7 @@ def _run_unit(unit: WorkUnit, config: BuildConfig, models: dict[str, RayModelCli
 
 
 def run_units(units: list[WorkUnit], config: BuildConfig,
-              models: dict[str, RayModelClient]) -> tuple[list[UnitReport], list[FailureRow], dict]:
+              models: dict[str, RayModel]) -> tuple[list[UnitReport], list[FailureRow], dict]:
     """Run units as Ray tasks calling `models`, logging and updating a progress artifact as each one ends.
 
     Returns the reports of the units that completed, failure rows for those that did

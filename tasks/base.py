@@ -10,48 +10,43 @@ kept), unless it is infrastructure (I/O, memory, Ray: `tasks.errors.is_infrastru
 which propagates, and Ray retries the unit.
 
 A *model* (`ModelSpec`) is whatever a stage needs that is costly to load or wants a GPU:
-an object with `setup()` (load the weights) and batched methods over frames. The flow
-runs each model in long-lived Ray actors, created and set up once per build and sized
-from the model's `Resources` (so a GPU model gets a GPU); the unit tasks call them with
-whole clips of frames through `ModelClient`s, so several CPU units feed one GPU. Without
-Ray (tests, `LocalModel`) the same object runs in-process, set up on first use.
+an object with `setup()` (load the weights) and batched methods over frames. A stage
+declares the models it defines in `models` and the models of other stages it calls, by
+name, in `requires` (the training-sample stage requires perception's `segmenter`); the
+builder (`tasks.build_stages`) checks that every required model is defined. The flow runs
+each model in long-lived Ray actors, created and set up once per build and sized from the
+model's `Resources` (so a GPU model gets a GPU); without Ray (tests, one machine) it runs
+in-process (`tasks.build_stages.LocalModel`). Either way `setup(models)` hands the stage a
+proxy per name that forwards attribute calls to the model, so a stage annotates what it
+keeps with the model's interface (`self.detector: FaceDetector = models["face_detector"]`)
+and calls it as a local object (`self.detector.detect(frames, refs)`).
 
-Stages are built from the config and set up once per worker process and build
-(`stages_for`), not once per unit. Without Prefect or Ray imports here: the flow wires
-the clients in.
+A stage that needs more of a video than one clip (the training samples' references from
+the whole scene) implements `VideoStage`: the unit enters `for_video` once per video and
+runs that video's clips through what it yields.
 
-A `stages:` entry names code to run, and build parameters can be edited in the Prefect UI, so
-entries are looked up, never imported blindly: a stage loads only when an installed package
-declares it in the `durian.clip_stages` entry-point group, or when the machine's allow-list file
-(named by the environment variable `DURIAN_STAGE_ALLOWLIST`, one `module:attribute` per line)
-lists it; and the object must be a class implementing `ClipStage` before anything of it is called.
+Without Prefect or Ray imports here, and no concrete stage: `tasks.build_stages` composes them.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from importlib import metadata
-from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from data_specs.config import BuildConfig, StageSpec
-from data_specs.sample import Sample
+from data_specs.sample import ClipSample, Sample
 from data_specs.spec import Resources
 
-__all__ = ["STAGE_ALLOWLIST_VAR", "STAGE_ENTRY_POINTS", "ClipStage", "LocalModel", "ModelClient", "ModelSpec",
-           "Resources", "StageNotAllowedError", "build_stages", "model_specs", "stages_for"]
+if TYPE_CHECKING:
+    from tasks.media import Frame
 
-STAGE_ENTRY_POINTS = "durian.clip_stages"  # the entry-point group a package declares its clip stages in
-STAGE_ALLOWLIST_VAR = "DURIAN_STAGE_ALLOWLIST"  # path of this machine's list of further allowed stages
+__all__ = ["ClipStage", "ModelSpec", "Resources", "SceneFrames", "VideoScan", "VideoStage"]
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model a stage calls: how to build it (a picklable factory; `setup()` loads it) and what it needs."""
+    """A model a stage defines: how to build it (a picklable factory; `setup()` loads it) and what it needs."""
 
     name: str
     factory: Callable[[], Any]
@@ -59,146 +54,46 @@ class ModelSpec:
     replicas: int = 1
 
 
-class ModelClient(Protocol):
-    """A stage's handle on a model, wherever it runs."""
-
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """`model.method(*args, **kwargs)`."""
-
-    def get(self, attribute: str) -> Any:
-        """`model.attribute`."""
-
-
-class LocalModel:
-    """A model run in this process, built and set up on first use (tests, a single machine without Ray)."""
-
-    def __init__(self, spec: ModelSpec) -> None:
-        self.spec = spec
-        self._model: Any = None
-
-    def _ready(self) -> Any:
-        if self._model is None:
-            self._model = self.spec.factory()
-            self._model.setup()
-        return self._model
-
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self._ready(), method)(*args, **kwargs)
-
-    def get(self, attribute: str) -> Any:
-        return getattr(self._ready(), attribute)
-
-
 @runtime_checkable
 class ClipStage(Protocol):
     name: str
     resources: Resources
-    models: tuple[ModelSpec, ...]  # the models this stage calls, by `ModelSpec.name`
+    models: tuple[ModelSpec, ...]  # the models this stage defines, by `ModelSpec.name`
+    requires: tuple[str, ...]  # the names of models other stages define that this stage calls
 
-    def setup(self, models: Mapping[str, ModelClient]) -> None:
-        """Keep the model clients, load light state; called once per worker process and build."""
+    def setup(self, models: Mapping[str, Any]) -> None:
+        """Keep the proxies of `models` and `requires` (by name), load light state; once per worker process and build."""
 
     def __call__(self, sample: Sample) -> list[Sample]:
         """Process one record; raise `DataError` when its data is at fault."""
 
 
-def build_stages(config: BuildConfig) -> list[ClipStage]:
-    """The configured stages, in order: perception (if configured), `stages` by import path, then the
-    training samples (if configured)."""
-    stages: list[ClipStage] = []
-    if config.perception is not None:
-        from tasks.perception.stage import PerceptionStage
+class SceneFrames(Protocol):
+    """A second pass over a video's frames, as (scene index, frame), cut as the clip pass cuts them."""
 
-        perception = PerceptionStage(config.perception, config.decode)
-        stages.append(perception)
-    for spec in config.stages:
-        stages.append(_import_stage(spec))
-    if config.training_samples is not None:
-        from tasks.samples.stage import TrainingSampleStage
+    def __iter__(self) -> Iterator[tuple[int, Frame]]: ...
 
-        stages.append(TrainingSampleStage(config.training_samples, perception.segmenter))
-    return stages
+    def close(self) -> None:
+        """Stop the pass's decoder."""
 
 
-class StageNotAllowedError(ValueError):
-    """A `stages:` entry that no installed package declares and the machine's allow-list does not name."""
+class VideoScan(Protocol):
+    """What the unit offers a `VideoStage` of the video whose clips it is cutting."""
+
+    video_id: str
+
+    def scenes(self) -> SceneFrames:
+        """The video's range decoded again with the clip pass's settings (frame indices and scenes agree with
+        the clip pass); a decode error ends it quietly, since the clip pass meets and records the same error."""
+
+    def through_earlier_stages(self, frame: Frame, scene_index: int | None) -> ClipSample:
+        """`frame` as a one-frame clip of its own (never written) through the stages before this one;
+        `DataError` when one of them rejects it."""
 
 
-def _import_stage(spec: StageSpec) -> ClipStage:
-    factory = _allowed_factory(spec.target)
-    # Check before calling: `subprocess:run` or any other callable must not run with the entry's params.
-    if not (isinstance(factory, type) and callable(getattr(factory, "setup", None))
-            and any("__call__" in vars(klass) for klass in factory.__mro__[:-1])):
-        raise TypeError(f"stages: {spec.target!r} is not a ClipStage class (name, resources, models, setup, "
-                        "__call__); it was not called")
-    stage = factory(**spec.params)
-    if not isinstance(stage, ClipStage):
-        raise TypeError(f"stages: {spec.target!r} did not build a ClipStage (name, resources, models, setup, "
-                        "__call__)")
-    return stage
+@runtime_checkable
+class VideoStage(ClipStage, Protocol):
+    """A clip stage with per-video state: the unit runs a video's clips through what `for_video` yields."""
 
-
-def _allowed_factory(target: str) -> Any:
-    """The object a `stages:` target names, if an entry point or the allow-list allows it."""
-    declared = {entry.name: entry for entry in metadata.entry_points(group=STAGE_ENTRY_POINTS)}
-    if target in declared:
-        return declared[target].load()
-    allowed = {entry.value for entry in declared.values()} | _allow_listed()
-    if target not in allowed:
-        listing = os.environ.get(STAGE_ALLOWLIST_VAR) or "not set"
-        raise StageNotAllowedError(
-            f"stages: {target!r} is not an allowed stage. Stages load only from the {STAGE_ENTRY_POINTS!r} entry "
-            f"points of installed packages ({', '.join(sorted(declared)) or 'none installed'}) or from this "
-            f"machine's allow-list file (${STAGE_ALLOWLIST_VAR}: {listing}); build parameters cannot add one")
-    module_name, _, attribute = target.partition(":")
-    try:
-        return getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"stages: cannot import {target!r}: {err}") from err
-
-
-def _allow_listed() -> set[str]:
-    """The `module:attribute` lines of the file `$DURIAN_STAGE_ALLOWLIST` names (none when unset)."""
-    listing = os.environ.get(STAGE_ALLOWLIST_VAR)
-    if not listing:
-        return set()
-    try:
-        lines = Path(listing).read_text().splitlines()
-    except OSError as err:
-        raise StageNotAllowedError(f"${STAGE_ALLOWLIST_VAR}={listing} cannot be read: {err}") from err
-    return {line.split("#", 1)[0].strip() for line in lines} - {""}
-
-
-def model_specs(stages: Sequence[ClipStage]) -> dict[str, ModelSpec]:
-    """Every model the stages call, by name; two stages naming one model must agree on it."""
-    specs: dict[str, ModelSpec] = {}
-    for stage in stages:
-        for spec in stage.models:
-            if specs.setdefault(spec.name, spec) != spec:
-                raise ValueError(f"two stages define the model {spec.name!r} differently")
-    return specs
-
-
-_WORKER_STAGES: dict[str, list[ClipStage]] = {}
-
-
-def stages_for(config: BuildConfig, models: Mapping[str, ModelClient] | None = None,
-               build_id: str = "") -> list[ClipStage]:
-    """The stages of `config`, built and set up once per process for each build (`build_id`).
-
-    A Ray worker process runs many units; its stages (and their model clients) are kept
-    between them, so a stage's `setup()` runs once per worker, not once per unit.
-    models None: every model runs in this process (`LocalModel`).
-    """
-    key = json.dumps([build_id, config.model_dump(mode="json", include={"decode", "perception", "stages",
-                                                                              "training_samples"})],
-                     sort_keys=True)
-    if key not in _WORKER_STAGES:
-        stages = build_stages(config)
-        if models is None:
-            models = {name: LocalModel(spec) for name, spec in model_specs(stages).items()}
-        for stage in stages:
-            stage.setup({spec.name: models[spec.name] for spec in stage.models})
-        _WORKER_STAGES.clear()  # a worker serves one build at a time
-        _WORKER_STAGES[key] = stages
-    return _WORKER_STAGES[key]
+    def for_video(self, video: VideoScan) -> AbstractContextManager[Callable[[Sample], list[Sample]]]:
+        """The stage as it processes this video's clips, for the duration of the video."""

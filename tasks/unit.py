@@ -13,9 +13,9 @@ import dataclasses
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -25,19 +25,17 @@ from data_specs.files import write_atomic
 from data_specs.layout import OutputLayout
 from data_specs.lineage import Lineage, Stamp, code_version
 from data_specs.sample import ClipMeta, ClipSample, PairSample, Sample, clip_key, encode_sample
+from data_specs.scenes import SceneConfig
 from data_specs.schemas import ClipRow, FailureRow, SampleRow, ShardRow, VideoRow, to_table, write_table_atomic
 from data_specs.split import Split, split_key, split_of
 from data_specs.units import UnitReport, VideoRef, WorkUnit
 from data_specs.video import VideoProbe
-from tasks.base import ClipStage, stages_for
+from tasks.base import ClipStage, SceneFrames, VideoStage
+from tasks.build_stages import stages_for
 from tasks.clips import cut_scene_clips
 from tasks.errors import DataError, StageCrash, failure_kind, failure_reason, is_infrastructure
 from tasks.media import Frame, check_decodable, colour_encoding, iter_frames, probe_video
-from tasks.perception.stage import PerceptionStage
-from tasks.samples.pairs import clip_rng
-from tasks.samples.scene_references import ReferencePools
-from tasks.samples.stage import TrainingSampleStage
-from tasks.scenes import sample_scene_frames, split_scenes
+from tasks.scenes import split_scenes
 from tasks.shards import RotatingShardWriter
 from tasks.sources import local_copy, sha256_file
 
@@ -49,7 +47,7 @@ def unit_stamp(unit: WorkUnit, config: BuildConfig) -> Stamp:
 def run_unit(unit: WorkUnit, config: BuildConfig, stages: Sequence[ClipStage] | None = None) -> UnitReport:
     """Process every video of `unit` and publish its shards and manifest parts (see `UnitRun`).
 
-    stages: set up already (`tasks.base.stages_for`); None: the config's, with models in this process.
+    stages: set up already (`tasks.build_stages.stages_for`); None: the config's, with models in this process.
     """
     layout = OutputLayout(config.output_path)
     previous = layout.read_report(unit.unit_id)
@@ -145,12 +143,15 @@ class UnitRun:
                 limit = self.config.clips.max_clips_per_video
                 scene_lengths: Counter[int] = Counter()
                 scenes = _tally(split_scenes(counted, self.config.scenes, rate), scene_lengths)
-                with self._reference_pools(video, path, probe, rate, lineage, source_size) as pools:
+                with contextlib.ExitStack() as per_video:
+                    runners = [per_video.enter_context(stage.for_video(_VideoScan(self, index, video, path, probe,
+                                                                                  rate, lineage, source_size)))
+                               if isinstance(stage, VideoStage) else stage for index, stage in enumerate(self.stages)]
                     for clip_index, (scene_index, clip) in enumerate(cut_scene_clips(scenes, self.config.clips.length,
                                                                                      self.config.clips.stride)):
                         if limit and clip_index >= limit:
                             break
-                        self._process_clip(video, clip_index, scene_index, clip, rate, lineage, source_size, pools)
+                        self._process_clip(video, clip_index, scene_index, clip, rate, lineage, source_size, runners)
                         row.num_clips += 1
                 if row.num_clips == 0:
                     scenes_seen = (f" in {len(scene_lengths)} scenes of at most {max(scene_lengths.values())} frames"
@@ -175,34 +176,6 @@ class UnitRun:
         return iter_frames(str(path), probe, self.config.decode, video.start_s, video.end_s,
                            source_size=source_size is not None)
 
-    def _reference_pools(self, video: VideoRef, path: Path, probe: VideoProbe, rate: float, lineage: Lineage,
-                         source_size: tuple[int, int] | None) -> contextlib.AbstractContextManager:
-        """The scene pass, as a context holding its decoder: a `ReferencePools` when pairs draw their references
-        from the scene or video (`pairs.references.scope`), else a null context.
-
-        It decodes the range a second time with the same settings, so frame indices and scenes agree with the
-        clip pass, and keeps `references.candidates` frames per scene (or video), perceived on first use.
-        """
-        training = next((s for s in self.stages if isinstance(s, TrainingSampleStage)), None)
-        perception = next((s for s in self.stages if isinstance(s, PerceptionStage)), None)
-        if training is None or perception is None or training.config.pairs.references.scope == "clip":
-            return contextlib.nullcontext()
-        pairs = training.config.pairs
-        frames = self._decode(path, probe, video, source_size)
-        samples = sample_scene_frames(
-            split_scenes(_until_data_error(frames), self.config.scenes, rate), pairs.references.candidates,
-            lambda scene: clip_rng(pairs.seed, video.video_id, 0 if scene is None else scene + 1),
-            whole_video=pairs.references.scope == "video")
-
-        def perceive(frame: Frame, scene_index: int | None) -> ClipSample:
-            # A candidate is a one-frame clip of its own, named by its frame; it is never written.
-            key = f"{video.video_id}_r{frame.index:06d}"
-            (perceived,) = perception(self._clip_sample(video, key, 0, scene_index, [frame], rate, lineage,
-                                                        source_size))
-            return perceived
-
-        return ReferencePools(samples, perceive, close=frames.close)
-
     def _clip_sample(self, video: VideoRef, key: str, clip_index: int, scene_index: int | None, clip: list[Frame],
                      fps: float, lineage: Lineage, source_size: tuple[int, int] | None) -> ClipSample:
         return ClipSample(
@@ -216,7 +189,9 @@ class UnitRun:
 
     def _process_clip(self, video: VideoRef, clip_index: int, scene_index: int, clip: list[Frame], fps: float,
                       lineage: Lineage, source_size: tuple[int, int] | None = None,
-                      pools: ReferencePools | None = None) -> None:
+                      runners: Sequence[Callable[[Sample], list[Sample]]] | None = None) -> None:
+        """Run one clip through the stages (`runners`: what each stage runs for this video, by default itself)
+        and write what comes out."""
         frame_indices = [frame.index for frame in clip]
         key = clip_key(video.video_id, clip_index)
         sample = self._clip_sample(video, key, clip_index, scene_index, clip, fps, lineage, source_size)
@@ -225,14 +200,11 @@ class UnitRun:
                       **lineage.columns())
         self.clips.append(row)
         records: list[Sample] = [sample]
-        for stage in self.stages:
+        for stage, run in zip(self.stages, runners or self.stages):
             passed = []
             for record in records:
                 try:
-                    if pools is not None and isinstance(stage, TrainingSampleStage):
-                        passed += stage(record, pools.for_scene(scene_index))
-                    else:
-                        passed += stage(record)
+                    passed += run(record)
                 except DataError as err:
                     if self.config.execution.on_error == "raise":
                         raise
@@ -274,6 +246,53 @@ def sample_row(sample: Sample, shard: str, lineage: Lineage, split: Split, group
                      expanded_mask_area=meta.portrait_ref.mask_area, expansion=meta.expansion.mode,
                      face_size=meta.face_size, reference_gap_s=meta.reference_gap_s, split=split, group=group,
                      **lineage.columns())
+
+
+@dataclass
+class _VideoScan:
+    """The `tasks.base.VideoScan` the unit gives the stage at `position` for one video."""
+
+    run: UnitRun
+    position: int
+    video: VideoRef
+    path: Path
+    probe: VideoProbe
+    rate: float
+    lineage: Lineage
+    source_size: tuple[int, int] | None
+
+    @property
+    def video_id(self) -> str:
+        return self.video.video_id
+
+    def scenes(self) -> SceneFrames:
+        return _ScenePass(self.run._decode(self.path, self.probe, self.video, self.source_size),
+                          self.run.config.scenes, self.rate)
+
+    def through_earlier_stages(self, frame: Frame, scene_index: int | None) -> ClipSample:
+        key = f"{self.video.video_id}_r{frame.index:06d}"  # named by its frame; never written
+        records: list[Sample] = [self.run._clip_sample(self.video, key, 0, scene_index, [frame], self.rate,
+                                                       self.lineage, self.source_size)]
+        for stage in self.run.stages[:self.position]:
+            records = [out for record in records for out in stage(record)]
+        if len(records) != 1 or not isinstance(records[0], ClipSample):
+            raise DataError(f"the stages before {self.run.stages[self.position].name!r} made {len(records)} "
+                            "record(s) of a one-frame clip, not one clip")
+        return records[0]
+
+
+class _ScenePass:
+    """(scene, frame) pairs of a second decode, ending quietly at a decode error; `close()` stops the decoder."""
+
+    def __init__(self, frames: Iterator[Frame], config: SceneConfig, rate: float) -> None:
+        self._frames = frames
+        self._scenes = split_scenes(_until_data_error(frames), config, rate)
+
+    def __iter__(self) -> Iterator[tuple[int, Frame]]:
+        return iter(self._scenes)
+
+    def close(self) -> None:
+        self._frames.close()
 
 
 class _Counted:

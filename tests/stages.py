@@ -7,11 +7,12 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from data_specs.sample import ClipSample
-from tasks.base import ModelClient, ModelSpec, Resources
+from tasks.base import ModelSpec, Resources
 
 
 class KillWorker:
@@ -23,13 +24,14 @@ class KillWorker:
     name = "kill-worker"
     resources = Resources()
     models = ()
+    requires = ()
 
     def __init__(self, marker_dir: str, video_prefix: str, times: int = 1) -> None:
         self.marker_dir = Path(marker_dir)
         self.video_prefix = video_prefix
         self.times = times
 
-    def setup(self, models: Mapping[str, ModelClient]) -> None:
+    def setup(self, models: Mapping[str, Any]) -> None:
         self.marker_dir.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, sample: ClipSample) -> list[ClipSample]:
@@ -46,11 +48,12 @@ class Slow:
     name = "slow"
     resources = Resources()
     models = ()
+    requires = ()
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
 
-    def setup(self, models: Mapping[str, ModelClient]) -> None:
+    def setup(self, models: Mapping[str, Any]) -> None:
         pass
 
     def __call__(self, sample: ClipSample) -> list[ClipSample]:
@@ -83,12 +86,13 @@ class UsesCountingModel:
 
     def __init__(self, marker_dir: str) -> None:
         self.models = (ModelSpec("counter", functools.partial(CountingModel, marker_dir), Resources(cpus=0.5)),)
+        self.requires = ()
 
-    def setup(self, models: Mapping[str, ModelClient]) -> None:
-        self.counter = models["counter"]
+    def setup(self, models: Mapping[str, Any]) -> None:
+        self.counter: CountingModel = models["counter"]
 
     def __call__(self, sample: ClipSample) -> list[ClipSample]:
-        assert self.counter.call("mean", sample.frames) >= 0
+        assert self.counter.mean(sample.frames) >= 0
         return [sample]
 
 
@@ -98,13 +102,32 @@ class ScaleByWeights:
     name = "scale-by-weights"
     resources = Resources()
     models = ()
+    requires = ()
 
     def __init__(self, weights: str) -> None:
         self.weights = weights
 
-    def setup(self, models: Mapping[str, ModelClient]) -> None:
+    def setup(self, models: Mapping[str, Any]) -> None:
         self.gain = float(np.load(self.weights))
 
     def __call__(self, sample: ClipSample) -> list[ClipSample]:
         sample.frames = np.clip(sample.frames * self.gain, 0, 255).astype(np.uint8)
+        return [sample]
+
+
+class MasksHair:
+    """A stage that calls perception's segmenter by name, as a plugin would: it keeps the hair mask's area."""
+
+    name = "masks-hair"
+    resources = Resources()
+    models = ()
+    requires = ("segmenter",)
+
+    def setup(self, models: Mapping[str, Any]) -> None:
+        from tasks.perception import Segmenter
+
+        self.segmenter: Segmenter = models["segmenter"]
+
+    def __call__(self, sample: ClipSample) -> list[ClipSample]:
+        self.hair_area = float(self.segmenter(sample.frames)["hair"].mean())
         return [sample]

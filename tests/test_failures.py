@@ -23,6 +23,7 @@ class CrashOn:
     name = "fragile"
     resources = Resources()
     models = ()
+    requires = ()
 
     def __init__(self, video_prefix: str, error: Exception) -> None:
         self.video_prefix = video_prefix

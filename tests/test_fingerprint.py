@@ -12,7 +12,7 @@ import torch
 from data_specs.config import BuildConfig
 from data_specs.layout import OutputLayout
 from data_specs.lineage import OUTPUT_PACKAGES, library_versions, source_digest
-from tasks.base import stages_for
+from tasks.build_stages import stages_for
 from tasks.fingerprint import build_identity, ffmpeg_version, weight_files
 from tasks.manifests import publish_manifests
 from tasks.sources import plan_build

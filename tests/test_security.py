@@ -14,7 +14,7 @@ import torch
 from data_specs.config import parse_config
 from model.checkpoints import CheckpointError
 from model.weights import open_weights
-from tasks.base import STAGE_ALLOWLIST_VAR, StageNotAllowedError, build_stages
+from tasks.build_stages import STAGE_ALLOWLIST_VAR, StageNotAllowedError, build_stages
 from tasks.perception.sapiens import checkpoint_format, load_sapiens
 from tasks.sources import InputError, list_videos
 from tasks.trust import UntrustedCodeError

@@ -87,6 +87,7 @@ class RejectSecondClip:
     name = "face-check"
     resources = Resources(cpus=1)
     models = ()
+    requires = ()
 
     def setup(self, models) -> None:
         self.calls = 0

@@ -62,7 +62,7 @@ def driving_keypoints_from_video(video: Path, build_config: Path, max_frames: in
 
     from data_specs.config import BuildConfig, ConfigError
     from data_specs.sample import ClipMeta, ClipSample
-    from tasks.base import LocalModel
+    from tasks.build_stages import LocalModel
     from tasks.errors import DataError
     from tasks.media import iter_frames, probe_video
     from tasks.perception.stage import PerceptionStage

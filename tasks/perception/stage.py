@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -29,9 +30,16 @@ from data_specs.pose_frames import render_pose_frames
 from data_specs.sample import ClipSample
 from data_specs.spec import Resources
 from data_specs.video import DecodeConfig
-from tasks.base import ModelClient, ModelSpec
+from tasks.base import ModelSpec
 from tasks.errors import DataError
-from tasks.perception import build_face_detector, build_keypoint_estimator, build_segmenter
+from tasks.perception import (
+    FaceDetector,
+    KeypointEstimator,
+    Segmenter,
+    build_face_detector,
+    build_keypoint_estimator,
+    build_segmenter,
+)
 from tasks.perception.face_track import (
     FaceTrack,
     crop_boxes,
@@ -93,18 +101,17 @@ class PerceptionStage:
             models.insert(1, ModelSpec(KEYPOINTS, functools.partial(build_keypoint_estimator, config.keypoints),
                                        config.keypoints.runtime.resources, config.keypoints.runtime.replicas))
         self.models = tuple(models)
-        self._clients: Mapping[str, ModelClient] = {}
+        self.requires: tuple[str, ...] = ()
         self._provenance: dict[str, str] = {}
 
-    @property
-    def segmenter(self) -> ModelSpec:
-        """The attribute segmenter, which later stages call on images of their own."""
-        return next(spec for spec in self.models if spec.name == SEGMENTER)
-
-    def setup(self, models: Mapping[str, ModelClient]) -> None:
-        self._clients = models
-        self._provenance = {spec.name: models[spec.name].get("provenance") for spec in self.models}
-        if KEYPOINTS not in self._provenance:
+    def setup(self, models: Mapping[str, Any]) -> None:
+        self.detector: FaceDetector = models[FACE_DETECTOR]
+        self.estimator: KeypointEstimator | None = models.get(KEYPOINTS)  # None: the detector's landmarks
+        self.segmenter: Segmenter = models[SEGMENTER]
+        proxies = {FACE_DETECTOR: self.detector, KEYPOINTS: self.estimator, SEGMENTER: self.segmenter}
+        # In `self.models`' order: the provenance is written into every sample's metadata.
+        self._provenance = {spec.name: proxies[spec.name].provenance for spec in self.models}
+        if self.estimator is None:
             self._provenance[KEYPOINTS] = f"face detector landmarks ({self._provenance[FACE_DETECTOR]})"
 
     def __call__(self, sample: ClipSample) -> list[ClipSample]:
@@ -118,7 +125,7 @@ class PerceptionStage:
         # 1. The main face through the clip: the detector on a bounded copy, its answers in frame pixels.
         view, scale = detector_view(frames, self.config.detection.max_side)
         view_refs = frame_refs(meta.source_path, meta.time_s, (view.shape[2], view.shape[1]), fit)
-        detections = to_frame_detections(self._clients[FACE_DETECTOR].call("detect", view, view_refs), scale)
+        detections = to_frame_detections(self.detector.detect(view, view_refs), scale)
         track = track_main_face(detections, (width, height), self.config.crop)
         boxes = crop_boxes(track, self.config.crop)
         detail = source_px_per_output_px(boxes, size, source_per_frame_px)
@@ -134,14 +141,14 @@ class PerceptionStage:
 
         # 3. Keypoints and their rendering. Sapiens is given the whole crop as its top-down box (see
         # `SapiensKeypointEstimator`), as its demo feeds face crops.
-        if self.config.keypoints.backend == "detector":
+        if self.estimator is None:
             keypoints = detector_keypoints(track, boxes, size)
         else:
-            keypoints = self._clients[KEYPOINTS].call("__call__", crops, None, crop_refs)
+            keypoints = self.estimator(crops, None, crop_refs)
         pose_frames = render_pose_frames(keypoints, self.layout, size, self.config.pose_render)
 
         # 4. One mask per requested attribute, and where each is visible.
-        masks = self._clients[SEGMENTER].call("__call__", crops, crop_refs)
+        masks = self.segmenter(crops, crop_refs)
         presence = attribute_presence(masks, self.config.segmentation.presence_min_area)
 
         perception = PerceptionMeta(

@@ -9,10 +9,11 @@ GPU sees batches. No torch here: the data workers stay light.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,11 +21,17 @@ from data_specs.perception import PerceptionMeta
 from data_specs.sample import GENERATED, ClipMeta, ClipSample, PairSample
 from data_specs.training_samples import (AugmentParams, ExpansionMeta, GenerateConfig, InpaintConfig, LatentConfig,
                                          PairMeta, ReferenceMeta, TrainingSamplesConfig)
-from tasks.base import ModelClient, ModelSpec, Resources
+from tasks.base import ModelSpec, Resources, VideoScan
+from tasks.perception import Segmenter
+from tasks.perception.stage import SEGMENTER
 from tasks.samples import augment
 from tasks.samples.expansion import condition_images, dilate_erode, draw_dilation, expand
 from tasks.samples.pairs import PairPlan, clip_rng, plan_pairs
-from tasks.samples.scene_references import ReferencePool, plan_pool_pairs, with_references
+from tasks.samples.scene_references import ReferencePool, ReferencePools, plan_pool_pairs, with_references
+from tasks.scenes import sample_scene_frames
+
+if TYPE_CHECKING:  # the models' classes import torch, which the data workers never load
+    from tasks.samples.diffusion import Inpainter, LatentEncoder, MaskGenerator
 
 MASK_GENERATOR, INPAINTER, LATENT_ENCODER = "mask_generator", "inpainter", "latent_encoder"
 
@@ -68,18 +75,22 @@ class TrainingSampleStage:
 
     A clip that cannot give the requested pairs (too short, the attribute visible nowhere, no
     two frames far enough apart) is a `DataError`: a failure row, and the build goes on.
+    With `pairs.references.scope` 'scene' or 'video', references come from the scene's (or video's)
+    pool of perceived candidates, which `for_video` draws in a second pass over the video.
     """
 
     name = "training-samples"
     resources = Resources(cpus=1)
 
-    def __init__(self, config: TrainingSamplesConfig, segmenter: ModelSpec) -> None:
+    def __init__(self, config: TrainingSamplesConfig) -> None:
         self.config = config
         models = []
-        if config.expansion.mode == "generate":
+        requires: tuple[str, ...] = ()
+        if config.expansion.mode == "generate":  # the generated image's masks come from perception's segmenter
             generate = config.expansion.generate
-            models += [ModelSpec(MASK_GENERATOR, functools.partial(build_mask_generator, generate),
-                                 generate.runtime.resources, generate.runtime.replicas), segmenter]
+            models.append(ModelSpec(MASK_GENERATOR, functools.partial(build_mask_generator, generate),
+                                    generate.runtime.resources, generate.runtime.replicas))
+            requires = (SEGMENTER,)
         if config.augment.enabled and config.augment.fill == "inpaint":
             inpaint = config.augment.inpaint
             models.append(ModelSpec(INPAINTER, functools.partial(build_inpainter, inpaint),
@@ -87,16 +98,34 @@ class TrainingSampleStage:
         if config.latents is not None:
             models.append(ModelSpec(LATENT_ENCODER, functools.partial(build_latent_encoder, config.latents),
                                     config.latents.runtime.resources, config.latents.runtime.replicas))
-        self.segmenter = segmenter.name
         self.models = tuple(models)
-        self._clients: Mapping[str, ModelClient] = {}
+        self.requires = requires
         self._provenance: dict[str, str] = {}
         self._vae_weights: str | None = None
 
-    def setup(self, models: Mapping[str, ModelClient]) -> None:
-        self._clients = models
-        self._provenance = {name: client.get("provenance") for name, client in models.items()}
-        self._vae_weights = models[LATENT_ENCODER].get("weights_fingerprint") if LATENT_ENCODER in models else None
+    def setup(self, models: Mapping[str, Any]) -> None:
+        self.generator: MaskGenerator | None = models.get(MASK_GENERATOR)
+        self.segmenter: Segmenter | None = models.get(SEGMENTER)
+        self.inpainter: Inpainter | None = models.get(INPAINTER)
+        self.encoder: LatentEncoder | None = models.get(LATENT_ENCODER)
+        self._provenance = {name: model.provenance for name, model in models.items()}
+        self._vae_weights = self.encoder.weights_fingerprint if self.encoder is not None else None
+
+    @contextlib.contextmanager
+    def for_video(self, video: VideoScan) -> Iterator[Callable[[ClipSample], list[PairSample]]]:
+        """The stage for one video's clips; with references from the scene or video, each clip is given its
+        scene's pool (`ReferencePools`: candidates drawn in a second pass, perceived on first use)."""
+        pairs = self.config.pairs
+        if pairs.references.scope == "clip":
+            yield self
+            return
+        scenes = video.scenes()
+        candidates = sample_scene_frames(
+            scenes, pairs.references.candidates,
+            lambda scene: clip_rng(pairs.seed, video.video_id, 0 if scene is None else scene + 1),
+            whole_video=pairs.references.scope == "video")
+        with ReferencePools(candidates, video.through_earlier_stages, close=scenes.close) as pools:
+            yield lambda sample: self(sample, pools.for_scene(sample.meta.scene_index))
 
     def __call__(self, sample: ClipSample, references: ReferencePool | None = None) -> list[PairSample]:
         """The clip's pairs; `references`: the pool of its scene (or video), which scopes other than 'clip' need."""
@@ -154,9 +183,9 @@ class TrainingSampleStage:
         if self.config.expansion.mode != "generate":
             return {}
         conditions = condition_images(self.config.expansion.generate, sample, [d.plan.portrait_ref for d in drafts])
-        images = self._clients[MASK_GENERATOR].call("generate", conditions, [d.expansion.prompt for d in drafts],
-                                                    [d.expansion.seed for d in drafts])
-        masks = self._clients[self.segmenter].call("__call__", np.asarray(images, np.uint8))
+        images = self.generator.generate(conditions, [d.expansion.prompt for d in drafts],
+                                         [d.expansion.seed for d in drafts])
+        masks = self.segmenter(np.asarray(images, np.uint8))
         for i, draft in enumerate(drafts):
             draft.extra_mask = masks[draft.plan.attribute][i]
         return {i: np.asarray(image, np.uint8) for i, image in enumerate(images)}
@@ -182,9 +211,9 @@ class TrainingSampleStage:
         to_paint = [i for i, region in enumerate(regions) if region is not None]
         painted: dict[int, np.ndarray] = {}
         if to_paint:
-            images = self._clients[INPAINTER].call("inpaint", np.stack([warped[i].kept for i in to_paint]),
-                                                   np.stack([regions[i] for i in to_paint]),
-                                                   [params[i].inpaint_seed or 0 for i in to_paint])
+            images = self.inpainter.inpaint(np.stack([warped[i].kept for i in to_paint]),
+                                            np.stack([regions[i] for i in to_paint]),
+                                            [params[i].inpaint_seed or 0 for i in to_paint])
             painted = dict(zip(to_paint, images))
         out = []
         for k, draft in enumerate(drafts):
@@ -202,7 +231,7 @@ class TrainingSampleStage:
             return [{} for _ in drafts]
         images = [sample.frames[list(d.plan.targets)] for d in drafts]
         images += [np.stack([refs[0], refs[2]]) for refs in references]
-        encoded = self._clients[LATENT_ENCODER].call("encode", np.concatenate(images))
+        encoded = self.encoder.encode(np.concatenate(images))
         out, start = [], 0
         for draft in drafts:
             out.append({"target": encoded[start:start + len(draft.plan.targets)]})

@@ -13,7 +13,7 @@ import pytest
 from data_specs.perception import DETECTOR_5, PerceptionConfig
 from data_specs.sample import ClipMeta, ClipSample
 from data_specs.video import DecodeConfig
-from tasks.base import LocalModel
+from tasks.build_stages import LocalModel
 from tasks.errors import DataError
 from tasks.media import iter_frames, probe_video, source_frame_size
 from tasks.perception.face_track import detector_view, to_crop_coords, to_frame_detections

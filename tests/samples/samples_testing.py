@@ -9,7 +9,7 @@ from data_specs.perception import KeypointConfig, PerceptionConfig, PerceptionMe
 from data_specs.sample import ClipMeta, ClipSample
 from data_specs.training_samples import TrainingSamplesConfig
 from data_specs.video import DecodeConfig
-from tasks.base import LocalModel
+from tasks.build_stages import local_models, models_for
 from tasks.perception.stage import PerceptionStage
 from tasks.samples.stage import TrainingSampleStage
 
@@ -50,6 +50,7 @@ def perceived_clip(frames: int = 12, size: int = 64, hat_frames: tuple[int, ...]
 def sample_stage(config: TrainingSamplesConfig, perception: PerceptionConfig = TRUTH_PERCEPTION
                  ) -> TrainingSampleStage:
     """The stage with its models run in this process."""
-    stage = TrainingSampleStage(config, PerceptionStage(perception, DecodeConfig()).segmenter)
-    stage.setup({spec.name: LocalModel(spec) for spec in stage.models})
+    stage = TrainingSampleStage(config)
+    # Perception defines the segmenter the stage may require; models are built on first use only.
+    stage.setup(models_for(stage, local_models([PerceptionStage(perception, DecodeConfig()), stage])))
     return stage
