@@ -144,6 +144,25 @@ def test_gradients_equal_with_and_without_checkpointing(model: DurianModel) -> N
         torch.testing.assert_close(checkpointed[name], reference[name], atol=1e-6, rtol=1e-4, msg=name)
 
 
+def test_stage2_keeps_checkpointing_its_spatial_transformer_blocks(model: DurianModel) -> None:
+    """diffusers' motion blocks checkpoint only their resnets themselves; the spatial transformers inside them
+    checkpoint each block, and the setting survives the motion modules' insertion."""
+    model.enable_gradient_checkpointing()
+    model.add_motion_modules(random_motion_adapter(model_flavour("tiny")))
+    model.select_trainable(2)
+    runs: Counter[str] = Counter()
+    for name, module in model.denoiser.named_modules():
+        if isinstance(module, BasicTransformerBlock) and "motion_modules" not in name:
+            module.register_forward_pre_hook(lambda *_, name=name: runs.update([name]))
+    latents, timesteps, pose_frames = make_clip()
+    model(latents, timesteps, pose_frames, make_references()).pow(2).mean().backward()
+    model.clear_references()
+    # Each runs in the forward and again in backward, but the first: before the first motion module nothing
+    # needs a gradient (stage 2 trains the motion modules only), so no backward passes through it.
+    first = "down_blocks.0.attentions.0.transformer_blocks.0"
+    assert runs.pop(first) == 1 and runs and set(runs.values()) == {2}
+
+
 def test_stage_selection(model: DurianModel) -> None:
     stage1 = {id(p) for p in model.select_trainable(1)}
     names1 = {n for n, p in model.named_parameters() if id(p) in stage1}
