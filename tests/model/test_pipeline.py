@@ -18,7 +18,7 @@ from data_specs.model import NoiseScheduleSpec
 from data_specs.perception import GOLIATH_FACE, TRUTH_5, PoseRenderSpec
 from data_specs.pose_frames import render_pose_frames
 from flows.cli.sample import driving_keypoints_from_video, sample
-from model.builders import DurianComponents, inference_scheduler, random_motion_adapter, training_scheduler
+from model.builders import DurianComponents, inference_scheduler, training_scheduler
 from model.geometry import fit_similarity, retarget_keypoints
 from model.pipeline import DurianPipeline, render_driving_pose, window_starts
 from tasks.media import find_ffmpeg
