@@ -20,9 +20,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from data_specs.perception import ATTRIBUTES, RGB, RuntimeConfig
+from data_specs.perception import ATTRIBUTES, RGB
 from data_specs.scenes import ReferenceConfig, ReferenceScope
-from data_specs.spec import Spec
+from data_specs.spec import RuntimeConfig, Spec
 
 ExpansionMode = Literal["none", "dilate", "generate"]
 ConditionRenderer = Literal["openpose_face", "pose_frames"]

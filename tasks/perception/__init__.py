@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
-from data_specs.perception import FaceDetectionConfig, KeypointConfig, KeypointLayout, Resources, SegmentationConfig
+from data_specs.perception import FaceDetectionConfig, KeypointConfig, KeypointLayout, SegmentationConfig
+from data_specs.spec import Resources
 
 if TYPE_CHECKING:
     from tasks.perception.truth import FrameRef

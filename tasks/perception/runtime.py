@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from data_specs.perception import FaceDetectionConfig, KeypointConfig, Resources, RuntimeConfig, SegmentationConfig
-from data_specs.spec import Spec
+from data_specs.perception import FaceDetectionConfig, KeypointConfig, SegmentationConfig
+from data_specs.spec import Resources, RuntimeConfig, Spec
 
 if TYPE_CHECKING:
     import torch

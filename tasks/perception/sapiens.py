@@ -31,7 +31,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from data_specs.perception import SAPIENS_ARCHS, SapiensArch
+from data_specs.network_sizes import SAPIENS_ARCHS, SapiensArch
 from model.checkpoints import CheckpointError
 from model.weights import load_weights, open_weights
 from tasks.trust import refuse_untrusted_code

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_specs.perception import SAPIENS_ARCHS
+from data_specs.network_sizes import SAPIENS_ARCHS
 from data_specs.video import DecodeConfig
 from tasks.media import iter_frames, probe_video
 from tasks.synthetic import load_truth

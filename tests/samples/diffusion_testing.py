@@ -16,7 +16,7 @@ import numpy as np
 from diffusers import StableDiffusionPipeline
 
 from data_specs.model import model_flavour
-from data_specs.perception import RuntimeConfig
+from data_specs.spec import RuntimeConfig
 from model.builders import random_components
 from tasks.samples.diffusion import tiny_controlnet_pipeline, tiny_inpaint_pipeline
 
