@@ -24,7 +24,7 @@ give the same figures and passes of one run differ only by the weights.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -45,7 +45,7 @@ REGIONS = ("inside", "outside")
 ALL = "all"  # the row of every attribute together
 DEFAULT_TIMESTEP_FRACTIONS = (0.25, 0.5, 0.75)  # of the schedule's train timesteps: mid-noise, where guidance shows
 
-Denoiser = Callable[..., torch.Tensor]  # DurianModel's forward: (noisy, timesteps, pose, references, drop_references)
+Denoiser = torch.nn.Module  # with DurianModel's forward: (noisy, timesteps, pose, references, drop_references)
 
 
 @dataclass
@@ -58,14 +58,15 @@ class RelianceReport:
     def gap(self, attribute: str, condition: str, region: str) -> float:
         return self.losses[attribute][condition][region] - self.losses[attribute][BOTH][region]
 
-    def scalars(self) -> dict[str, float]:
-        """Flat names for the training log: `reliance/<attribute>/<condition>_<region>` (loss) and
-        `reliance/<attribute>/gap_<condition>_<region>`."""
+    def scalars(self, gaps_only: bool = False) -> dict[str, float]:
+        """Flat names for the training log: `reliance/<attribute>/<condition>_<region>` (loss; with `gaps_only`
+        only the `both` loss) and `reliance/<attribute>/gap_<condition>_<region>`."""
         flat = {}
         for attribute, conditions in self.losses.items():
             for condition, regions in conditions.items():
                 for region, value in regions.items():
-                    flat[f"reliance/{attribute}/{condition}_{region}"] = value
+                    if condition == BOTH or not gaps_only:
+                        flat[f"reliance/{attribute}/{condition}_{region}"] = value
                     if condition != BOTH:
                         flat[f"reliance/{attribute}/gap_{condition}_{region}"] = self.gap(attribute, condition,
                                                                                            region)
@@ -116,10 +117,12 @@ def _losses(model: Denoiser, scheduler: DDPMScheduler, inputs: ModelInputs, refe
     b = latents.shape[0]
     sums = {region: torch.zeros(b, device=latents.device) for region in REGIONS}
     outside = 1 - inside
+    held_in = next(model.parameters()).dtype  # bf16 working copies under mixed precision: autocast as in training
     for timestep, noise in zip(timesteps, noises):
         t = torch.full((b,), timestep, device=latents.device, dtype=torch.long)
         noisy = scheduler.add_noise(latents, noise, t)
-        prediction = model(noisy, t, inputs.pose_frames, references, drop_references=drop).float()
+        with torch.autocast(latents.device.type, dtype=torch.bfloat16, enabled=held_in == torch.bfloat16):
+            prediction = model(noisy, t, inputs.pose_frames, references, drop_references=drop).float()
         target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
         error = F.mse_loss(prediction, target, reduction="none").mean(dim=1)  # (B, F, h, w)
         for region, weight in (("inside", inside), ("outside", outside)):
