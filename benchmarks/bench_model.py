@@ -5,13 +5,15 @@ CPU (default, tiny flavour at larger latents):
   * stage 2 at F = 8 and 16: the reference cost, split into the reference nets
     (run once per clip, so flat in F) and the whole overhead of the step
     (reference nets + longer keys in every spatial self-attention, linear in F).
-GPU (--gpu, real SD 1.5 sizes, random weights, bf16 autocast, fp32 trainable weights):
-  the same ratios, plus step time, peak memory and MFU for stage 1 (batch 4, 512^2)
-  and stage 2 (24 frames, gradient checkpointing).
+GPU (--gpu, real SD 1.5 sizes, random weights, the trainer's bf16 policy: every network in bf16, fp32
+  masters of the trained weights, bf16 autocast): the same ratios, plus step time, peak memory and MFU for
+  stage 1 (batch 4, 512^2) and stage 2 (24 frames, gradient checkpointing).
 
-The step is training's own (`training.step.diffusion_loss`: noise, min-SNR-weighted loss), then backward
-and AdamW, from latents built here as tensors (the frozen VAE and CLIP encoders are not timed). "Full" and
-"bare" are the step with reference dropout 0 and 1.
+The model of a stage is prepared by the trainer's `prepare_stage` (stage 2 inserts random motion modules),
+the step is the trainer's `forward_backward` (`training.step.diffusion_loss`: noise, min-SNR-weighted loss,
+backward) then its optimiser side (gradients to the fp32 masters, clipping, AdamW, working copies refreshed),
+from latents built here as tensors (the frozen VAE and CLIP encoders are not timed). "Bare" is the same
+optimisation step of the denoiser alone: no reference net runs, no reference keys (the unconditional branch).
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ from diffusers import DDPMScheduler
 from torch.utils.flop_counter import FlopCounterMode
 
 from data_specs.model import ModelFlavour, model_flavour
-from model.builders import random_components, training_scheduler
+from model.builders import random_components, random_motion_adapter
 from model.durian import DurianModel, ReferenceInputs
-from training.step import ModelInputs, StepOptions, diffusion_loss, step_generator
+from model.reference_attention import UNCONDITIONAL
+from training.loop import forward_backward, prepare_stage
+from training.precision import MasterWeights, PrecisionPolicy
+from training.step import ModelInputs, StepOptions, step_generator, training_noise_scheduler
 
 # Dense bf16 peak of an H100/H200 SXM (vendor datasheet), the MFU denominator.
 H200_BF16_PEAK_FLOPS = 989.5e12
@@ -59,16 +64,31 @@ def make_batch(flavour: ModelFlavour, model: DurianModel, batch: int, frames: in
     )
 
 
-def train_step(model: DurianModel, scheduler: DDPMScheduler, optimizer: torch.optim.Optimizer,
-               batch: ModelInputs, bare: bool, autocast: bool) -> None:
-    """One optimisation step with training's loss; `bare` drops the references (the bare denoiser)."""
-    options = StepOptions(reference_dropout=1.0 if bare else 0.0, autocast=autocast)
-    generator = step_generator(seed=0, rank=0, step=0, device=batch.latents.device)
-    loss = diffusion_loss(model, scheduler, batch, options, generator)
-    loss.backward()
+def optimizer_step(masters: MasterWeights, optimizer: torch.optim.Optimizer) -> None:
+    """The trainer's optimiser side of a step (`Trainer.optimizer_step`, without schedule and EMA)."""
+    masters.grads_to_masters()
+    torch.nn.utils.clip_grad_norm_(masters.masters, 1.0)
     optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    model.clear_references()
+    masters.zero_grad()
+    masters.to_working()
+
+
+def train_step(model: DurianModel, scheduler: DDPMScheduler, masters: MasterWeights,
+               optimizer: torch.optim.Optimizer, batch: ModelInputs, bare: bool, autocast: bool) -> None:
+    """One optimisation step: training's loss and backward, or with `bare` the denoiser's alone (no reference
+    net, no reference keys: the unconditional branch, with plain MSE)."""
+    generator = step_generator(seed=0, rank=0, step=0, device=batch.latents.device)
+    if bare:
+        latents = batch.latents
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],),
+                                  generator=generator, device=latents.device)
+        with torch.autocast(latents.device.type, dtype=torch.bfloat16, enabled=autocast):
+            prediction = model.denoise(latents, timesteps, batch.pose_frames, batch.references.attribute_embeds,
+                                       UNCONDITIONAL)
+        torch.nn.functional.mse_loss(prediction.float(), latents).backward()
+    else:
+        forward_backward(model, scheduler, batch, StepOptions(reference_dropout=0.0, autocast=autocast), generator)
+    optimizer_step(masters, optimizer)
 
 
 def reference_nets_only(model: DurianModel, batch: ModelInputs, autocast: bool) -> None:
@@ -97,27 +117,23 @@ def timed(fns: dict[str, Callable[[], None]], device: torch.device, warmup: int,
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def build(flavour: ModelFlavour, stage: int, device: torch.device, gpu: bool,
-          checkpointing: bool) -> tuple[DurianModel, DDPMScheduler, torch.optim.Optimizer]:
-    """Random model for `stage`; on GPU frozen weights in bf16, trainable in fp32."""
+def build(flavour: ModelFlavour, stage: int, device: torch.device, gpu: bool, checkpointing: bool
+          ) -> tuple[DurianModel, DDPMScheduler, MasterWeights, torch.optim.Optimizer]:
+    """Random model prepared for `stage` by the trainer: on GPU its bf16 policy, on CPU fp32."""
     with torch.device(device):
-        model = random_components(flavour, seed=0).model
-    trainable = model.select_trainable(stage)
-    if gpu:
-        for parameter in model.parameters():
-            if not parameter.requires_grad:
-                parameter.data = parameter.data.to(torch.bfloat16)
-    if checkpointing:
-        model.denoiser.enable_gradient_checkpointing()
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=1e-2, fused=gpu)
-    return model, training_scheduler(flavour.noise_schedule), optimizer
+        components = random_components(flavour, seed=0)
+        policy = PrecisionPolicy(torch.bfloat16, torch.bfloat16) if gpu else PrecisionPolicy()
+        masters = prepare_stage(components.model, stage, policy, lambda: random_motion_adapter(flavour, seed=0),
+                                checkpointing)
+    optimizer = torch.optim.AdamW(masters.masters, lr=1e-5, weight_decay=1e-2, fused=gpu)
+    return components.model, training_noise_scheduler(components.scheduler), masters, optimizer
 
 
-def step_flops(model: DurianModel, scheduler: DDPMScheduler, optimizer: torch.optim.Optimizer,
-               batch: ModelInputs, autocast: bool) -> int:
+def step_flops(model: DurianModel, scheduler: DDPMScheduler, masters: MasterWeights,
+               optimizer: torch.optim.Optimizer, batch: ModelInputs, autocast: bool) -> int:
     """FLOPs of one step (matmuls, convs, attention; forward and backward)."""
     with FlopCounterMode(display=False) as counter:
-        train_step(model, scheduler, optimizer, batch, bare=False, autocast=autocast)
+        train_step(model, scheduler, masters, optimizer, batch, bare=False, autocast=autocast)
     return counter.get_total_flops()
 
 
@@ -136,20 +152,21 @@ def report_ratios(flavour: ModelFlavour, device: torch.device, gpu: bool, latent
                   warmup: int, repeats: int) -> list[str]:
     """Stage 1 full vs bare; stage 2 reference cost at F = 8 and 16."""
     lines = []
-    model, scheduler, optimizer = build(flavour, 1, device, gpu, checkpointing=False)
+    model, scheduler, masters, optimizer = build(flavour, 1, device, gpu, checkpointing=False)
     data = make_batch(flavour, model, batch1, 1, latent, device)
-    t = timed({"full": lambda: train_step(model, scheduler, optimizer, data, False, gpu),
-               "bare": lambda: train_step(model, scheduler, optimizer, data, True, gpu)}, device, warmup, repeats)
+    t = timed({"full": lambda: train_step(model, scheduler, masters, optimizer, data, False, gpu),
+               "bare": lambda: train_step(model, scheduler, masters, optimizer, data, True, gpu)}, device, warmup,
+              repeats)
     emit(lines, f"| stage 1, batch {batch1}, {latent}^2 latents | full {t['full'] * 1e3:.1f} ms | "
                  f"bare denoiser {t['bare'] * 1e3:.1f} ms | full / bare = {t['full'] / t['bare']:.2f} |")
-    del model, optimizer
+    del model, masters, optimizer
 
-    model, scheduler, optimizer = build(flavour, 2, device, gpu, checkpointing=False)
+    model, scheduler, masters, optimizer = build(flavour, 2, device, gpu, checkpointing=False)
     data = {frames: make_batch(flavour, model, 1, frames, latent, device) for frames in (8, 16)}
     fns = {}
     for frames, batch in data.items():
-        fns[f"full{frames}"] = lambda b=batch: train_step(model, scheduler, optimizer, b, False, gpu)
-        fns[f"bare{frames}"] = lambda b=batch: train_step(model, scheduler, optimizer, b, True, gpu)
+        fns[f"full{frames}"] = lambda b=batch: train_step(model, scheduler, masters, optimizer, b, False, gpu)
+        fns[f"bare{frames}"] = lambda b=batch: train_step(model, scheduler, masters, optimizer, b, True, gpu)
         fns[f"nets{frames}"] = lambda b=batch: reference_nets_only(model, b, gpu)
     t = timed(fns, device, warmup, repeats)
     for frames in data:
@@ -169,24 +186,24 @@ def report_gpu_sizes(flavour: ModelFlavour, device: torch.device, warmup: int, r
     lines = []
     latent = flavour.resolution // flavour.vae.vae_scale_factor
     for stage, batch, frames, checkpointing in ((1, 4, 1, False), (2, 1, 24, True)):
-        model, scheduler, optimizer = build(flavour, stage, device, True, checkpointing)
+        model, scheduler, masters, optimizer = build(flavour, stage, device, True, checkpointing)
         data = make_batch(flavour, model, batch, frames, latent, device)
         # Hardware FLOPs include the recomputation; model FLOPs (MFU) do not.
-        hardware_flops = step_flops(model, scheduler, optimizer, data, autocast=True)
+        hardware_flops = step_flops(model, scheduler, masters, optimizer, data, autocast=True)
         flops = hardware_flops - (denoiser_forward_flops(model, data) if checkpointing else 0)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-        step = functools.partial(train_step, model, scheduler, optimizer, data, bare=False, autocast=True)
+        step = functools.partial(train_step, model, scheduler, masters, optimizer, data, bare=False, autocast=True)
         seconds = timed({"step": step}, device, warmup, repeats)["step"]
         peak = torch.cuda.max_memory_allocated(device) / 2**30
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        trainable = sum(p.numel() for p in masters.masters)
         emit(lines,
              f"| stage {stage}: batch {batch}, {frames} frame(s), {flavour.resolution}^2"
              f"{', grad. checkpointing' if checkpointing else ''} | {seconds * 1e3:.0f} ms | {peak:.1f} GiB | "
              f"{flops / 1e12:.1f} TFLOP | MFU {flops / seconds / H200_BF16_PEAK_FLOPS:.1%} "
              f"(HFU {hardware_flops / seconds / H200_BF16_PEAK_FLOPS:.1%}) | "
              f"{trainable / 1e6:.0f} M trainable |")
-        del model, optimizer, data, step
+        del model, masters, optimizer, data, step
         torch.cuda.empty_cache()
     return lines
 

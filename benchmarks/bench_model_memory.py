@@ -150,13 +150,17 @@ def resident_mib(field: str) -> float:
 
 
 def measure(files: dict[str, Path], flavour: ModelFlavour, dtype: torch.dtype) -> dict:
-    """Load every part as the README does (in this process) and report memory and time."""
-    from model.builders import pretrained_components
+    """Load every part as the README does (in this process), then insert the motion modules as stage 2 does,
+    and report memory and time."""
+    from data_specs.model import PretrainedPaths
+    from model.builders import load_motion_adapter, pretrained_components
 
     before = resident_mib("VmRSS")
     start = time.perf_counter()
-    parts = pretrained_components(flavour, sd15=files["sd15"], motion_adapter=files["motion_adapter"],
-                                  image_encoder=files["image_encoder"], arcface=files["arcface"], dtype=dtype)
+    paths = PretrainedPaths(sd15=str(files["sd15"]), motion_adapter=str(files["motion_adapter"]),
+                            image_encoder=str(files["image_encoder"]), arcface=str(files["arcface"]))
+    parts = pretrained_components(flavour, paths, dtype=dtype)
+    parts.model.add_motion_modules(load_motion_adapter(paths.motion_adapter, flavour, dtype))
     seconds = time.perf_counter() - start
     modules = {"model": parts.model, "vae": parts.vae, "image_encoder": parts.image_encoder,
                "identity_encoder": parts.identity_encoder}
