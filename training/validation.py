@@ -4,7 +4,9 @@ Held out = the dataset's evaluation split (`data_specs.split`), never trained on
 (and at the end of each stage) rank 0 reconstructs `validation_samples` of the stage's evaluation pairs with
 the current weights (`training.reconstruction`, the evaluation's own code path), logs the mean L1, PSNR and
 SSIM as `validation/*`, and writes `RUN/samples/stage{S}-step{N}.mp4`: portrait, attribute, guidance, result
-and the real frames side by side.
+and the real frames side by side. It also measures the reference-reliance gaps on the same samples
+(`training.reliance`: the denoising loss with a reference swapped or dropped minus the loss with both) and logs them
+as `validation/reliance/<attribute>/gap_<condition>_<inside|outside>`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from model.pipeline import DurianPipeline
 from training.data import DatasetIndex, validation_samples
 from training.monitoring import TrainingLog, side_by_side_video
 from training.reconstruction import comparison_columns, reconstruct
+from training.reliance import reference_reliance
+from training.step import Encoders, training_noise_scheduler
 
 __all__ = ["SAMPLES_DIR", "Validator", "sample_videos"]
 
@@ -47,6 +51,11 @@ class Validator:
         results = [reconstruct(pipeline, sample, frames=frames, steps=self.config.sample_steps,
                                seed=self.config.seed) for sample in self.samples]
         means = {name: float(np.mean([v for r in results for v in r.metrics[name]])) for name in results[0].metrics}
+        reliance = reference_reliance(
+            pipeline.model, training_noise_scheduler(pipeline.scheduler),
+            Encoders(pipeline.vae, pipeline.image_encoder, pipeline.identity_encoder), self.samples, frames=frames,
+            seed=self.config.seed, device=pipeline.device)
+        means.update(reliance.scalars(gaps_only=True))
         video = self.config.run_dir / SAMPLES_DIR / f"stage{self.stage_run.stage}-step{global_step:08d}.mp4"
         side_by_side_video(*comparison_columns(results[0].sample, results[0].generated), path=video, fps=results[0].sample.meta.fps or 8.0)
         training_log.log_step(global_step, self.stage_run.stage, kind="validation", video=str(video), **means)

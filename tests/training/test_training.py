@@ -63,7 +63,17 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_with_the_same_losses_unde
     motion = {name: t.dtype for name, t in saved.items() if "motion_modules" in name and "pos_embed" not in name}
     assert motion and set(motion.values()) == {torch.float32}  # the stage-2 masters (not the position buffers)
     assert {t.dtype for name, t in saved.items() if name.startswith("attribute_net.")} == {torch.bfloat16}
-    assert (config.run_dir / "pipeline" / "model_index.json").is_file()
+    # The export: fp32, with the motion modules and the clip length, the frozen networks exactly as built.
+    from data_specs.model import model_flavour
+    from model.builders import random_components
+    from model.pipeline import DurianPipeline
+
+    pipeline = DurianPipeline.from_pretrained(config.run_dir / "pipeline")
+    assert pipeline.model.has_motion_modules and pipeline.default_window == 2
+    assert pipeline.model.dtype == torch.float32
+    built = random_components(model_flavour("tiny"), seed=config.seed)
+    for exported, initial in ((pipeline.vae, built.vae), (pipeline.image_encoder, built.image_encoder)):
+        assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), initial.state_dict().values()))
 
 
 @pytest.mark.slow
@@ -109,6 +119,7 @@ def test_two_ray_train_workers_overfit_a_tiny_set_in_the_flow(tmp_path: Path, ca
     assert [r["step"] for r in validation] == [20]
     assert all(0 < r["l1"] < 1 and 0 < r["psnr"] < 60 and -1 < r["ssim"] <= 1 for r in validation)
     assert all(Path(r["video"]).is_file() and Path(r["video"]).stat().st_size > 0 for r in validation)
+    assert all(r["reliance/all/gap_dropped_inside"] == r["reliance/all/gap_dropped_inside"] for r in validation)
     assert result["validation"]["step"] == 20
     # Ray Train's state queries work on the local Ray (its dashboard runs), and its preemption watcher is off.
     output = "".join(capfd.readouterr())
