@@ -1,13 +1,15 @@
-"""Publishing files atomically: write under a hidden partial name, then rename.
+"""Publishing files atomically (write under a hidden partial name, then rename), and checking them by hash.
 
 A reader (or a re-run after `kill -9`) sees either the previous file or the whole
-new one, never half of it. Every output of a build (shards, manifest tables, unit
-reports, summaries) is published through this one helper.
+new one, never half of it. Every file of a build (shards, manifest tables, unit
+reports, summaries, the card) is published through `publishing`; a training
+checkpoint, a folder, is written under `partial_path` and renamed the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,3 +43,21 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     """Publish `data` as `path` in one step."""
     with publishing(path) as partial:
         partial.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file's bytes, read in blocks."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def file_problem(path: Path, sha256: str, size_bytes: int | None = None) -> str | None:
+    """Why `path` is not the file a manifest lists (missing, another size, another sha256), or None when it is."""
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if size_bytes is not None and size != size_bytes:
+        return f"size {size} != manifest {size_bytes}"
+    if sha256_file(path) != sha256:
+        return "sha256 differs from the manifest"
+    return None

@@ -184,7 +184,7 @@ def _unregister(lock_file: Path) -> None:
     registry = _registry(run_token) if run_token else None
     if registry is not None and registry.is_file():
         kept = [line for line in registry.read_text().splitlines() if line != str(lock_file.resolve())]
-        registry.write_text("".join(f"{line}\n" for line in kept))
+        write_atomic(registry, "".join(f"{line}\n" for line in kept))  # the reaper may read it meanwhile
 
 
 def release_locks_of(run_token: str) -> list[Path]:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from data_specs.config import BuildConfig
-from data_specs.files import write_atomic
+from data_specs.files import sha256_file, write_atomic
 from data_specs.layout import OutputLayout
 from data_specs.lineage import code_version
 from tasks.media import find_ffmpeg
@@ -71,8 +71,6 @@ def weight_files(config: BuildConfig) -> list[Path]:
 def weights_identity(config: BuildConfig) -> dict[str, tuple[int, str]]:
     """path -> (size, sha256) of every weight file, hashing only files the cache beside the build does not know
     in their current state."""
-    from tasks.sources import sha256_file  # tasks.sources plans units with `build_identity`
-
     files = weight_files(config)
     if not files:
         return {}

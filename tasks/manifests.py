@@ -17,13 +17,12 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from data_specs.config import BuildConfig
-from data_specs.files import write_atomic
+from data_specs.files import file_problem, write_atomic
 from data_specs.layout import BuildSummary, OutputLayout
 from data_specs.lineage import code_version
 from data_specs.schemas import TABLES, FailureRow, VideoRow, read_table, to_table, write_table_atomic
 from data_specs.units import UnitReport, WorkUnit
 from tasks.errors import failure_kind
-from tasks.sources import sha256_file
 from tasks.unit import unit_stamp
 
 
@@ -115,15 +114,9 @@ def verify_shards(root: Path) -> list[ShardProblem]:
     listed = read_table("shards", layout.manifest("shards")).to_pylist()
     problems = []
     for row in listed:
-        path = layout.shard(row["shard"])
-        if not path.is_file():
-            problems.append(ShardProblem(shard=row["shard"], problem="missing"))
-            continue
-        size = path.stat().st_size
-        if size != row["size_bytes"]:
-            problems.append(ShardProblem(shard=row["shard"], problem=f"size {size} != manifest {row['size_bytes']}"))
-        elif sha256_file(path) != row["sha256"]:
-            problems.append(ShardProblem(shard=row["shard"], problem="sha256 differs from the manifest"))
+        problem = file_problem(layout.shard(row["shard"]), row["sha256"], row["size_bytes"])
+        if problem is not None:
+            problems.append(ShardProblem(shard=row["shard"], problem=problem))
     names = {row["shard"] for row in listed}
     problems += [ShardProblem(shard=path.name, problem="not in the manifest")
                  for path in sorted(layout.shards.glob("*.tar")) if path.name not in names]

@@ -204,11 +204,6 @@ def local_copy(uri: str) -> Iterator[Path]:
         yield local
 
 
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 @dataclass(frozen=True)
 class BuildPlan:
     """What a build has to do: every unit, those to run, and the reports of those already complete."""

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from data_specs.config import BuildConfig
-from data_specs.files import write_atomic
+from data_specs.files import sha256_file, write_atomic
 from data_specs.layout import OutputLayout
 from data_specs.lineage import Lineage, Stamp, code_version
 from data_specs.sample import ClipMeta, ClipSample, PairSample, Sample, clip_key, encode_sample
@@ -37,7 +37,7 @@ from tasks.errors import DataError, StageCrash, failure_kind, failure_reason, is
 from tasks.media import Frame, check_decodable, colour_encoding, iter_frames, probe_video
 from tasks.scenes import split_scenes
 from tasks.shards import RotatingShardWriter
-from tasks.sources import local_copy, sha256_file
+from tasks.sources import local_copy
 
 
 def unit_stamp(unit: WorkUnit, config: BuildConfig) -> Stamp:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
+from data_specs.files import file_problem, sha256_file, write_atomic
 from tasks.shards import RotatingShardWriter
 from tests.test_sample_layout import make_sample
 from data_specs.sample import encode_sample
@@ -82,3 +83,15 @@ def test_the_data_path_never_imports_torch():
             "print(sorted(m for m in ('torch', 'webdataset') if m in sys.modules))")
     imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert imported.strip() == "[]"
+
+
+def test_file_problem_names_a_missing_resized_or_altered_file(tmp_path: Path):
+    path = tmp_path / "shard.tar"
+    write_atomic(path, b"abcdef")
+    digest = sha256_file(path)
+    assert digest == hashlib.sha256(b"abcdef").hexdigest()
+    assert file_problem(path, digest, 6) is None and file_problem(path, digest) is None
+    assert file_problem(path, digest, 7) == "size 6 != manifest 7"
+    write_atomic(path, b"abcdeg")
+    assert file_problem(path, digest, 6) == "sha256 differs from the manifest"
+    assert file_problem(tmp_path / "gone.tar", digest, 6) == "missing"

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from data_specs.perception import FaceDetectionConfig, KeypointConfig, SegmentationConfig
 from data_specs.spec import Resources, RuntimeConfig, Spec
 
@@ -79,6 +81,14 @@ def resolve_device(runtime: RuntimeConfig) -> torch.device:
     if runtime.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' configured, but this worker sees no CUDA device")
     return torch.device(runtime.device)
+
+
+def images_to_tensor(images: np.ndarray, scale: float = 255.0) -> torch.Tensor:
+    """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) float32 divided by `scale`: in [0, 1] by default, [0, 255] with 1."""
+    import torch  # here, so that the truth backends and data workers never load torch
+
+    tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    return tensor if scale == 1 else tensor.div(scale)
 
 
 def batches(count: int, batch_size: int) -> Iterator[slice]:

@@ -34,6 +34,7 @@ from torch import nn
 from data_specs.network_sizes import SAPIENS_ARCHS, SapiensArch
 from model.checkpoints import CheckpointError
 from model.weights import load_weights, open_weights
+from tasks.perception.runtime import images_to_tensor
 from tasks.trust import refuse_untrusted_code
 
 PATCH_SIZE = 16
@@ -243,7 +244,7 @@ def _static_batch(program: torch.export.ExportedProgram) -> int | None:
 
 def normalise(images: np.ndarray) -> torch.Tensor:
     """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) float32 with Sapiens' mean and std."""
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    tensor = images_to_tensor(images, scale=1)
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
     return (tensor - mean) / std

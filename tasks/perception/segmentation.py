@@ -17,7 +17,14 @@ import torch.nn.functional as F
 
 from data_specs.perception import LABEL_MAPS, LabelMap, SegmentationConfig
 from model.checkpoints import load_torch_checkpoint, unwrap_state_dict
-from tasks.perception.runtime import ModelComponent, batches, check_images, facexlib_weights, resolve_device
+from tasks.perception.runtime import (
+    ModelComponent,
+    batches,
+    check_images,
+    facexlib_weights,
+    images_to_tensor,
+    resolve_device,
+)
 
 FACEXLIB_INPUT = 512  # BiSeNet and ParseNet were trained on 512 x 512 faces
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -87,7 +94,7 @@ class FacexlibSegmenter(_Segmenter):
     def _logits(self, crops: np.ndarray) -> torch.Tensor:
         side = self.input_size
         resized = np.stack([cv2.resize(c, (side, side), interpolation=cv2.INTER_LINEAR) for c in crops])
-        images = torch.from_numpy(resized).permute(0, 3, 1, 2).float().div(255)
+        images = images_to_tensor(resized)
         if self.label_map.normalisation == "imagenet":
             images = (images - torch.tensor(_IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(_IMAGENET_STD).view(3, 1, 1)
         else:  # ParseNet: [-1, 1]

@@ -45,7 +45,7 @@ from data_specs.training_samples import (
 )
 from model.builders import inference_scheduler, random_components
 from model.weights import weights_fingerprint
-from tasks.perception.runtime import ModelComponent, batches, check_images, resolve_device
+from tasks.perception.runtime import ModelComponent, batches, check_images, images_to_tensor, resolve_device
 
 SIZE_MULTIPLE = 8  # SD pipelines take sides divisible by the VAE's downsampling
 TINY_MAX_TOKENS = 77  # CLIP's prompt length, so prompts truncate as they do with the real tokenizer
@@ -166,11 +166,6 @@ def _resize(images: np.ndarray, size: tuple[int, int], interpolation: int = cv2.
     return np.stack([cv2.resize(image, size[::-1], interpolation=interpolation) for image in images])
 
 
-def _tensor(images: np.ndarray) -> torch.Tensor:
-    """(n, H, W, 3) uint8 -> (n, 3, H, W) float32 in [0, 1], what the pipelines' image processors take."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255)
-
-
 def _uint8(images: np.ndarray) -> np.ndarray:
     """The pipelines' `output_type="np"` images (float in [0, 1]) as uint8."""
     return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
@@ -256,7 +251,7 @@ class MaskGenerator(_DiffusionComponent):
             with torch.inference_mode():
                 painted = self.model(
                     prompt=list(prompts[part]), negative_prompt=[cfg.negative_prompt] * count,
-                    image=_tensor(_resize(conditions[part], size)), height=size[0], width=size[1],
+                    image=images_to_tensor(_resize(conditions[part], size)), height=size[0], width=size[1],
                     num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
                     controlnet_conditioning_scale=cfg.conditioning_scale, generator=_generators(seeds[part]),
                     output_type="np").images
@@ -316,7 +311,7 @@ class Inpainter(_DiffusionComponent):
             mask = _resize(masks[part].astype(np.uint8), size, cv2.INTER_NEAREST)
             with torch.inference_mode():
                 painted = self.model(
-                    prompt=[cfg.prompt] * count, image=_tensor(_resize(images[part], size)),
+                    prompt=[cfg.prompt] * count, image=images_to_tensor(_resize(images[part], size)),
                     mask_image=torch.from_numpy(mask).float()[:, None], height=size[0], width=size[1],
                     num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
                     generator=_generators(seeds[part]), output_type="np").images
@@ -374,7 +369,7 @@ class LatentEncoder(_DiffusionComponent):
         vae = self.model
         latents = []
         for part in batches(len(images), self.config.runtime.batch_size):
-            pixels = (_tensor(images[part]) * 2 - 1).to(device=vae.device, dtype=vae.dtype)
+            pixels = (images_to_tensor(images[part]) * 2 - 1).to(device=vae.device, dtype=vae.dtype)
             with torch.inference_mode():
                 mean = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
             latents.append(mean.to(torch.float16).cpu().numpy())
