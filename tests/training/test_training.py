@@ -119,6 +119,7 @@ def test_two_ray_train_workers_overfit_a_tiny_set_in_the_flow(tmp_path: Path, ca
     assert [r["step"] for r in validation] == [20]
     assert all(0 < r["l1"] < 1 and 0 < r["psnr"] < 60 and -1 < r["ssim"] <= 1 for r in validation)
     assert all(Path(r["video"]).is_file() and Path(r["video"]).stat().st_size > 0 for r in validation)
+    assert all(r["reliance/all/gap_dropped_inside"] == r["reliance/all/gap_dropped_inside"] for r in validation)
     assert result["validation"]["step"] == 20
     # Ray Train's state queries work on the local Ray (its dashboard runs), and its preemption watcher is off.
     output = "".join(capfd.readouterr())
