@@ -220,8 +220,8 @@ def _markdown(*, title: str, videos: pa.Table, clips: pa.Table, samples: pa.Tabl
 
         lines += ["", "## Rebalancing", ""]
         lines.append("To draw every attribute equally often, sample each training sample with the weight of its "
-                     "attribute (the `attribute` column of `manifests/samples.parquet`), e.g. with PyTorch's "
-                     "`WeightedRandomSampler`. The weight is N / (K · n_attribute) for N samples over K "
+                     "attribute (the `attribute` column of `manifests/samples.parquet`); `train-durian` does so with "
+                     "`data.rebalance: true`. The weight is N / (K · n_attribute) for N samples over K "
                      "attributes, so each attribute gets 1/K of the draws and the mean weight per sample is 1. "
                      "When training one stage at a time, use that stage's column (filter on `training_stage`).")
         lines.append("")

@@ -1,8 +1,10 @@
 """Errors that tasks raise.
 
 A `DataError` means "this input is bad": the item is recorded as a failure with the
-message as its reason and the run goes on. Any other exception is an infrastructure
-or configuration problem and propagates, so that orchestration retries apply.
+message as its reason and the run goes on. Any other exception a stage raises on a clip
+is a bug that clip's content triggers (`StageCrash`): its video becomes one failure row and
+the unit's other videos are kept. Infrastructure errors (I/O, memory, Ray:
+`is_infrastructure`) and configuration errors propagate, so that Ray's retries apply.
 """
 
 

@@ -186,7 +186,7 @@ _REGION_COLOURS: dict[str, RGB] = {
 
 
 class PoseRenderSpec(Spec):
-    """How keypoints become the pose guider's input frames (`tasks.perception.pose_render`).
+    """How keypoints become the pose guider's input frames (`data_specs.pose_frames.render_pose_frames`).
 
     Each point with confidence >= `confidence_threshold` is a filled dot in its region's colour on
     black, drawn without anti-aliasing in layout order; the dot radius scales with the frame size.

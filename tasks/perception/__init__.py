@@ -1,4 +1,4 @@
-"""Perception components: face detection, tracking and crop, face keypoints, attribute masks, pose rendering.
+"""Perception components: face detection, tracking and crop, face keypoints, attribute masks.
 
 Every model component is a class with a cheap `__init__(config)`, a `setup()` that loads its
 weights once per worker, `resources` (what it wants from the worker) and a batched call over
@@ -7,7 +7,8 @@ Ground-truth backends (`backend: truth`, for generated test videos) have the sam
 need a `truth.FrameRef` per image; models accept and ignore it.
 
 Importing this package imports no torch: the model modules are imported by the builders.
-The CPU-only steps (tracking, cropping, rendering) are in `face_track` and `pose_render`.
+The CPU-only steps are in `face_track` (tracking, cropping); pose frames are drawn by
+`data_specs.pose_frames.render_pose_frames`, which inference shares. `stage` is the clip stage.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What every model component shares: its config and resources, weight files, the device, batching.
+"""What every model component shares: its config and resources, weight files, the device, batches, tensors.
 
 facexlib downloads its weights on first use unless the file is already in `model_rootpath`
 under its official name. Here a missing file is an error that names the file, its URL and
