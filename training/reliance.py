@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from itertools import zip_longest
 from dataclasses import dataclass, replace
 
 import torch
@@ -33,10 +34,10 @@ from diffusers import DDPMScheduler
 
 from data_specs.sample import PairSample
 from model.durian import ReferenceInputs
-from training.data import collate
+from training.data import PairEntry, collate
 from training.step import Encoders, ModelInputs, model_inputs
 
-__all__ = ["CONDITIONS", "GAPS", "REGIONS", "RelianceReport", "reference_reliance"]
+__all__ = ["CONDITIONS", "GAPS", "REGIONS", "RelianceReport", "across_videos", "reference_reliance"]
 
 BOTH, ATTRIBUTE_SWAPPED, PORTRAIT_SWAPPED, DROPPED = "both", "attribute_swapped", "portrait_swapped", "dropped"
 CONDITIONS = (BOTH, ATTRIBUTE_SWAPPED, PORTRAIT_SWAPPED, DROPPED)
@@ -85,6 +86,16 @@ class RelianceReport:
                         row[f"gap_{condition}_{region}"] = self.gap(attribute, condition, region)
             rows.append(row)
         return rows
+
+
+def across_videos(pairs: Sequence[PairEntry], count: int) -> list[PairEntry]:
+    """Up to `count` of `pairs` taken from their videos in turn (the first of each video, then the second, ...), so
+    that the swapped conditions have another video's sample to swap in."""
+    by_video: dict[str, list[PairEntry]] = defaultdict(list)
+    for pair in pairs:
+        by_video[pair.video_id].append(pair)
+    rounds = zip_longest(*by_video.values())
+    return [pair for row in rounds for pair in row if pair is not None][:count]
 
 
 def _other_clip(video_ids: Sequence[str]) -> list[int] | None:

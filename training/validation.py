@@ -18,10 +18,10 @@ import numpy as np
 
 from data_specs.training import StageRun, TrainConfig
 from model.pipeline import DurianPipeline
-from training.data import DatasetIndex, validation_samples
+from training.data import DatasetIndex, read_pairs, validation_samples
 from training.monitoring import TrainingLog, side_by_side_video
 from training.reconstruction import comparison_columns, reconstruct
-from training.reliance import reference_reliance
+from training.reliance import across_videos, reference_reliance
 from training.step import Encoders, training_noise_scheduler
 
 __all__ = ["SAMPLES_DIR", "Validator", "sample_videos"]
@@ -37,6 +37,9 @@ class Validator:
     def __init__(self, config: TrainConfig, index: DatasetIndex, stage_run: StageRun) -> None:
         self.config, self.stage_run = config, stage_run
         self.samples = validation_samples(index, stage_run.stage, config.validation_samples)
+        # The reliance swaps need samples of several videos: the same count, taken from the videos in turn.
+        self.reliance_samples = read_pairs(index, across_videos(index.validation_pairs(stage_run.stage),
+                                                                config.validation_samples))
         if not self.samples:
             log.warning("no stage-%d samples in the dataset's evaluation split: validation is skipped (build with "
                         "split.eval_fraction > 0 and enough videos)", stage_run.stage)
@@ -53,8 +56,8 @@ class Validator:
         means = {name: float(np.mean([v for r in results for v in r.metrics[name]])) for name in results[0].metrics}
         reliance = reference_reliance(
             pipeline.model, training_noise_scheduler(pipeline.scheduler),
-            Encoders(pipeline.vae, pipeline.image_encoder, pipeline.identity_encoder), self.samples, frames=frames,
-            seed=self.config.seed, device=pipeline.device)
+            Encoders(pipeline.vae, pipeline.image_encoder, pipeline.identity_encoder), self.reliance_samples,
+            frames=frames, seed=self.config.seed, device=pipeline.device)
         means.update(reliance.scalars(gaps_only=True))
         video = self.config.run_dir / SAMPLES_DIR / f"stage{self.stage_run.stage}-step{global_step:08d}.mp4"
         side_by_side_video(*comparison_columns(results[0].sample, results[0].generated), path=video, fps=results[0].sample.meta.fps or 8.0)

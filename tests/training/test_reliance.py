@@ -11,7 +11,8 @@ import torch
 from data_specs.model import model_flavour
 from model.builders import random_components
 from model.durian import DurianModel, ReferenceInputs
-from training.reliance import ALL, GAPS, REGIONS, reference_reliance
+from training.data import PairEntry
+from training.reliance import ALL, GAPS, REGIONS, across_videos, reference_reliance
 from training.step import Encoders, training_noise_scheduler
 from tests.training.training_testing import make_pairs
 
@@ -76,3 +77,10 @@ def test_one_clip_cannot_swap_so_only_dropping_is_measured(setting: tuple) -> No
     one_clip = [s for s in samples if s.meta.video_id == samples[0].meta.video_id]
     report = reference_reliance(model, scheduler, encoders, one_clip, timesteps=[500])
     assert set(report.losses[ALL]) == {"both", "dropped"}
+
+
+def test_reliance_samples_take_the_videos_in_turn() -> None:
+    pairs = [PairEntry(key=f"{video}-{i}", shard="s", video_id=video, clip_id=f"{video}_c0", stage=1,
+                       attribute="hair", targets=1)
+             for video in ("a", "b", "c") for i in range(3)]
+    assert [p.key for p in across_videos(pairs, 4)] == ["a-0", "b-0", "c-0", "a-1"]
