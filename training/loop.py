@@ -273,6 +273,8 @@ class Trainer:
         self.stored_latents = self.check_latents(run.stage)
         masters = prepare_stage(self.model, run.stage, self.policy, self.motion_adapter,
                                 self.config.gradient_checkpointing)
+        if self.config.compile_denoiser:  # in place (state-dict keys unchanged), on the stage's own denoiser
+            self.model.denoiser.compile()
         if self.restored is None:
             self.state.motion_modules = self.model.has_motion_modules
         if self.session.world_size > 1:
