@@ -55,3 +55,20 @@ def test_overfitting_one_clip_beats_copying_the_portrait() -> None:
                                   images(sample.targets))
     assert generated["psnr"] > copy["psnr"] > 15
     assert generated["l1"] < copy["l1"]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_tiny_world_is_fitted_once_on_training_frames_and_loads_as_a_pipeline(tmp_path) -> None:
+    from model.pipeline import DurianPipeline
+    from tests.training.training_testing import write_pair_dataset
+    from training.tiny_world import FIT_FILE, dataset_frames, tiny_world
+
+    dataset = write_pair_dataset(tmp_path / "dataset", clips=3, size=32, stages=(1,), eval_clips=(2,))
+    train, held_out = dataset_frames(dataset, "train"), dataset_frames(dataset, "eval")
+    assert train.shape[1:] == (3, 32, 32) and len(train) == 2 * 2 * 3  # 2 clips x 2 pairs x (target + 2 refs)
+    assert not any(torch.equal(a, b) for a in held_out for b in train)  # the held-out video is never fitted to
+    folder = tiny_world(dataset, steps=2)
+    fit = (folder.parent / FIT_FILE).read_text()
+    pipeline = DurianPipeline.from_pretrained(str(folder))
+    assert pipeline.vae.config.scaling_factor != 0.18215  # set from the fitted latents
+    assert tiny_world(dataset, steps=2) == folder and (folder.parent / FIT_FILE).read_text() == fit  # reused
