@@ -192,3 +192,17 @@ def test_written_triplets_read_back_and_redraw_exactly(tmp_path: Path) -> None:
             assert probe_video(str(spec.path(tmp_path, role))).num_frames == 3
         truth = load_truth(spec.path(tmp_path, "truth"))
         assert np.array_equal(truth[f"masks_{spec.attribute}"], render_triplet(spec).region)
+
+
+def test_make_videos_writes_triplets_beside_the_videos(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli.app import app
+
+    result = CliRunner().invoke(app, ["make-videos", str(tmp_path), "--count", "1", "--frames", "2", "--size", "32",
+                                      "--triplets", "2", "--styled"])
+    assert result.exit_code == 0, result.output
+    specs = read_triplets(tmp_path / "triplets")
+    assert [s.attribute for s in specs] == ["hair", "eyeglasses"]
+    assert {s.seed_a for s in specs}.isdisjoint({0})  # not the dataset's own videos
+    assert all(spec.path(tmp_path / "triplets", "truth").is_file() for spec in specs)
