@@ -5,7 +5,8 @@ trainer prepares it) and PyTorch's `MemTracker` (torch.distributed._tools.mem_tr
 tensor's storage through one whole step: loss, backward (with gradient checkpointing, as configured for the
 paper's sizes), the trainer's optimiser step. A first untracked step creates AdamW's state, so the tracked
 second step is a steady one. Tracked: every network's weights (the model, VAE, CLIP and ArcFace, which stay
-on the device), the fp32 masters, gradients, AdamW's state, activations and backward temporaries. Inputs are
+on the device), the fp32 masters and their gradients (kept from step to step), the working gradients,
+AdamW's state, activations and backward temporaries. Inputs are
 the precomputed target latents and encoded references (the frozen encoders' no-grad passes run before the
 forward and are not on its peak).
 
@@ -42,7 +43,8 @@ _TOTAL = "Total"
 class MemoryEstimate:
     """Bytes of one rank.
 
-    static: what the step starts with: every network's weights, the fp32 masters, AdamW's state.
+    static: what the step starts with: every network's weights, the fp32 masters, AdamW's state and the
+    masters' gradients (the trainer keeps their buffers from step to step).
     end_of_forward / peak: in use when the DurianModel's forward returns / at the step's peak (MemTracker).
     """
 
@@ -60,11 +62,11 @@ class MemoryEstimate:
     seconds: float
 
     def row(self) -> str:
-        static = self.weights + self.adamw_state
+        static = self.weights + self.adamw_state + self.master_gradients
         per_rank = self.peak + self.ddp_buckets
         with_8bit = per_rank - self.adamw_state + self.adam8bit_state
-        cells = [self.weights, self.adamw_state, self.end_of_forward - static, self.peak - static,
-                 self.ddp_buckets, self.end_of_forward + self.ddp_buckets]
+        cells = [self.weights, self.adamw_state, self.master_gradients, self.end_of_forward - static,
+                 self.peak - static, self.ddp_buckets, self.end_of_forward + self.ddp_buckets]
         return (f"| {self.label} | " + " | ".join(f"{value / GIB:.1f}" for value in cells)
                 + f" | **{per_rank / GIB:.1f}** ({self.peak_phase}) | {with_8bit / GIB:.1f} |")
 
@@ -136,8 +138,10 @@ def estimate(label: str, stage: int, batch: int, frames: int, latent: int, mixed
                                          components.identity_encoder])
         separate_masters = [] if training.master_weights is None or not training.master_weights.separate \
             else training.master_weights.masters
+        # The masters' gradients outlive the step (the trainer overwrites them in place each step).
+        master_grads = [m.grad for m in separate_masters if m.grad is not None]
         tracker.track_external(components.model, components.vae, components.image_encoder,
-                               components.identity_encoder, training.optimizer, *separate_masters,
+                               components.identity_encoder, training.optimizer, *separate_masters, *master_grads,
                                inputs.latents, inputs.pose_frames, *vars(inputs.references).values())
         end_of_forward = {}
 
@@ -159,7 +163,7 @@ def estimate(label: str, stage: int, batch: int, frames: int, latent: int, mixed
     return MemoryEstimate(label, weights, adamw_state=2 * 4 * trained, end_of_forward=end_of_forward["bytes"],
                           peak=peak, peak_phase=tracker.peak_phase, ddp_buckets=trained * working_size,
                           working_gradients=trained * working_size,
-                          master_gradients=4 * trained if separate_masters else 0,
+                          master_gradients=fake_training.parameter_bytes(master_grads),
                           adam8bit_state=adam8bit_state_bytes(training.masters), trained_parameters=trained,
                           seconds=time.perf_counter() - start)
 
@@ -179,10 +183,10 @@ def main() -> None:
     checkpointing = not args.no_checkpointing
     print(f"torch {torch.__version__}, sd15, {args.latent * 8}^2, checkpointing {checkpointing}, "
           f"{'trainer' if fake_training.TRAINER else 'loop before issue 18'}, mixed_precision {args.mixed_precision}")
-    print("| GiB per rank (DDP, 8 ranks) | weights (every network, fp32 masters) | AdamW state | activations at "
-          "the end of the forward | activations, gradients and temporaries at the peak | DDP buckets | "
-          "at the end of the forward | peak per rank (where) | peak with 8-bit AdamW |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| GiB per rank (DDP, 8 ranks) | weights (every network, fp32 masters) | AdamW state | masters' "
+          "gradients (kept) | activations at the end of the forward | activations, gradients and temporaries "
+          "at the peak | DDP buckets | at the end of the forward | peak per rank (where) | peak with 8-bit AdamW |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     runs = [(f"stage 1, batch {args.stage1_batch}", 1, args.stage1_batch, 1),
             (f"stage 2, batch 1, {args.frames} frames", 2, 1, args.frames)]
     for label, stage, batch, frames in runs:
@@ -191,9 +195,8 @@ def main() -> None:
         result = estimate(label, stage, batch, frames, args.latent, args.mixed_precision, checkpointing,
                           args.what_if_checkpoint_motion_modules)
         print(result.row(), flush=True)
-        print(f"  ({result.trained_parameters / 1e6:.0f} M trained parameters; gradients: working "
-              f"{result.working_gradients / GIB:.1f} GiB in backward, fp32 masters' {result.master_gradients / GIB:.1f}"
-              f" GiB from backward's end to the optimiser step; {result.seconds:.0f} s)", flush=True)
+        print(f"  ({result.trained_parameters / 1e6:.0f} M trained parameters, their working gradients "
+              f"{result.working_gradients / GIB:.1f} GiB in backward; {result.seconds:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":
