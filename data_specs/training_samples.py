@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from data_specs.perception import ATTRIBUTES, RGB
+from data_specs.perception import ATTRIBUTES, RGB, PoseRenderSpec
 from data_specs.scenes import ReferenceConfig, ReferenceScope
 from data_specs.spec import RuntimeConfig, Spec
 
@@ -313,6 +313,8 @@ class PairMeta(Spec):
     portrait_ref: ReferenceMeta
     expansion: ExpansionMeta
     keypoint_layout: str
+    pose_render: PoseRenderSpec | None = Field(None, description="How the pose frames were drawn (perception's "
+                                               "`pose_render`; None: written before it was recorded).")
     face_size: float = Field(description="Median side of the crop box in decoded-frame pixels.")
     seed: int
     provenance: dict[str, str] = Field(description="What produced each part (models and weights, or truth).")

@@ -447,8 +447,10 @@ class Trainer:
                                      [m.data for m in self.parts.masters.masters])
         pipeline = components.pipeline()
         stages = self.config.stages
-        pipeline.set_training_facts(self.index.first_sample(stages[-1].stage).meta.keypoint_layout,
-                                    PoseRenderSpec(), clip_length=max(run.frames for run in stages))
+        # The guidance the dataset drew travels with the model (a dataset from before it was recorded: the default).
+        meta = self.index.first_sample(stages[-1].stage).meta
+        pipeline.set_training_facts(meta.keypoint_layout, meta.pose_render or PoseRenderSpec(),
+                                    clip_length=max(run.frames for run in stages))
         return export_pipeline(pipeline, folder)
 
 

@@ -232,3 +232,6 @@ class PerceptionMeta(Spec):
         "source (None: written before it was recorded).")
     presence: dict[str, list[bool]] = Field(description="Per attribute, per frame: is the attribute visible.")
     provenance: dict[str, str] = Field(description="What produced each output (model and weights, or ground truth).")
+    pose_render: PoseRenderSpec | None = Field(
+        None, description="How the pose frames were drawn; a model trained on them draws its driving frames the same "
+        "way (None: written before it was recorded).")

@@ -157,6 +157,7 @@ class PerceptionStage:
             source_px_per_output_px=round(detail, 4),
             presence={attribute: flags.tolist() for attribute, flags in presence.items()},
             provenance=self._provenance,
+            pose_render=self.config.pose_render,
         )
         return [ClipSample(key=sample.key, meta=meta.model_copy(update={"perception": perception}), frames=crops,
                            keypoints=np.asarray(keypoints, np.float32), landmarks=landmarks.astype(np.float32),

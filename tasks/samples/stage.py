@@ -269,6 +269,7 @@ class TrainingSampleStage:
                                          draft.portrait_params),
             expansion=expansion,
             keypoint_layout=perception.keypoint_layout,
+            pose_render=perception.pose_render,
             face_size=float(np.median(sides)),
             seed=self.config.pairs.seed,
             provenance={**perception.provenance, **self._provenance},

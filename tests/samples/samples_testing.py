@@ -5,7 +5,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from data_specs.perception import KeypointConfig, PerceptionConfig, PerceptionMeta, SegmentationConfig
+from data_specs.perception import (TRUTH_5, KeypointConfig, PerceptionConfig, PerceptionMeta, PoseRenderSpec,
+                                   SegmentationConfig)
+from data_specs.pose_frames import render_pose_frames
 from data_specs.sample import ClipMeta, ClipSample
 from data_specs.training_samples import TrainingSamplesConfig
 from data_specs.video import DecodeConfig
@@ -13,6 +15,8 @@ from tasks.build_stages import local_models, models_for
 from tasks.perception.stage import PerceptionStage
 from tasks.samples.stage import TrainingSampleStage
 
+# Not the default spec, so a test can tell that the one the dataset drew with is the one a model records.
+HAND_POSE_RENDER = PoseRenderSpec(point_radius=3, reference_size=64)
 TRUTH_PERCEPTION = PerceptionConfig(keypoints=KeypointConfig(backend="truth"),
                                     segmentation=SegmentationConfig(backend="truth", attributes=("hair", "hat")))
 
@@ -32,14 +36,11 @@ def perceived_clip(frames: int = 12, size: int = 64, hat_frames: tuple[int, ...]
     masks = {"hair": hair.astype(bool), "hat": hat.astype(bool)}
     keypoints = rng.uniform(size * 0.3, size * 0.7, (frames, 5, 3)).astype(np.float32)
     keypoints[..., 2] = 1
-    pose = np.zeros_like(images)
-    for i in range(frames):
-        for x, y, _ in keypoints[i]:
-            cv2.circle(pose[i], (int(x), int(y)), 2, (255, 0, 0), -1)
+    pose = render_pose_frames(keypoints, TRUTH_5, size, HAND_POSE_RENDER)
     perception = PerceptionMeta(
         keypoint_layout="truth_5", crop_boxes=[(10.0, 20.0, 10.0 + 2 * size, 20.0 + 2 * size)] * frames,
         presence={name: (m.reshape(frames, -1).mean(1) > 0.002).tolist() for name, m in masks.items()},
-        provenance={"segmenter": "hand-made masks"})
+        provenance={"segmenter": "hand-made masks"}, pose_render=HAND_POSE_RENDER)
     meta = ClipMeta(video_id=key.split("_c")[0], clip_index=0, frame_indices=list(range(100, 100 + frames)),
                     time_s=[i / 25 for i in range(frames)], fps=25.0, source_path="/videos/vid.mp4",
                     content_sha256="ab" * 32, config_hash="c0ffee", code_version="test", perception=perception)

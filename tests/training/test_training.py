@@ -71,6 +71,18 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_with_the_same_losses_unde
     pipeline = DurianPipeline.from_pretrained(config.run_dir / "pipeline")
     assert pipeline.model.has_motion_modules and pipeline.default_window == 2
     assert pipeline.model.dtype == torch.float32
+    # The guidance it draws is the dataset's: the same renderer, layout and spec give the same pose frames.
+    from data_specs.sample import decode_sample
+    from model.pipeline import render_driving_pose
+    from tests.samples.samples_testing import HAND_POSE_RENDER
+    import webdataset as wds
+
+    sample = decode_sample(next(iter(wds.WebDataset(str(next((dataset / "shards").glob("*.tar"))),
+                                                    shardshuffle=False))))
+    assert pipeline.trained_pose_render == HAND_POSE_RENDER and pipeline.trained_layout.name == "truth_5"
+    drawn = render_driving_pose(sample.keypoints, (32, 32), pipeline.trained_layout, pipeline.trained_pose_render)
+    assert sample.pose_frames.any() and np.array_equal((drawn * 255).round().byte().permute(0, 2, 3, 1).numpy(),
+                                                       sample.pose_frames)
     built = random_components(model_flavour("tiny"), seed=config.seed)
     for exported, initial in ((pipeline.vae, built.vae), (pipeline.image_encoder, built.image_encoder)):
         assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), initial.state_dict().values()))
