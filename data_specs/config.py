@@ -13,17 +13,17 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from data_specs.perception import PerceptionConfig
 from data_specs.scenes import SceneConfig
-from data_specs.spec import Resources, Spec
+from data_specs.spec import ConfigError, RayConfig, Resources, Spec, format_validation_error, load_spec, read_yaml
 from data_specs.split import SplitConfig
 from data_specs.training_samples import TrainingSamplesConfig
 from data_specs.video import DecodeConfig
 
-__all__ = ["BuildConfig", "ConfigError", "Resources", "Spec", "parse_config", "read_yaml"]
+__all__ = ["BuildConfig", "ConfigError", "ExecutionConfig", "Resources", "Spec", "format_validation_error",
+           "parse_config", "read_yaml"]
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 
@@ -74,23 +74,10 @@ class ShardConfig(Spec):
     )
 
 
-class ExecutionConfig(Spec):
-    """How the work is spread over Ray and retried. Does not change the outputs."""
+class ExecutionConfig(RayConfig):
+    """Which Ray (the fields every command shares), and how the work is spread over it and retried. Does not
+    change the outputs."""
 
-    ray_address: str | None = Field(
-        None,
-        description=(
-            "Ray cluster to run on: None always starts a private local Ray (never another cluster on the "
-            "machine); 'auto' joins the cluster this machine belongs to (RAY_ADDRESS or the last `ray start`); "
-            "or HOST:PORT of a head node."
-        ),
-    )
-    ray_connect_timeout_s: float = Field(
-        10.0, gt=0, le=600, description="Give up on an unreachable `ray_address` after this many seconds."
-    )
-    local_ray_cpus: int | None = Field(
-        None, ge=1, description="CPUs a local Ray may use (None: all); ignored when joining a cluster."
-    )
     videos_per_unit: int = Field(
         16, ge=1, le=100_000, description="Average number of videos per unit of work (one Ray task)."
     )
@@ -183,34 +170,9 @@ class BuildConfig(Spec):
     @classmethod
     def from_yaml(cls, path: str | Path) -> BuildConfig:
         """Load and validate a YAML file; `ConfigError` names the file and each bad field."""
-        return parse_config(read_yaml(path), origin=str(path))
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message lists every problem by field."""
-
-
-def read_yaml(path: str | Path) -> dict:
-    """The mapping in a YAML file (empty file: {}); `ConfigError` when it cannot be read or parsed."""
-    try:
-        return yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read config {path}: {err}") from err
+        return load_spec(cls, path)
 
 
 def parse_config(data: dict, origin: str = "config") -> BuildConfig:
     """Validate a plain dict into a `BuildConfig`, turning pydantic's errors into one readable message."""
-    try:
-        return BuildConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, origin)) from err
-
-
-def format_validation_error(err: ValidationError, origin: str) -> str:
-    """One line per problem: `field.path: message`."""
-    lines = [f"invalid {origin}:"]
-    for problem in err.errors():
-        field = ".".join(str(part) for part in problem["loc"]) or "(top level)"
-        message = "unknown field" if problem["type"] == "extra_forbidden" else problem["msg"].removeprefix("Value error, ")
-        lines.append(f"  {field}: {message}")
-    return "\n".join(lines)
+    return load_spec(BuildConfig, data, origin=origin)

@@ -13,12 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from data_specs.model import PretrainedPaths, model_flavour
-from data_specs.spec import Spec
+from data_specs.spec import ConfigError, RayConfig, Spec, load_spec
 
-__all__ = ["DataConfig", "OptimConfig", "ScalingConfig", "StageRun", "TrainConfig", "load_train_config"]
+__all__ = ["DataConfig", "OptimConfig", "ScalingConfig", "StageRun", "TrainConfig", "TrainConfigError",
+           "load_train_config"]
 
 
 class DataConfig(Spec):
@@ -83,8 +84,9 @@ class TrainConfig(Spec):
     output_dir: str = Field(description="Folder for checkpoints, the trained pipeline, logs and sample videos.")
     flavour: Literal["tiny", "sd15"] = Field("tiny", description="Model sizes (`data_specs.model`).")
     pretrained: PretrainedPaths | None = Field(
-        None, description="sd15 only: local paths or hub ids of the pretrained parts (`sd15`, `motion_adapter` "
-        "for stage 2, `image_encoder`, `arcface`, optional `vae`). None: random initialisation (tiny).")
+        None, description="Required for sd15 (unless `init_from` names a trained pipeline): local paths or hub ids "
+        "of the pretrained parts (`sd15`, `image_encoder`, `arcface`; optional `motion_adapter` for stage 2 and "
+        "`vae`). None with the tiny flavour: random initialisation.")
     init_from: str | None = Field(None, description="A saved DurianPipeline folder to start from (e.g. a stage-1 "
                                   "run's `pipeline/`).")
     resolution: int | None = Field(None, ge=16, description="Training size; None: the flavour's. Must equal the "
@@ -93,6 +95,8 @@ class TrainConfig(Spec):
     stages: tuple[StageRun, ...] = Field(min_length=1, description="Stages to train, in order.")
     optim: OptimConfig = Field(default_factory=OptimConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    execution: RayConfig = Field(default_factory=RayConfig, description="Which Ray runs the workers: the same "
+                                 "fields as build-dataset's and evaluate's `execution`.")
     noise_offset: float = Field(0.05, ge=0, le=1)
     min_snr_gamma: float | None = Field(5.0, gt=0, description="Min-SNR loss weighting (None: plain MSE).")
     reference_dropout: float = Field(0.1, ge=0, lt=1, description="Share of samples trained without references "
@@ -125,6 +129,14 @@ class TrainConfig(Spec):
         return None if value is None else _absolute_path(value)
 
     @model_validator(mode="after")
+    def _pretrained_fits_the_flavour(self) -> TrainConfig:
+        # sd15 with no weights would silently train SD 1.5's architecture from random weights.
+        if self.flavour == "sd15" and self.pretrained is None and self.init_from is None:
+            raise ValueError("flavour 'sd15' needs `pretrained` (sd15, image_encoder and arcface paths) or "
+                             "`init_from` a trained pipeline")
+        return self
+
+    @model_validator(mode="after")
     def _frames_fit_the_motion_modules(self) -> TrainConfig:
         longest = model_flavour(self.flavour).motion.motion_max_seq_length
         for run in self.stages:
@@ -146,18 +158,13 @@ def _absolute_path(value: str) -> str:
     return value if "://" in value else str(Path(value).expanduser().absolute())
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(ConfigError):
     """A training config that is invalid or does not fit its dataset; the message names the values."""
 
 
 def load_train_config(data: dict | str | Path) -> TrainConfig:
-    """A `TrainConfig` from a dict or a YAML file, with one readable line per problem."""
-    from data_specs.config import format_validation_error, read_yaml
-
-    origin = "training config"
-    if not isinstance(data, dict):
-        origin, data = str(data), read_yaml(data)
+    """A `TrainConfig` from a dict or a YAML file, with one readable line per problem (`data_specs.spec.load_spec`)."""
     try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as err:
-        raise TrainConfigError(format_validation_error(err, origin)) from err
+        return load_spec(TrainConfig, data, origin=None if isinstance(data, (str, Path)) else "training config")
+    except ConfigError as err:
+        raise TrainConfigError(str(err)) from err.__cause__

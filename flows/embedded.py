@@ -14,7 +14,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
-from data_specs.config import ExecutionConfig
+from data_specs.spec import RayConfig
 from flows.ray_runtime import ray_session, reachable_address
 
 
@@ -40,7 +40,7 @@ def _drain_prefect_queues() -> None:
 
 
 @contextlib.contextmanager
-def embedded_services(execution: ExecutionConfig) -> Iterator[None]:
+def embedded_services(execution: RayConfig) -> Iterator[None]:
     """A running temporary Prefect server (when no API is configured) and Ray, for the block."""
     reachable_address(execution)  # an unreachable cluster fails in seconds, before the server starts
     server = _temporary_prefect_server()

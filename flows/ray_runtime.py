@@ -25,7 +25,7 @@ from pathlib import Path
 
 import ray
 
-from data_specs.config import ExecutionConfig
+from data_specs.spec import RayConfig
 
 # Ray would otherwise ask about (and, on a fresh machine, try to send) usage statistics.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -79,7 +79,7 @@ def worker_env() -> dict[str, str]:
     return {name: os.environ[name] for name in ("PYTHONPATH",) if name in os.environ}
 
 
-def reachable_address(execution: ExecutionConfig) -> str | None:
+def reachable_address(execution: RayConfig) -> str | None:
     """HOST:PORT of the configured cluster once its head answers (None: a private local Ray)."""
     if execution.ray_address is None:
         return None
@@ -88,7 +88,7 @@ def reachable_address(execution: ExecutionConfig) -> str | None:
     return address
 
 
-def connect(execution: ExecutionConfig) -> bool:
+def connect(execution: RayConfig) -> bool:
     """Initialise Ray for `execution` in this process, unless it already is; True if this call started it."""
     if ray.is_initialized():
         return False
@@ -113,7 +113,7 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def ray_session(execution: ExecutionConfig) -> Iterator[None]:
+def ray_session(execution: RayConfig) -> Iterator[None]:
     """Ray for the duration of the block; shut down afterwards only if this block started it."""
     started = connect(execution)
     try:

@@ -16,17 +16,16 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import (create_link_artifact, create_markdown_artifact, create_progress_artifact,
                                create_table_artifact, update_progress_artifact)
 
-from data_specs.config import ExecutionConfig
 from data_specs.training import TrainConfig
 from flows.artifacts import inline_images
 from flows.ray_runtime import ray_session
 
 
 @flow(name="train-durian", log_prints=True)
-def train_durian(config: TrainConfig, ray_address: str | None = None, ray_connect_timeout_s: float = 10.0) -> dict:
+def train_durian(config: TrainConfig) -> dict:
     """Train the configured stages on Ray Train and publish the losses, the plot and the trained pipeline.
 
-    ray_address: None starts a private local Ray; 'auto' or HOST:PORT joins a cluster.
+    `config.execution.ray_address`: None starts a private local Ray; 'auto' or HOST:PORT joins a cluster.
     """
     from training.monitoring import loss_plot, read_metrics
     from training.ray_train import check_before_launch, launch
@@ -41,7 +40,7 @@ def train_durian(config: TrainConfig, ray_address: str | None = None, ray_connec
     follower = threading.Thread(target=_follow, args=(config, progress, stop, logger), daemon=True)
     follower.start()
     try:
-        with ray_session(ExecutionConfig(ray_address=ray_address, ray_connect_timeout_s=ray_connect_timeout_s)):
+        with ray_session(config.execution):
             launch(config)  # raises when training fails beyond scaling.max_failures
     finally:
         stop.set()

@@ -1,6 +1,6 @@
 """Listing input videos and grouping them into units of work.
 
-Inputs are a local folder, a Parquet/CSV manifest, or an fsspec URL/glob. Listing only
+Inputs are a local folder, one video file, a Parquet/CSV manifest, or an fsspec URL/glob. Listing only
 stats files (size, modification time), so planning a rebuild of a large dataset
 costs no reads; content hashes are taken by the workers.
 
@@ -44,9 +44,14 @@ def list_videos(inputs: InputsConfig) -> list[VideoRef]:
         path = Path(source).expanduser()
         if not path.exists():
             raise InputError(f"input {source!r} does not exist")
-        if path.is_file() and path.suffix.lower() not in _MANIFEST_SUFFIXES:
-            raise InputError(f"input {source!r} is a file but not a .parquet or .csv manifest")
         source = str(path.resolve())
+        if path.is_file() and path.suffix.lower() not in _MANIFEST_SUFFIXES:
+            if not path.name.lower().endswith(tuple(ext.lower() for ext in inputs.extensions)):
+                raise InputError(f"input {inputs.source!r} is a file but neither a video (inputs.extensions: "
+                                 f"{', '.join(inputs.extensions)}) nor a .parquet or .csv manifest")
+            fs = fsspec.filesystem("file")
+            return [_ref(fs, source, fs.info(source))]  # not a glob: a file name may hold '[' or '*'
+
     if source.lower().endswith(_MANIFEST_SUFFIXES):
         refs = _from_manifest(source, {*inputs.protocols, *_protocols(source)})
     else:

@@ -75,3 +75,63 @@ def test_show_config_prints_the_full_validated_config(videos: Path, tmp_path: Pa
     shown = yaml.safe_load(result.output)
     assert shown["decode"]["fps"] == 8 and shown["clips"]["length"] == 16 and "execution" in shown
     assert "# 5 videos found" in result.output and not (tmp_path / "o").exists()
+
+
+def test_one_video_file_is_an_input(tmp_path: Path):
+    clip = tmp_path / "clip [take 1].mp4"
+    clip.write_bytes(b"not decoded by --show-config")
+    result = runner.invoke(app, ["build-dataset", "-i", str(clip), "-o", str(tmp_path / "o"), "--show-config"])
+    assert result.exit_code == 0, result.output
+    assert "# 1 videos found" in result.output
+    assert [Path(ref.uri).name for ref in list_videos(small_config(clip, tmp_path / "o").inputs)] == [clip.name]
+
+
+@pytest.mark.parametrize("command", ["build-dataset", "train"])
+def test_every_command_loads_its_config_one_way(command: str, tmp_path: Path):
+    """YAML, then the command's options, then --set; an unreadable file, a bad --set and a bad field are each one
+    readable line (exit 2, no traceback)."""
+    config = tmp_path / "config.yaml"
+    config.write_text("output_dir: from_yaml\nexecution: {ray_address: auto}\n")
+    (tmp_path / "v.mp4").write_bytes(b"listed, not decoded")
+    shown = runner.invoke(app, ["build-dataset", "-c", str(config), "-i", str(tmp_path), "--ray-address",
+                                "10.0.0.1:6379", "--show-config"])
+    assert "ray_address: 10.0.0.1:6379" in shown.output and "output_dir: from_yaml" in shown.output
+    for args, message in (
+        (["-c", str(tmp_path / "missing.yaml")], f"cannot read config {tmp_path / 'missing.yaml'}"),
+        (["--set", "noequals"], "--set expects KEY=VALUE, got 'noequals'"),
+        (["-c", str(config), "--set", "execution.ray_connect_timeout_s=-1"],
+         "execution.ray_connect_timeout_s: Input should be greater than 0"),
+    ):
+        result = runner.invoke(app, [command, *args])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert "Traceback" not in result.output
+
+
+def test_sd15_without_pretrained_paths_is_refused(tmp_path: Path):
+    result = runner.invoke(app, ["train", "-d", str(tmp_path), "-o", str(tmp_path / "runs"), "--set", "flavour=sd15",
+                                 "--set", "stages=[{stage: 1, steps: 1}]"])
+    assert result.exit_code == 2 and "flavour 'sd15' needs `pretrained`" in result.output
+    missing_arcface = ["--set", "pretrained={sd15: /m/sd15, image_encoder: /m/enc}"]
+    result = runner.invoke(app, ["train", "-d", str(tmp_path), "-o", str(tmp_path / "runs"), "--set", "flavour=sd15",
+                                 "--set", "stages=[{stage: 1, steps: 1}]", *missing_arcface])
+    assert result.exit_code == 2 and "pretrained.arcface: Field required" in result.output
+
+
+def test_the_capacity_refusal_is_a_config_error(videos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`ModelLoadError` (the models and one unit need more than the cluster has) is printed like every other config
+    error: one message, exit 2, no traceback. The refusal itself is tested on a real Ray in tests/perception."""
+    import contextlib
+
+    import flows.build_dataset
+    import flows.embedded
+    from flows.ray_units import ModelLoadError
+
+    refusal = "the models (keypoints: 1 x 0.25 CPU + 1 GPU) and one unit need 1.25 CPUs and 1 GPUs"
+
+    def refuse(config):
+        raise ModelLoadError(refusal)
+
+    monkeypatch.setattr(flows.embedded, "embedded_services", lambda execution: contextlib.nullcontext())
+    monkeypatch.setattr(flows.build_dataset, "build_dataset", refuse)
+    result = runner.invoke(app, ["build-dataset", "-i", str(videos / "good"), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2 and refusal in result.output and "Traceback" not in result.output

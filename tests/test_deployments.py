@@ -156,7 +156,7 @@ def test_deployed_training_runs_on_the_worker_and_publishes_its_artifacts(prefec
               "data": {"dataset": str(dataset), "loader_workers": 0, "shuffle_buffer": 4},
               "stages": [{"stage": 1, "steps": steps}], "checkpoint_every": steps, "validation_samples": 1,
               "sample_steps": 1, "scaling": {"workers": 1, "cpus_per_worker": 1}}
-    flow_run_id = prefect_setup.run_deployment("train-durian/train-durian", {"config": config, "ray_address": None})
+    flow_run_id = prefect_setup.run_deployment("train-durian/train-durian", {"config": config})
     worker_log = prefect_setup.work_once()
 
     with temporary_settings(updates={PREFECT_API_URL: prefect_setup.api_url}), get_client(sync_client=True) as client:
@@ -194,4 +194,5 @@ def test_train_durian_deployment_is_valid():
     assert flow.name == "train-durian"
     config = load_train_config(deployment["parameters"]["config"])
     assert [run.stage for run in config.stages] == [1, 2] and config.scaling.use_gpu
+    assert config.execution.ray_address == "auto" and config.pretrained.sd15 == "/models/stable-diffusion-v1-5"
     flow.validate_parameters(deployment["parameters"])

@@ -62,7 +62,7 @@ def test_csv_and_parquet_manifests_with_time_ranges(tmp_path: Path):
     ("setup", "message"),
     [
         (lambda root: root / "absent", "does not exist"),
-        (lambda root: (root / "x.txt").write_text("") * 0 or root / "x.txt", "not a .parquet or .csv manifest"),
+        (lambda root: (root / "x.txt").write_text("") * 0 or root / "x.txt", "neither a video .* nor a .parquet or .csv manifest"),
     ],
 )
 def test_unusable_inputs_fail_before_any_work(tmp_path: Path, setup, message: str):

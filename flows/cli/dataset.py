@@ -11,7 +11,8 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from data_specs.config import BuildConfig, ConfigError, parse_config, read_yaml
+from data_specs.config import BuildConfig
+from data_specs.spec import ConfigError, load_spec
 from data_specs.layout import OutputLayout
 from flows.cli.app import app, fail
 
@@ -47,43 +48,29 @@ def make_videos(
         typer.echo(f"wrote {len(cases)} edge-case inputs to {out_dir / 'edge_cases'}: {', '.join(sorted(cases))}")
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        data = data.setdefault(part, {})
-    data[leaf] = value
-
-
 def load_build_config(config: Path | None, input_source: str | None, output: Path | None,
                       overrides: list[str]) -> BuildConfig:
     """YAML file (optional), then --input/--output, then --set key=value overrides, validated once."""
-    data: dict[str, Any] = read_yaml(config) if config is not None else {}
-    if input_source is not None:
-        _set_dotted(data, "inputs.source", input_source)
-    if output is not None:
-        data["output_dir"] = str(output)
-    apply_overrides(data, overrides)
-    return parse_config(data, origin=str(config) if config else "configuration")
+    return load_spec(BuildConfig, config, options={"inputs.source": input_source, "output_dir": output},
+                     overrides=overrides)
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
-    """Apply `--set KEY=VALUE` items (dotted keys, YAML values) to a config dict."""
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+def ray_address_override(ray_address: str | None) -> list[str]:
+    """The `--ray-address` option of build-dataset, train and evaluate: a `--set execution.ray_address=...`."""
+    return [] if ray_address is None else [f"execution.ray_address={ray_address}"]
 
 
 @app.command("build-dataset")
 def build_dataset_command(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML of data_specs.config.BuildConfig "
                                                                       "(every field has a default; see the README).")] = None,
-    input_source: Annotated[str | None, typer.Option("--input", "-i", help="Folder, Parquet/CSV manifest or fsspec "
-                                                                          "URL of videos (inputs.source).")] = None,
+    input_source: Annotated[str | None, typer.Option("--input", "-i", help="Folder, video file, Parquet/CSV manifest "
+                                                                          "or fsspec URL of videos (inputs.source).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder (output_dir).")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a field, e.g. --set decode.fps=8 "
                                                                       "--set execution.ray_address=auto.")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster ('auto' or HOST:PORT; "
+                                                         "execution.ray_address); default: a private local Ray.")] = None,
     show_config: Annotated[bool, typer.Option("--show-config", help="Print the complete validated config as YAML "
                                                                     "and the number of videos found, then exit.")] = False,
 ) -> None:
@@ -97,7 +84,7 @@ def build_dataset_command(
     from tasks.sources import InputError, list_videos
 
     try:
-        cfg = load_build_config(config, input_source, output, overrides or [])
+        cfg = load_build_config(config, input_source, output, [*ray_address_override(ray_address), *(overrides or [])])
         videos = list_videos(cfg.inputs)
     except (ConfigError, InputError) as err:
         fail(str(err))
@@ -111,6 +98,7 @@ def build_dataset_command(
     from flows.build_lock import BuildLockedError
     from flows.embedded import embedded_services
     from flows.ray_runtime import RayUnavailableError
+    from flows.ray_units import ModelLoadError
 
     timeline = {"command_started": time.time()}
     try:
@@ -118,7 +106,9 @@ def build_dataset_command(
             timeline["services_ready"] = time.time()
             summary = build_dataset(cfg)
             timeline["flow_returned"] = time.time()
-    except (RayUnavailableError, BuildLockedError) as err:  # BuildLockedError: another build holds the folder
+    # Refusals of a config that cannot run here, printed like every other config error: another build holds the
+    # folder, Ray is unreachable, or the models and one unit need more than the cluster has (ModelLoadError).
+    except (RayUnavailableError, BuildLockedError, ModelLoadError) as err:
         fail(str(err))
     timeline["services_stopped"] = time.time()
     summary.timeline.update(timeline)

@@ -10,7 +10,7 @@ import typer
 
 from data_specs.config import ConfigError, ExecutionConfig, format_validation_error, read_yaml
 from flows.cli.app import app, fail
-from flows.cli.dataset import apply_overrides
+from data_specs.spec import apply_overrides
 
 
 @app.command("evaluate")
