@@ -24,7 +24,9 @@ from accelerate import init_empty_weights
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from model.pose_guider import PoseGuider
 from model.reference_attention import (
@@ -37,6 +39,21 @@ from model.reference_attention import (
 )
 
 MOTION_MODULES = "motion_modules"  # the name of every temporal layer in a diffusers UNetMotionModel
+
+
+class CheckpointedMotionModule(AnimateDiffTransformer3D):
+    """An AnimateDiff motion module whose activations are recomputed in backward (non-reentrant).
+
+    diffusers' `UNetMotionModel` checkpoints its resnets and spatial transformer blocks but calls its motion
+    modules plainly, so at 24 frames their activations dominate stage 2's memory. `DurianModel` switches a
+    motion module's class to this one and back (same parameters and state-dict keys, so checkpoints, EMA,
+    export and DDP see the same module).
+    """
+
+    def forward(self, *args, **kwargs):  # noqa: D102 - AnimateDiffTransformer3D.forward, recomputed
+        if torch.is_grad_enabled():
+            return checkpoint(super().forward, *args, use_reentrant=False, **kwargs)
+        return super().forward(*args, **kwargs)
 
 
 @dataclass
@@ -175,18 +192,27 @@ class DurianModel(ModelMixin, ConfigMixin):
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations in backward, in the denoiser and in both reference nets: every resnet and
         every spatial transformer block (diffusers' `Transformer2DModel` checkpoints each of its blocks), the
-        reference attention included (its bank contract makes recomputation safe).
+        reference attention included (its bank contract makes recomputation safe), and every motion module
+        (`CheckpointedMotionModule`; diffusers does not checkpoint them). Motion modules added later by
+        `add_motion_modules` are checkpointed too.
 
         Non-reentrant checkpointing (diffusers' default): one gradient hook per parameter per step, as DDP's
         static graph expects.
         """
         for net in (self.denoiser, self.attribute_net, self.portrait_net):
             net.enable_gradient_checkpointing()
+        self._set_motion_module_class(CheckpointedMotionModule)
 
     def disable_gradient_checkpointing(self) -> None:
         """Keep every activation again (the default)."""
         for net in (self.denoiser, self.attribute_net, self.portrait_net):
             net.disable_gradient_checkpointing()
+        self._set_motion_module_class(AnimateDiffTransformer3D)
+
+    def _set_motion_module_class(self, module_class: type[AnimateDiffTransformer3D]) -> None:
+        for name, module in self.denoiser.named_modules():
+            if name.rpartition(".")[0].endswith(MOTION_MODULES) and isinstance(module, AnimateDiffTransformer3D):
+                module.__class__ = module_class
 
     def _add_pose_features(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         return output if self._pose_features is None else output + self._pose_features

@@ -12,7 +12,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from data_specs.model import model_flavour
 from model.builders import random_motion_adapter
-from model.durian import DurianModel, ReferenceInputs
+from model.durian import MOTION_MODULES, DurianModel, ReferenceInputs
 from model.reference_attention import UNCONDITIONAL, ReadMode
 from durian_testing import make_clip, make_references
 
@@ -144,23 +144,45 @@ def test_gradients_equal_with_and_without_checkpointing(model: DurianModel) -> N
         torch.testing.assert_close(checkpointed[name], reference[name], atol=1e-6, rtol=1e-4, msg=name)
 
 
-def test_stage2_keeps_checkpointing_its_spatial_transformer_blocks(model: DurianModel) -> None:
-    """diffusers' motion blocks checkpoint only their resnets themselves; the spatial transformers inside them
-    checkpoint each block, and the setting survives the motion modules' insertion."""
-    model.enable_gradient_checkpointing()
-    model.add_motion_modules(random_motion_adapter(model_flavour("tiny")))
+def stage2_grads(model: DurianModel) -> tuple[dict[str, torch.Tensor], Counter[str]]:
+    """One stage-2 training step's gradients, and the runs of every transformer block of the denoiser (the
+    spatial ones and those inside the motion modules)."""
     model.select_trainable(2)
     runs: Counter[str] = Counter()
     for name, module in model.denoiser.named_modules():
-        if isinstance(module, BasicTransformerBlock) and "motion_modules" not in name:
+        if isinstance(module, BasicTransformerBlock):
             module.register_forward_pre_hook(lambda *_, name=name: runs.update([name]))
     latents, timesteps, pose_frames = make_clip()
     model(latents, timesteps, pose_frames, make_references()).pow(2).mean().backward()
     model.clear_references()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, runs
+
+
+def test_stage2_checkpoints_its_motion_modules_and_spatial_transformer_blocks(model: DurianModel) -> None:
+    """diffusers' motion blocks checkpoint only their resnets; the spatial transformers checkpoint each block and
+    the model checkpoints each motion module, when checkpointing was on before the motion modules' insertion
+    (and after). Gradients are those of the plain run."""
+    torch.nn.init.normal_(model.pose_guider.conv_out.weight, std=0.1)
+    plain = copy.deepcopy(model)
+    plain.add_motion_modules(random_motion_adapter(model_flavour("tiny")))
+    model.enable_gradient_checkpointing()
+    model.add_motion_modules(random_motion_adapter(model_flavour("tiny")))
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    reference, plain_runs = stage2_grads(plain)
+    checkpointed, runs = stage2_grads(model)
+    assert set(plain_runs.values()) == {1} and runs.keys() == plain_runs.keys()
+    assert any(MOTION_MODULES in name for name in runs)
     # Each runs in the forward and again in backward, but the first: before the first motion module nothing
     # needs a gradient (stage 2 trains the motion modules only), so no backward passes through it.
     first = "down_blocks.0.attentions.0.transformer_blocks.0"
-    assert runs.pop(first) == 1 and runs and set(runs.values()) == {2}
+    assert runs.pop(first) == 1 and set(runs.values()) == {2}
+    assert reference.keys() == checkpointed.keys() and all(MOTION_MODULES in name for name in reference)
+    for name in reference:
+        torch.testing.assert_close(checkpointed[name], reference[name], atol=1e-6, rtol=1e-4, msg=name)
+    # Off again: every block runs once.
+    model.disable_gradient_checkpointing()
+    model.zero_grad()
+    assert set(stage2_grads(model)[1].values()) == {1}
 
 
 def test_stage_selection(model: DurianModel) -> None:
