@@ -320,7 +320,7 @@ class PairMeta(Spec):
     provenance: dict[str, str] = Field(description="What produced each part (models and weights, or truth).")
     latents_vae: str | None = Field(None, description="The VAE that encoded the stored latents.")
     latents_vae_weights: str | None = Field(
-        None, description="sha256 of that VAE's weights (`model.weights.weights_fingerprint`): training refuses "
+        None, description="sha256 of that VAE's weights (`weight_files.tensors.weights_fingerprint`): training refuses "
         "latents that another VAE made.")
 
     @property

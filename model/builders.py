@@ -14,9 +14,9 @@ Pretrained parts, from local paths (or hub ids already in the local Hugging Face
 The stage-1 model is a 2D denoiser; the motion modules are added when stage 2 starts
 (`DurianModel.add_motion_modules(load_motion_adapter(...))`).
 
-Every network is built on the meta device and filled one tensor at a time (`model.weights`), straight in the
+Every network is built on the meta device and filled one tensor at a time (`weight_files.tensors`), straight in the
 requested dtype on the requested device: loading needs about the final model's memory, not a multiple of it.
-Pickles are read through the allow-listed unpickler of `model.checkpoints`.
+Pickles are read through the allow-listed unpickler of `weight_files.pickles`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from huggingface_hub import snapshot_download
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from data_specs.model import IdentityEncoderSpec, ModelFlavour, NoiseScheduleSpec, PretrainedPaths
-from model.checkpoints import CheckpointError
+from weight_files.pickles import CheckpointError
 from model.durian import DurianModel
 from model.encoders import IResNet
 from model.key_maps import (
@@ -44,7 +44,7 @@ from model.key_maps import (
     vae_key_map,
 )
 from model.pipeline import DurianPipeline
-from model.weights import TensorFile, load_weights, open_weights
+from weight_files.tensors import TensorFile, load_weights, open_weights
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 # Weight file names in a diffusers / transformers folder, in order of preference.

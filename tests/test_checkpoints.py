@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoints import CheckpointError, load_torch_checkpoint, unwrap_state_dict
+from weight_files.pickles import CheckpointError, load_torch_checkpoint, unwrap_state_dict
 
 
 def save_with_foreign_class(path: Path, module_name: str, class_name: str, make_payload) -> None:

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from data_specs.config import parse_config
-from model.checkpoints import CheckpointError
-from model.weights import open_weights
+from weight_files.pickles import CheckpointError
+from weight_files.tensors import open_weights
 from tasks.build_stages import STAGE_ALLOWLIST_VAR, StageNotAllowedError, build_stages
 from tasks.perception.sapiens import checkpoint_format, load_sapiens
 from tasks.sources import InputError, list_videos

@@ -4,7 +4,7 @@ Every extractor is an `nn.Module` built with `Extractor.load(path, ...)` and use
 `features(inputs) -> (N, dim)`: images (N, 3, H, W) or clips (N, 3, F, H, W) in [0, 1], resized and normalised
 inside as the network's own preprocessing says, in batches on the extractor's device and dtype. Nothing is
 downloaded: the networks are built on the meta device and filled from the file one tensor at a time by
-`model.weights.load_weights`, so a file with a missing or unexpected key fails naming the keys, and a missing
+`weight_files.tensors.load_weights`, so a file with a missing or unexpected key fails naming the keys, and a missing
 file fails naming it (`CheckpointError`, the project's checkpoint error).
 
 | extractor | file (official layout) | features |
@@ -43,9 +43,9 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from data_specs.evaluation import LpipsBackbone, VideoArch
 from data_specs.model import IdentityEncoderSpec
 from model.builders import Device, _local, load_identity_encoder, load_image_encoder
-from model.checkpoints import CheckpointError
+from weight_files.pickles import CheckpointError
 from model.encoders import ARCFACE_SIZE, IResNet, align_faces
-from model.weights import TensorFile, load_weights, open_weights
+from weight_files.tensors import TensorFile, load_weights, open_weights
 
 __all__ = ["ClipImageFeatures", "DinoFeatures", "FeatureExtractor", "IdentityFeatures",
            "InceptionFeatures", "LpipsNet", "VideoFeatures"]

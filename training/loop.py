@@ -45,7 +45,7 @@ from data_specs.perception import PoseRenderSpec
 from data_specs.training import StageRun, TrainConfig
 from model.builders import DurianComponents, random_components
 from model.durian import DurianModel
-from model.weights import weights_fingerprint
+from weight_files.tensors import weights_fingerprint
 from training.precision import MasterWeights, PrecisionPolicy, hold_in, precision_policy
 from training.state import CheckpointManager, StageParts, TrainState
 from training.step import (

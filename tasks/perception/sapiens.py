@@ -8,7 +8,7 @@ layout, so their `head.*` / `decode_head.*` keys load unchanged.
 
 Three released formats load from any file name (the format is read from the file):
 
-- the original `.pth`: an mmengine pickle, read through `model.checkpoints`' allow-listed unpickler
+- the original `.pth`: an mmengine pickle, read through `weight_files.pickles`' allow-listed unpickler
   (no mmengine needed) into a network built on the meta device, backbone keys renamed by
   `BACKBONE_KEY_RENAMES`;
 - TorchScript `.pt2` (`torch.jit.load`);
@@ -32,8 +32,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from data_specs.network_sizes import SAPIENS_ARCHS, SapiensArch
-from model.checkpoints import CheckpointError
-from model.weights import load_weights, open_weights
+from weight_files.pickles import CheckpointError
+from weight_files.tensors import load_weights, open_weights
 from tasks.perception.runtime import images_to_tensor
 from tasks.trust import refuse_untrusted_code
 

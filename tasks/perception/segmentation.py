@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from data_specs.perception import LABEL_MAPS, LabelMap, SegmentationConfig
-from model.checkpoints import load_torch_checkpoint, unwrap_state_dict
+from weight_files.pickles import load_torch_checkpoint, unwrap_state_dict
 from tasks.perception.runtime import (
     ModelComponent,
     batches,

@@ -44,7 +44,7 @@ from data_specs.training_samples import (
     LatentConfig,
 )
 from model.builders import inference_scheduler, random_components
-from model.weights import weights_fingerprint
+from weight_files.tensors import weights_fingerprint
 from tasks.perception.runtime import ModelComponent, batches, check_images, images_to_tensor, resolve_device
 
 SIZE_MULTIPLE = 8  # SD pipelines take sides divisible by the VAE's downsampling
@@ -325,7 +325,7 @@ class LatentEncoder(_DiffusionComponent):
 
     config: LatentConfig
     model: AutoencoderKL | None
-    weights_fingerprint: str | None = None  # `model.weights.weights_fingerprint` of the VAE, once set up
+    weights_fingerprint: str | None = None  # `weight_files.tensors.weights_fingerprint` of the VAE, once set up
 
     def _source(self) -> str | None:
         """The diffusers folder or hub id holding `vae/`; None: the tiny flavour's seeded random VAE."""

@@ -24,7 +24,7 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from data_specs.evaluation import ExtractorPaths
 from tests.evaluation.evaluation_testing import TINY_ARCFACE
-from model.checkpoints import CheckpointError
+from weight_files.pickles import CheckpointError
 from model.encoders import ARCFACE_SIZE, ARCFACE_TEMPLATE, identity_embeds
 from training.extractors import (
     ClipImageFeatures,

@@ -28,11 +28,11 @@ from model.builders import (
     random_components,
     random_motion_adapter,
 )
-from model.checkpoints import CheckpointError
+from weight_files.pickles import CheckpointError
 from model.durian import DurianModel
 from model.encoders import IResNet, identity_embeds
 from model.reference_attention import UNCONDITIONAL
-from model.weights import weights_fingerprint
+from weight_files.tensors import weights_fingerprint
 from durian_testing import (
     FACE,
     PeakTensorBytes,

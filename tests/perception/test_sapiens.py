@@ -24,7 +24,7 @@ from data_specs.perception import (
     RuntimeConfig,
     SegmentationConfig,
 )
-from model.checkpoints import CheckpointError
+from weight_files.pickles import CheckpointError
 from tasks.perception import build_keypoint_estimator, build_segmenter
 from tasks.perception.keypoints import SapiensKeypointEstimator
 from tasks.perception.sapiens import SapiensNetwork, build_sapiens, checkpoint_format, load_sapiens, normalise

@@ -190,7 +190,7 @@ def test_precomputed_latents_are_used_only_when_this_runs_vae_made_them(tmp_path
 
     import numpy as np
 
-    from model.weights import weights_fingerprint
+    from weight_files.tensors import weights_fingerprint
     from tests.training.training_testing import make_pairs, write_samples
     from training.loop import Trainer
     from training.ray_train import LocalSession

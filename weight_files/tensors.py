@@ -6,7 +6,7 @@ built with empty (meta) parameters, and each tensor is read on its own, cast, mo
 so a load needs the final model's memory plus one tensor:
 
 - `.safetensors` files are read with plain reads into a fresh buffer per tensor, never mapped;
-- PyTorch pickles (`.ckpt`, `.pth`, `.bin`) go through the allow-listed unpickler of `model.checkpoints`
+- PyTorch pickles (`.ckpt`, `.pth`, `.bin`) go through the allow-listed unpickler of `weight_files.pickles`
   (a pickle can only be read whole); each tensor is released as soon as it is assigned.
 """
 
@@ -21,7 +21,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from model.checkpoints import CheckpointError, load_torch_checkpoint, unwrap_state_dict
+from weight_files.pickles import CheckpointError, load_torch_checkpoint, unwrap_state_dict
 
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
