@@ -15,6 +15,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import CLIPVisionModelWithProjection
 
+from data_specs.images import images_to_tensor
 from data_specs.perception import KEYPOINT_LAYOUTS, KeypointLayout, PoseRenderSpec, arcface_points
 from data_specs.pose_frames import layout_with_points, render_pose_frames
 from model.durian import DurianModel
@@ -64,7 +65,7 @@ def render_driving_pose(keypoints: np.ndarray, size: tuple[int, int], layout: Ke
     confidence = np.where(finite, confidence, 0).astype(np.float32)
     frames = render_pose_frames(np.concatenate([np.nan_to_num(xy), confidence], axis=-1),
                                 layout or layout_with_points(points.shape[1]), size, spec)
-    return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+    return images_to_tensor(frames)
 
 
 def retarget_driving(driving: np.ndarray, portrait: np.ndarray, layout: KeypointLayout) -> np.ndarray:

@@ -47,6 +47,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_specs.balance import rebalance_weights
+from data_specs.files import file_problem
+from data_specs.images import images_to_tensor
 from data_specs.layout import OutputLayout
 from data_specs.sample import PairSample, decode_sample
 from data_specs.schemas import read_table
@@ -196,13 +198,11 @@ class DatasetIndex:
         """Shards holding pair samples whose file is missing or whose sha256 differs from the manifest."""
         bad = []
         for shard in sorted({p.shard for p in self.pairs}):
-            path = OutputLayout(self.root).shard(shard)
             try:
-                with open(path, "rb") as handle:
-                    ok = hashlib.file_digest(handle, "sha256").hexdigest() == self.shard_sha256[shard]
-            except OSError:
-                ok = False
-            if not ok:
+                problem = file_problem(OutputLayout(self.root).shard(shard), self.shard_sha256[shard])
+            except OSError as err:
+                problem = str(err)
+            if problem is not None:
                 bad.append(shard)
         return bad
 
@@ -293,9 +293,8 @@ class TrainingBatch:
 
 
 def _images(stack: np.ndarray) -> torch.Tensor:
-    """(..., H, W, 3) uint8 -> (..., 3, H, W) float32 in [0, 1]."""
-    tensor = torch.from_numpy(np.ascontiguousarray(stack)).float().div_(255)
-    return tensor.movedim(-1, -3).contiguous()
+    """(..., H, W, 3) uint8 -> (..., 3, H, W) float32 in [0, 1], contiguous (what the collated batch holds)."""
+    return images_to_tensor(stack).contiguous()
 
 
 def _masks(stack: np.ndarray) -> torch.Tensor:

@@ -83,14 +83,6 @@ def resolve_device(runtime: RuntimeConfig) -> torch.device:
     return torch.device(runtime.device)
 
 
-def images_to_tensor(images: np.ndarray, scale: float = 255.0) -> torch.Tensor:
-    """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) float32 divided by `scale`: in [0, 1] by default, [0, 255] with 1."""
-    import torch  # here, so that the truth backends and data workers never load torch
-
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-    return tensor if scale == 1 else tensor.div(scale)
-
-
 def batches(count: int, batch_size: int) -> Iterator[slice]:
     """Consecutive slices of at most `batch_size` covering range(count)."""
     for start in range(0, count, batch_size):

@@ -31,10 +31,10 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from data_specs.images import images_to_tensor
 from data_specs.network_sizes import SAPIENS_ARCHS, SapiensArch
 from weight_files.pickles import CheckpointError
 from weight_files.tensors import load_weights, open_weights
-from tasks.perception.runtime import images_to_tensor
 from tasks.trust import refuse_untrusted_code
 
 PATCH_SIZE = 16

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data_specs.images import images_to_tensor
 from data_specs.perception import LABEL_MAPS, LabelMap, SegmentationConfig
 from weight_files.pickles import load_torch_checkpoint, unwrap_state_dict
 from tasks.perception.runtime import (
@@ -22,7 +23,6 @@ from tasks.perception.runtime import (
     batches,
     check_images,
     facexlib_weights,
-    images_to_tensor,
     resolve_device,
 )
 

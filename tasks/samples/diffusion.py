@@ -35,6 +35,7 @@ from diffusers import (
 from tokenizers import pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from data_specs.images import images_to_tensor
 from data_specs.model import SD15_NOISE_SCHEDULE, model_flavour
 from data_specs.training_samples import (
     DEFAULT_CONTROLNET_WEIGHTS,
@@ -45,7 +46,7 @@ from data_specs.training_samples import (
 )
 from model.builders import inference_scheduler, random_components
 from weight_files.tensors import weights_fingerprint
-from tasks.perception.runtime import ModelComponent, batches, check_images, images_to_tensor, resolve_device
+from tasks.perception.runtime import ModelComponent, batches, check_images, resolve_device
 
 SIZE_MULTIPLE = 8  # SD pipelines take sides divisible by the VAE's downsampling
 TINY_MAX_TOKENS = 77  # CLIP's prompt length, so prompts truncate as they do with the real tokenizer
