@@ -32,7 +32,6 @@ from huggingface_hub import snapshot_download
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from data_specs.model import IdentityEncoderSpec, ModelFlavour, NoiseScheduleSpec, PretrainedPaths
-from weight_files.pickles import CheckpointError
 from model.durian import DurianModel
 from model.encoders import IResNet
 from model.key_maps import (
@@ -44,6 +43,7 @@ from model.key_maps import (
     vae_key_map,
 )
 from model.pipeline import DurianPipeline
+from weight_files.pickles import CheckpointError
 from weight_files.tensors import TensorFile, load_weights, open_weights
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")

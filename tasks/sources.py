@@ -25,8 +25,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from data_specs.config import BuildConfig, InputsConfig
-from data_specs.sample import safe_key
 from data_specs.layout import OutputLayout
+from data_specs.sample import safe_key
 from data_specs.units import MAX_VIDEO_ID_LENGTH, VIDEO_ID_PATTERN, UnitReport, VideoRef, WorkUnit
 from tasks.fingerprint import build_identity
 

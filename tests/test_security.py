@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from data_specs.config import parse_config
-from weight_files.pickles import CheckpointError
-from weight_files.tensors import open_weights
 from tasks.build_stages import STAGE_ALLOWLIST_VAR, StageNotAllowedError, build_stages
 from tasks.perception.sapiens import checkpoint_format, load_sapiens
 from tasks.sources import InputError, list_videos
 from tasks.trust import UntrustedCodeError
+from weight_files.pickles import CheckpointError
+from weight_files.tensors import open_weights
 
 
 class _Linear(torch.nn.Module):

@@ -10,9 +10,9 @@ import pytest
 import webdataset as wds
 
 from data_specs.files import file_problem, sha256_file, write_atomic
+from data_specs.sample import encode_sample
 from tasks.shards import RotatingShardWriter
 from tests.test_sample_layout import make_sample
-from data_specs.sample import encode_sample
 
 
 def write_samples(directory: Path, count: int, per_shard: int = 2) -> RotatingShardWriter:

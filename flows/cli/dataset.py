@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 import yaml
 
 from data_specs.config import BuildConfig
-from data_specs.spec import ConfigError, load_spec
 from data_specs.layout import OutputLayout
+from data_specs.spec import ConfigError, load_spec
 from flows.cli.app import app, fail
 
 

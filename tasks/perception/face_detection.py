@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from data_specs.perception import FaceDetectionConfig
-from weight_files.pickles import load_torch_checkpoint, unwrap_state_dict
 from tasks.perception.runtime import ModelComponent, batches, check_images, facexlib_weights, resolve_device
+from weight_files.pickles import load_torch_checkpoint, unwrap_state_dict
 
 # Per detection: x1, y1, x2, y2, score, then (x, y) of left eye, right eye, nose, left and right mouth corner.
 DETECTION_COLUMNS = 15

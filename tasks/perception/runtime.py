@@ -11,8 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from data_specs.perception import FaceDetectionConfig, KeypointConfig, SegmentationConfig
 from data_specs.spec import Resources, RuntimeConfig, Spec
 

@@ -33,9 +33,9 @@ from torch import nn
 
 from data_specs.images import images_to_tensor
 from data_specs.network_sizes import SAPIENS_ARCHS, SapiensArch
+from tasks.trust import refuse_untrusted_code
 from weight_files.pickles import CheckpointError
 from weight_files.tensors import load_weights, open_weights
-from tasks.trust import refuse_untrusted_code
 
 PATCH_SIZE = 16
 PATCH_PADDING = {"pose": 2, "segmentation": 0}

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 
 from data_specs.images import images_to_tensor
 from data_specs.perception import LABEL_MAPS, LabelMap, SegmentationConfig
-from weight_files.pickles import load_torch_checkpoint, unwrap_state_dict
 from tasks.perception.runtime import (
     ModelComponent,
     batches,
@@ -25,6 +24,7 @@ from tasks.perception.runtime import (
     facexlib_weights,
     resolve_device,
 )
+from weight_files.pickles import load_torch_checkpoint, unwrap_state_dict
 
 FACEXLIB_INPUT = 512  # BiSeNet and ParseNet were trained on 512 x 512 faces
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -45,8 +45,8 @@ from data_specs.training_samples import (
     LatentConfig,
 )
 from model.builders import inference_scheduler, random_components
-from weight_files.tensors import weights_fingerprint
 from tasks.perception.runtime import ModelComponent, batches, check_images, resolve_device
+from weight_files.tensors import weights_fingerprint
 
 SIZE_MULTIPLE = 8  # SD pipelines take sides divisible by the VAE's downsampling
 TINY_MAX_TOKENS = 77  # CLIP's prompt length, so prompts truncate as they do with the real tokenizer

@@ -19,8 +19,16 @@ import numpy as np
 
 from data_specs.perception import PerceptionMeta
 from data_specs.sample import GENERATED, ClipMeta, ClipSample, PairSample
-from data_specs.training_samples import (AugmentParams, ExpansionMeta, GenerateConfig, InpaintConfig, LatentConfig,
-                                         PairMeta, ReferenceMeta, TrainingSamplesConfig)
+from data_specs.training_samples import (
+    AugmentParams,
+    ExpansionMeta,
+    GenerateConfig,
+    InpaintConfig,
+    LatentConfig,
+    PairMeta,
+    ReferenceMeta,
+    TrainingSamplesConfig,
+)
 from tasks.base import ModelSpec, Resources, VideoScan
 from tasks.perception import Segmenter
 from tasks.perception.stage import SEGMENTER

@@ -11,9 +11,9 @@ on the CI's two cores for this model (inductor gave the same prediction when tri
 from __future__ import annotations
 
 import torch
+from durian_testing import make_clip, make_references
 
 from model.builders import DurianComponents
-from durian_testing import make_clip, make_references
 
 
 def _training_step(components: DurianComponents) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

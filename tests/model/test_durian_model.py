@@ -9,12 +9,12 @@ import pytest
 import torch
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import AttnProcessor2_0
+from durian_testing import make_clip, make_references
 
 from data_specs.model import model_flavour
 from model.builders import random_motion_adapter
 from model.durian import MOTION_MODULES, DurianModel, ReferenceInputs
 from model.reference_attention import UNCONDITIONAL, ReadMode
-from durian_testing import make_clip, make_references
 
 
 def predict(model: DurianModel, references: ReferenceInputs, frames: int = 2, mode: ReadMode = ReadMode(),

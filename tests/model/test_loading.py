@@ -14,6 +14,15 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+from durian_testing import (
+    FACE,
+    PeakTensorBytes,
+    ldm_single_file_state,
+    make_clip,
+    make_references,
+    module_bytes,
+    original_animatediff_state_dict,
+)
 from safetensors.torch import save_file
 
 from data_specs.model import ModelFlavour, PretrainedPaths
@@ -28,20 +37,11 @@ from model.builders import (
     random_components,
     random_motion_adapter,
 )
-from weight_files.pickles import CheckpointError
 from model.durian import DurianModel
 from model.encoders import IResNet, identity_embeds
 from model.reference_attention import UNCONDITIONAL
+from weight_files.pickles import CheckpointError
 from weight_files.tensors import weights_fingerprint
-from durian_testing import (
-    FACE,
-    PeakTensorBytes,
-    ldm_single_file_state,
-    make_clip,
-    make_references,
-    module_bytes,
-    original_animatediff_state_dict,
-)
 
 
 @pytest.fixture

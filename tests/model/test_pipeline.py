@@ -12,6 +12,7 @@ import pytest
 import torch
 import typer
 import yaml
+from durian_testing import FACE, face_image
 from typer.testing import CliRunner
 
 from data_specs.model import NoiseScheduleSpec
@@ -23,7 +24,6 @@ from model.geometry import fit_similarity, retarget_keypoints
 from model.pipeline import DurianPipeline, render_driving_pose, window_starts
 from tasks.media import find_ffmpeg
 from tasks.synthetic import write_portrait_video
-from durian_testing import FACE, face_image
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from perception_testing import SIZE, Clip, decode
+
 from tasks.synthetic import write_portrait_video
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-
 from perception_testing import SIZE, Clip
+
 from data_specs.perception import FaceCropConfig
 from tasks.errors import DataError
 from tasks.perception.face_track import (

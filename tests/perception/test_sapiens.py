@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from perception_testing import TINY_INPUT, save_official_pth
 
 from data_specs.perception import (
@@ -24,10 +23,10 @@ from data_specs.perception import (
     RuntimeConfig,
     SegmentationConfig,
 )
-from weight_files.pickles import CheckpointError
 from tasks.perception import build_keypoint_estimator, build_segmenter
 from tasks.perception.keypoints import SapiensKeypointEstimator
 from tasks.perception.sapiens import SapiensNetwork, build_sapiens, checkpoint_format, load_sapiens, normalise
+from weight_files.pickles import CheckpointError
 
 CPU = RuntimeConfig(device="cpu", batch_size=2)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from perception_testing import SIZE, Clip, decode
+
 from data_specs.perception import TRUTH_5, FaceCropConfig, FaceDetectionConfig, KeypointConfig, SegmentationConfig
 from tasks.errors import DataError
 from tasks.perception import build_face_detector, build_keypoint_estimator, build_segmenter

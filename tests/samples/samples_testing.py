@@ -5,8 +5,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from data_specs.perception import (TRUTH_5, KeypointConfig, PerceptionConfig, PerceptionMeta, PoseRenderSpec,
-                                   SegmentationConfig)
+from data_specs.perception import (
+    TRUTH_5,
+    KeypointConfig,
+    PerceptionConfig,
+    PerceptionMeta,
+    PoseRenderSpec,
+    SegmentationConfig,
+)
 from data_specs.pose_frames import render_pose_frames
 from data_specs.sample import ClipMeta, ClipSample
 from data_specs.training_samples import TrainingSamplesConfig

@@ -3,7 +3,6 @@ VAE latents. Tiny random pipelines of the real diffusers classes; every model ru
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

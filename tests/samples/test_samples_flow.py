@@ -13,8 +13,8 @@ import webdataset as wds
 from data_specs.config import BuildConfig
 from data_specs.layout import BuildSummary
 from data_specs.sample import PairSample, decode_sample
-from data_specs.split import split_of
 from data_specs.schemas import read_table
+from data_specs.split import split_of
 from tests.conftest import small_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server", "local_ray")]

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from data_specs.layout import OutputLayout
+from data_specs.split import SplitConfig, split_of
 from data_specs.training import DataConfig, StageRun
 from tests.samples.samples_testing import perceived_clip
 from tests.training.training_testing import make_pairs, write_pair_dataset, write_samples
-from data_specs.split import SplitConfig, split_of
 from training.data import DatasetIndex, make_loader, validation_samples
 
 SIZE, FRAMES = 32, 4

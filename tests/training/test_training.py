@@ -72,10 +72,11 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_with_the_same_losses_unde
     assert pipeline.model.has_motion_modules and pipeline.default_window == 2
     assert pipeline.model.dtype == torch.float32
     # The guidance it draws is the dataset's: the same renderer, layout and spec give the same pose frames.
+    import webdataset as wds
+
     from data_specs.sample import decode_sample
     from model.pipeline import render_driving_pose
     from tests.samples.samples_testing import HAND_POSE_RENDER
-    import webdataset as wds
 
     sample = decode_sample(next(iter(wds.WebDataset(str(next((dataset / "shards").glob("*.tar"))),
                                                     shardshuffle=False))))
