@@ -31,17 +31,12 @@ ARCFACE_SIZE = 112
 
 
 @torch.no_grad()
-def encode_latents(vae: AutoencoderKL, images: torch.Tensor,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, 3, H, W) in [0, 1] -> scaled latents (B, c, H / s, W / s).
-
-    Without a generator the posterior's mode (its mean) is used: training targets, references and the
-    precomputed latents of a build alike (deterministic; SD's VAE posterior is so narrow that a sample
-    differs by far less than the diffusion noise). With one, the posterior is sampled.
-    """
-    posterior = vae.encode(images.to(vae.dtype) * 2 - 1).latent_dist
-    latents = posterior.sample(generator) if generator is not None else posterior.mode()
-    return latents * vae.config.scaling_factor
+def encode_latents(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> scaled latents (B, c, H / s, W / s): the posterior's mode (its mean), for
+    training targets, references and the precomputed latents of a build alike (deterministic; SD's VAE posterior
+    is so narrow that a sample differs by far less than the diffusion noise)."""
+    pixels = (images * 2 - 1).to(device=vae.device, dtype=vae.dtype)
+    return vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
 
 
 def reference_input(vae: AutoencoderKL, images: torch.Tensor, masks: torch.Tensor,

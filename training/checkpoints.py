@@ -5,7 +5,7 @@
         optimizer.pt        optimizer.state_dict()
         scheduler.pt        the LR scheduler's state_dict()
         ema.safetensors     the EMA's shadow parameters (when an EMA is kept), its settings in the metadata
-        state.json          `extra`: stage, step, batches consumed, seed, RNG states (`rng_state()`), ...
+        state.json          `extra`: stage, step, batches consumed, seed, ...
 
 A checkpoint is written under the hidden name `.step-00000100.partial` (`data_specs.files.partial_path`) and
 renamed into place once complete, so a killed save never leaves a visible half checkpoint; `latest_checkpoint`
@@ -14,16 +14,13 @@ sees only complete ones. The EMA is diffusers' `EMAModel` over a list of paramet
 
 from __future__ import annotations
 
-import base64
 import json
-import random
 import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from diffusers.training_utils import EMAModel
 from safetensors import safe_open
@@ -40,8 +37,6 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "make_ema",
-    "restore_rng",
-    "rng_state",
     "save_checkpoint",
 ]
 
@@ -50,48 +45,6 @@ MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, EMA_FILE, STATE_FILE = (
     "model.safetensors", "optimizer.pt", "scheduler.pt", "ema.safetensors", "state.json")
 _EMA_SETTINGS = ("decay", "min_decay", "optimization_step", "update_after_step", "use_ema_warmup", "inv_gamma",
                  "power")
-
-
-# ---------------------------------------------------------------- random number generators
-
-
-def _bytes(tensor: torch.Tensor) -> str:
-    return base64.b64encode(tensor.cpu().numpy().tobytes()).decode("ascii")
-
-
-def _tensor(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
-
-
-def rng_state() -> dict[str, Any]:
-    """The states of Python's, NumPy's and torch's global generators (and CUDA's when available), JSON-safe."""
-    version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": {"version": version, "state": list(internal), "gauss_next": gauss},
-        "numpy": {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "cached_gaussian": float(cached)},
-        "torch": _bytes(torch.get_rng_state()),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = [_bytes(s) for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    """Set the global generators to a `rng_state()`: the next draws repeat those made after it was taken.
-
-    CUDA states are restored when present and CUDA is available (one per visible device, as many as both have).
-    """
-    python = state["python"]
-    random.setstate((python["version"], tuple(python["state"]), python["gauss_next"]))
-    numpy = state["numpy"]
-    np.random.set_state((numpy["name"], np.asarray(numpy["keys"], dtype=np.uint32), numpy["pos"],
-                         numpy["has_gauss"], numpy["cached_gaussian"]))
-    torch.set_rng_state(_tensor(state["torch"]))
-    if state.get("cuda") and torch.cuda.is_available():
-        for device, text in enumerate(state["cuda"][: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(_tensor(text), device)
 
 
 # ---------------------------------------------------------------- EMA
@@ -217,7 +170,7 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: to
     """Write `root/step-{step:08d}/` atomically and return it; then delete all but the newest `keep` checkpoints
     (the one just written always stays; None keeps all).
 
-    `extra` goes to state.json (JSON-safe values: stage, batches consumed, seed, `rng_state()`, ...); `step` is
+    `extra` goes to state.json (JSON-safe values: stage, batches consumed, seed, ...); `step` is
     added to it, so `extra` may not hold a `step` of its own. Call on one rank only. A checkpoint of the same
     step is replaced.
     """

@@ -4,7 +4,7 @@
     index.check_fits(stage_run, config.model_resolution())        # before any worker starts
     loader = make_loader(index, config.data, stage_run, rank, world_size, seed=config.seed, start_batch=n)
     for batch in loader: ...                                       # TrainingBatch, forever
-    checkpoint["data"] = loader.state_dict()                       # {"batches": n, ...}
+    checkpoint["batches"] = loader.batches                         # resume: make_loader(..., start_batch=n)
 
 Split: the manifests' `split` column (by source video, `data_specs.split`): training reads `train` samples only;
 validation during training and evaluation read `eval` samples, so no identity of theirs is ever trained on.
@@ -499,19 +499,13 @@ class PairLoader:
         self.batches += 1
         return batch
 
-    def state_dict(self) -> dict[str, int]:
-        """What to store in a checkpoint: pass `batches` as `start_batch` to `make_loader` to resume."""
-        s = self.stream
-        return {"batches": self.batches, "seed": s.seed, "rank": s.rank, "world_size": s.world_size,
-                "workers": self.workers, "batch_size": s.batch_size, "stage": s.stage}
-
 
 def make_loader(index: DatasetIndex, config: DataConfig, stage_run: StageRun, rank: int = 0, world_size: int = 1,
                 seed: int = 0, start_batch: int = 0) -> PairLoader:
     """The rank's endless loader of `config.batch_size`-sample batches for `stage_run`.
 
     seed: the same on every rank (it orders the shards all ranks share out). start_batch: batches this rank
-    already took (`PairLoader.state_dict()["batches"]`); resuming is exact with the same seed, world size,
+    already took (`PairLoader.batches`); resuming is exact with the same seed, world size,
     `loader_workers` and batch size.
     """
     index.check_fits(stage_run, None)

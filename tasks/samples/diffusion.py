@@ -45,6 +45,7 @@ from data_specs.training_samples import (
     LatentConfig,
 )
 from model.builders import inference_scheduler, random_components
+from model.encoders import encode_latents
 from tasks.perception.runtime import ModelComponent, batches, check_images, resolve_device
 from weight_files.tensors import weights_fingerprint
 
@@ -367,11 +368,8 @@ class LatentEncoder(_DiffusionComponent):
         """
         self._check_setup()
         _check_batch(images, "images")
-        vae = self.model
         latents = []
         for part in batches(len(images), self.config.runtime.batch_size):
-            pixels = (images_to_tensor(images[part]) * 2 - 1).to(device=vae.device, dtype=vae.dtype)
-            with torch.inference_mode():
-                mean = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+            mean = encode_latents(self.model, images_to_tensor(images[part]))
             latents.append(mean.to(torch.float16).cpu().numpy())
         return np.concatenate(latents)

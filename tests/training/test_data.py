@@ -130,7 +130,7 @@ def test_resuming_gives_exactly_the_batches_that_would_have_come(dataset: Path, 
     whole = take(loader(dataset, **kwargs), start + 4)  # crosses round boundaries
     resumed_loader = loader(dataset, start_batch=start, **kwargs)
     resumed = take(resumed_loader, 4)
-    assert resumed_loader.state_dict()["batches"] == start + 4
+    assert resumed_loader.batches == start + 4
     for a, b in zip(whole[start:], resumed, strict=True):
         assert a.keys == b.keys
         torch.testing.assert_close(a.targets, b.targets, rtol=0, atol=0)
