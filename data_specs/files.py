@@ -2,8 +2,8 @@
 
 A reader (or a re-run after `kill -9`) sees either the previous file or the whole
 new one, never half of it. Every file of a build (shards, manifest tables, unit
-reports, summaries, the card) is published through `publishing`; a training
-checkpoint, a folder, is written under `partial_path` and renamed the same way.
+reports, summaries, the card) is published through `publishing`; a folder (a training
+checkpoint, an exported pipeline) through `publishing_folder`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +38,37 @@ def publishing(path: Path, durable: bool = False) -> Iterator[Path]:
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+
+
+def old_path(path: Path) -> Path:
+    """The hidden name a published folder is moved to while its successor takes its place: `.NAME.old`."""
+    return path.with_name(f".{path.name}.old")
+
+
+@contextlib.contextmanager
+def publishing_folder(path: Path) -> Iterator[Path]:
+    """Yield a fresh partial folder to fill; on success it replaces `path` (a previous folder is renamed away
+    first and deleted after, so `path` is at every moment the old folder or the new one, or between two renames
+    absent), on error it is deleted."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial, old = partial_path(path), old_path(path)
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    try:
+        yield partial
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            path.rename(old)
+        try:
+            partial.rename(path)
+        except BaseException:
+            if old.exists() and not path.exists():
+                old.rename(path)
+            raise
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:

@@ -7,8 +7,8 @@
         ema.safetensors     the EMA's shadow parameters (when an EMA is kept), its settings in the metadata
         state.json          `extra`: stage, step, batches consumed, seed, ...
 
-A checkpoint is written under the hidden name `.step-00000100.partial` (`data_specs.files.partial_path`) and
-renamed into place once complete, so a killed save never leaves a visible half checkpoint; `latest_checkpoint`
+A checkpoint is written under the hidden name `.step-00000100.partial` and renamed into place once complete
+(`data_specs.files.publishing_folder`), so a killed save never leaves a visible half checkpoint; `latest_checkpoint`
 sees only complete ones. The EMA is diffusers' `EMAModel` over a list of parameters (`make_ema`).
 """
 
@@ -26,7 +26,7 @@ from diffusers.training_utils import EMAModel
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from data_specs.files import partial_path, write_atomic
+from data_specs.files import publishing_folder, write_atomic
 
 __all__ = [
     "CHECKPOINT_PATTERN",
@@ -131,28 +131,6 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _old_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.old")
-
-
-def _replace_dir(partial: Path, final: Path) -> None:
-    """Publish the finished folder `partial` as `final`: an existing `final` is renamed away first and deleted
-    after, so `final` is at every moment either the old folder or the new one (or, between two renames, absent)."""
-    old = _old_path(final)
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        final.rename(old)
-    try:
-        partial.rename(final)
-    except BaseException:
-        if old.exists() and not final.exists():
-            old.rename(final)
-        raise
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def _clean_stale(root: Path) -> None:
     """Delete what a killed save left: hidden `.step-N.partial` and `.step-N.old` folders."""
     for path in root.iterdir():
@@ -180,11 +158,9 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: to
     root.mkdir(parents=True, exist_ok=True)
     _clean_stale(root)
     final = checkpoint_dir(root, step)
-    partial = partial_path(final)
     state = {**(extra or {}), "step": step}
     text = json.dumps(state, indent=1)  # before writing anything: a value JSON cannot hold fails here
-    partial.mkdir()
-    try:
+    with publishing_folder(final) as partial:
         tensors = _full_state(model)
         for name, tensor in (model_overrides or {}).items():
             if name not in tensors:
@@ -198,10 +174,6 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: to
         if ema is not None:
             _save_ema(ema, partial / EMA_FILE)
         write_atomic(partial / STATE_FILE, text)  # last: a folder with state.json is complete
-        _replace_dir(partial, final)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     if keep is not None:
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
@@ -251,14 +223,6 @@ def export_pipeline(components_or_pipeline: Any, folder: Path) -> Path:
     if not hasattr(pipeline, "save_pretrained"):
         pipeline = components_or_pipeline.pipeline()
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    partial = partial_path(folder)
-    if partial.exists():
-        shutil.rmtree(partial)
-    try:
+    with publishing_folder(folder) as partial:
         pipeline.save_pretrained(str(partial), safe_serialization=True)
-        _replace_dir(partial, folder)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return folder

@@ -166,3 +166,18 @@ def test_export_pipeline_round_trips_and_replaces(components: DurianComponents, 
     reloaded = DurianPipeline.from_pretrained(folder)
     assert torch.equal(next(iter(reloaded.model.parameters())), first)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipeline"]
+
+
+def test_a_folder_is_published_whole_or_not_at_all(tmp_path: Path) -> None:
+    from data_specs.files import publishing_folder
+
+    with publishing_folder(tmp_path / "pipeline") as partial:
+        (partial / "model.safetensors").write_text("first")
+    with pytest.raises(RuntimeError), publishing_folder(tmp_path / "pipeline") as partial:
+        (partial / "model.safetensors").write_text("half")
+        raise RuntimeError("killed while writing")
+    assert (tmp_path / "pipeline" / "model.safetensors").read_text() == "first"
+    with publishing_folder(tmp_path / "pipeline") as partial:
+        (partial / "model.safetensors").write_text("second")
+    assert (tmp_path / "pipeline" / "model.safetensors").read_text() == "second"
+    assert [p.name for p in tmp_path.iterdir()] == ["pipeline"]  # no partial or old folder left
