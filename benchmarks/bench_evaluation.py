@@ -53,7 +53,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, Dinov2
 from transformers.utils import logging as transformers_logging
 
 from data_specs.evaluation import EvalConfig, ExtractorPaths
-from data_specs.model import IdentityEncoderSpec, model_flavour
+from data_specs.model import FLAVOURS, IdentityEncoderSpec, model_flavour
 from data_specs.sample import PairSample
 from model.builders import random_components
 from model.encoders import IResNet
@@ -224,7 +224,7 @@ def pass_figures(rows: list[dict], evaluation: Clock, peer: Clock, reporting: Cl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: %(default)s")
-    parser.add_argument("--flavour", choices=("tiny", "sd15"), default="tiny",
+    parser.add_argument("--flavour", choices=sorted(FLAVOURS), default="tiny",
                         help="model flavour with random weights; sd15 only with --device cuda (default: %(default)s)")
     parser.add_argument("--clips", type=int, default=3,
                         help="evaluation videos: as many self- and as many cross-transfer clips "

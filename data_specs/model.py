@@ -9,7 +9,7 @@ production code on a CPU in seconds. `model/` builds networks from these specs o
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -197,6 +197,8 @@ _SD15_UNET = UNetSpec(
     up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
 )
 
+FlavourName = Literal["tiny", "sd15"]  # the one list of flavour names: configs' `flavour` fields take these
+
 FLAVOURS: dict[str, ModelFlavour] = {
     "sd15": ModelFlavour(
         name="sd15",
@@ -240,6 +242,9 @@ FLAVOURS: dict[str, ModelFlavour] = {
         identity_encoder=IdentityEncoderSpec(arch="r18", embedding_dim=16, widths=(8, 8, 16, 16)),
     ),
 }
+
+
+assert set(FLAVOURS) == set(get_args(FlavourName)), "every flavour name has its sizes, and no others"
 
 
 def model_flavour(name: str) -> ModelFlavour:

@@ -90,6 +90,11 @@ def load_spec(spec: type[SpecT], data: Mapping[str, Any] | str | Path | None = N
         raise ConfigError(format_validation_error(err, origin or f"{spec.__name__} configuration")) from err
 
 
+def absolute_path(value: str) -> str:
+    """A local path made absolute (URLs pass): Ray workers run in their own working directories."""
+    return value if "://" in value else str(Path(value).expanduser().absolute())
+
+
 class RayConfig(Spec):
     """Which Ray a command runs on: the same fields under `execution:` in build, train and evaluate configs."""
 

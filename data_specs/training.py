@@ -15,8 +15,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from data_specs.model import PretrainedPaths, model_flavour
-from data_specs.spec import ConfigError, RayConfig, Spec, load_spec
+from data_specs.model import FlavourName, PretrainedPaths, model_flavour
+from data_specs.spec import ConfigError, RayConfig, Spec, absolute_path, load_spec
 
 __all__ = ["DataConfig", "OptimConfig", "ScalingConfig", "StageRun", "TrainConfig", "TrainConfigError",
            "load_train_config"]
@@ -36,7 +36,7 @@ class DataConfig(Spec):
     @field_validator("dataset")
     @classmethod
     def _absolute(cls, value: str) -> str:
-        return _absolute_path(value)
+        return absolute_path(value)
 
 
 class OptimConfig(Spec):
@@ -82,7 +82,7 @@ class TrainConfig(Spec):
 
     name: str = Field("durian", pattern=r"^[\w-]+$", description="Run name: the folder under `output_dir`.")
     output_dir: str = Field(description="Folder for checkpoints, the trained pipeline, logs and sample videos.")
-    flavour: Literal["tiny", "sd15"] = Field("tiny", description="Model sizes (`data_specs.model`).")
+    flavour: FlavourName = Field("tiny", description="Model sizes (`data_specs.model`).")
     pretrained: PretrainedPaths | None = Field(
         None, description="Required for sd15 (unless `init_from` names a trained pipeline): local paths or hub ids "
         "of the pretrained parts (`sd15`, `image_encoder`, `arcface`; optional `motion_adapter` for stage 2 and "
@@ -126,7 +126,7 @@ class TrainConfig(Spec):
     @field_validator("output_dir", "init_from")
     @classmethod
     def _absolute(cls, value: str | None) -> str | None:
-        return None if value is None else _absolute_path(value)
+        return None if value is None else absolute_path(value)
 
     @model_validator(mode="after")
     def _pretrained_fits_the_flavour(self) -> TrainConfig:
@@ -151,11 +151,6 @@ class TrainConfig(Spec):
 
     def model_resolution(self) -> int:
         return self.resolution or model_flavour(self.flavour).resolution
-
-
-def _absolute_path(value: str) -> str:
-    """Ray Train workers run in their own working directories: relative paths are made absolute here."""
-    return value if "://" in value else str(Path(value).expanduser().absolute())
 
 
 class TrainConfigError(ConfigError):

@@ -20,6 +20,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from data_specs.model import FlavourName
 from data_specs.perception import ATTRIBUTES, RGB, PoseRenderSpec
 from data_specs.scenes import ReferenceConfig, ReferenceScope
 from data_specs.spec import RuntimeConfig, Spec
@@ -207,7 +208,7 @@ class AugmentConfig(Spec):
 class LatentConfig(Spec):
     """Precomputed VAE latents of the targets and the masked references (training then skips the encoder)."""
 
-    flavour: Literal["tiny", "sd15"] = Field("sd15", description="Model flavour (`data_specs.model`) whose VAE "
+    flavour: FlavourName = Field("sd15", description="Model flavour (`data_specs.model`) whose VAE "
                                              "encodes; it must be the flavour that trains.")
     vae: str | None = Field(
         None, description="Diffusers folder or hub id with a `vae/` subfolder (SD 1.5, or a saved DurianPipeline). "

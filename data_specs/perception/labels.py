@@ -7,14 +7,14 @@ map has; anything else fails validation before work starts.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 
 from data_specs.spec import Spec
 
 Attribute = Literal["hair", "eyeglasses", "beard", "hat"]
-ATTRIBUTES: tuple[str, ...] = ("hair", "eyeglasses", "beard", "hat")
+ATTRIBUTES: tuple[str, ...] = get_args(Attribute)
 
 
 class LabelMap(Spec):
