@@ -45,7 +45,6 @@ from data_specs.perception import PoseRenderSpec
 from data_specs.training import StageRun, TrainConfig
 from model.builders import DurianComponents, random_components
 from model.durian import DurianModel
-from weight_files.tensors import weights_fingerprint
 from training.precision import MasterWeights, PrecisionPolicy, hold_in, precision_policy
 from training.state import CheckpointManager, StageParts, TrainState
 from training.step import (
@@ -57,6 +56,7 @@ from training.step import (
     step_generator,
     training_noise_scheduler,
 )
+from weight_files.tensors import weights_fingerprint
 
 __all__ = ["Progress", "Session", "Trainer", "build_components", "distribute", "forward_backward", "prepare_stage",
            "train"]

@@ -190,10 +190,10 @@ def test_precomputed_latents_are_used_only_when_this_runs_vae_made_them(tmp_path
 
     import numpy as np
 
-    from weight_files.tensors import weights_fingerprint
     from tests.training.training_testing import make_pairs, write_samples
     from training.loop import Trainer
     from training.ray_train import LocalSession
+    from weight_files.tensors import weights_fingerprint
 
     vae = random_components(model_flavour("tiny"), seed=0).vae  # the VAE a seed-0 tiny run trains with
     this_vae = weights_fingerprint(vae)
