@@ -5,16 +5,22 @@ trainer prepares it) and PyTorch's `MemTracker` (torch.distributed._tools.mem_tr
 tensor's storage through one whole step: loss, backward (with gradient checkpointing, as configured for the
 paper's sizes), the trainer's optimiser step. A first untracked step creates AdamW's state, so the tracked
 second step is a steady one. Tracked: every network's weights (the model, VAE, CLIP and ArcFace, which stay
-on the device), the fp32 masters and their gradients (kept from step to step), the working gradients,
-AdamW's state, activations and backward temporaries. Inputs are
-the precomputed target latents and encoded references (the frozen encoders' no-grad passes run before the
-forward and are not on its peak).
+on the device), the fp32 masters and their gradients, the working gradients, AdamW's state, activations and
+backward temporaries. Inputs are the precomputed target latents and encoded references (the frozen encoders'
+no-grad passes run before the forward and are not on its peak).
 
-Per rank with 8 ranks: DistributedDataParallel keeps a full replica on every rank, so the per-rank figure is
-the single-process one plus DDP's gradient buckets (one buffer the size of the trained parameters' gradients,
-in their dtype, held for the whole run: added here from the parameter count, since DDP's reducer does not run
-on fake tensors). 8-bit AdamW (bitsandbytes, GPU only) is accounted as bytes: 1 byte per state value and one
-fp32 absmax per 256 values for tensors of 4,096 values or more (its `min_8bit_size`), 32-bit state below.
+Per rank with 8 ranks, the trainer (issue 18): DistributedDataParallel keeps a full replica of the model on
+every rank, with `gradient_as_bucket_view` (the working gradients are views of DDP's buckets, which the fake
+step keeps from step to step, zeroed in place, as a rank does: nothing is added for buckets); AdamW's state is
+sharded over the 8 ranks (ZeRO-1, `optim.shard_state`, torch's `ZeroRedundancyOptimizer`): the fake step is
+one process holding all of it, so 7/8 of it is taken off its end-of-forward and peak figures (each rank
+steps its 1/8 of the masters; the masters, their fp32 gradients, which exist only from `grads_to_masters` to
+the end of the optimiser step, and the working copies stay whole on every rank). Before issue 18 (the loop
+of 7f780c8): a full replica of everything per rank plus DDP's gradient buckets (one buffer the size of the
+trained parameters' gradients, in their dtype: added from the parameter count, since DDP's reducer does not
+run on fake tensors). 8-bit AdamW (bitsandbytes, GPU only) is accounted as bytes: 1 byte per state value and
+one fp32 absmax per 256 values for tensors of 4,096 values or more (its `min_8bit_size`), 32-bit state below,
+sharded like AdamW's.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_memory_estimate.py                   # this checkout
     PYTHONPATH=/tmp/baseline .venv/bin/python benchmarks/bench_memory_estimate.py       # before issue 18 (7f780c8)
@@ -23,19 +29,18 @@ fp32 absmax per 256 values for tensors of 4,096 values or more (its `min_8bit_si
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import time
 from dataclasses import dataclass
 
 import torch
-import torch.utils.checkpoint
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker
 
 import fake_training
 
 GIB = 2**30
+RANKS = 8  # the paper's: per-rank figures are for 8 ranks
 _TOTAL = "Total"
 
 
@@ -43,30 +48,34 @@ _TOTAL = "Total"
 class MemoryEstimate:
     """Bytes of one rank.
 
-    static: what the step starts with: every network's weights, the fp32 masters, AdamW's state and the
-    masters' gradients (the trainer keeps their buffers from step to step).
-    end_of_forward / peak: in use when the DurianModel's forward returns / at the step's peak (MemTracker).
+    static: what the step starts with: every network's weights, the fp32 masters, this rank's AdamW state and
+    the masters' gradients (before issue 18's trainer: kept from step to step; now dropped after each step).
+    end_of_forward / peak: in use when the DurianModel's forward returns / at the step's peak (MemTracker), less
+    the AdamW state other ranks hold when it is sharded (`sharded_state_saved`: the fake step is one process).
     """
 
     label: str
     weights: int
-    adamw_state: int
+    adamw_state: int  # this rank's
+    sharded_state_saved: int
     end_of_forward: int
     peak: int
     peak_phase: str
     ddp_buckets: int
     working_gradients: int
     master_gradients: int
-    adam8bit_state: int
+    adam8bit_state: int  # this rank's
     trained_parameters: int
     seconds: float
 
     def row(self) -> str:
         static = self.weights + self.adamw_state + self.master_gradients
-        per_rank = self.peak + self.ddp_buckets
+        end_of_forward = self.end_of_forward - self.sharded_state_saved
+        peak = self.peak - self.sharded_state_saved
+        per_rank = peak + self.ddp_buckets
         with_8bit = per_rank - self.adamw_state + self.adam8bit_state
-        cells = [self.weights, self.adamw_state, self.master_gradients, self.end_of_forward - static,
-                 self.peak - static, self.ddp_buckets, self.end_of_forward + self.ddp_buckets]
+        cells = [self.weights, self.adamw_state, self.master_gradients, end_of_forward - static,
+                 peak - static, self.ddp_buckets, end_of_forward + self.ddp_buckets]
         return (f"| {self.label} | " + " | ".join(f"{value / GIB:.1f}" for value in cells)
                 + f" | **{per_rank / GIB:.1f}** ({self.peak_phase}) | {with_8bit / GIB:.1f} |")
 
@@ -100,17 +109,6 @@ def skip_frozen_parameters(tracker: MemTracker, modules: list[torch.nn.Module]) 
                 tracker._param_to_grad_hook_handles[parameter] = (_NoHook(), _NoHook())
 
 
-def checkpoint_motion_modules(model: torch.nn.Module) -> int:
-    """What-if (not what training runs): recompute each motion module in backward as well, which diffusers'
-    UNetMotionModel does not (it checkpoints resnets and spatial transformer blocks). Returns how many."""
-    count = 0
-    for name, module in model.denoiser.named_modules():
-        if name.rpartition(".")[0].endswith("motion_modules"):
-            module.forward = functools.partial(torch.utils.checkpoint.checkpoint, module.forward, use_reentrant=False)
-            count += 1
-    return count
-
-
 def adam8bit_state_bytes(parameters: list[torch.Tensor]) -> int:
     """bitsandbytes AdamW8bit's two states: uint8 plus one fp32 absmax per 256-value block, fp32 for small
     tensors."""
@@ -122,13 +120,11 @@ def adam8bit_state_bytes(parameters: list[torch.Tensor]) -> int:
 
 
 def estimate(label: str, stage: int, batch: int, frames: int, latent: int, mixed_precision: str,
-             checkpointing: bool, motion_checkpointing: bool = False) -> MemoryEstimate:
+             checkpointing: bool) -> MemoryEstimate:
     start = time.perf_counter()
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     training = fake_training.build(fake_mode, "sd15", stage, frames, mixed_precision, checkpointing)
     components = training.components
-    if motion_checkpointing and stage == 2:
-        label += f", {checkpoint_motion_modules(components.model)} motion modules checkpointed (what-if)"
     with fake_mode, fake_training.HostSyncs():
         inputs = fake_training.make_inputs(training, batch, frames, latent)
         training.step(inputs)  # the first step creates the optimiser state
@@ -160,12 +156,19 @@ def estimate(label: str, stage: int, batch: int, frames: int, latent: int, mixed
     weights = fake_training.parameter_bytes([t for module in networks for t in (*module.parameters(),
                                                                                 *module.buffers())])
     weights += fake_training.parameter_bytes(separate_masters)
-    return MemoryEstimate(label, weights, adamw_state=2 * 4 * trained, end_of_forward=end_of_forward["bytes"],
-                          peak=peak, peak_phase=tracker.peak_phase, ddp_buckets=trained * working_size,
+    adamw_state = 2 * 4 * trained
+    # The trainer (issue 18) on several ranks: AdamW's state sharded over them (ZeRO-1, `optim.shard_state`),
+    # and the working gradients are DDP's buckets (`gradient_as_bucket_view`, kept by the fake step as they are
+    # on a rank): no bucket beside them. Before: a full replica of everything per rank plus the buckets.
+    shards = RANKS if fake_training.TRAINER else 1
+    return MemoryEstimate(label, weights, adamw_state=adamw_state // shards,
+                          sharded_state_saved=adamw_state - adamw_state // shards,
+                          end_of_forward=end_of_forward["bytes"], peak=peak, peak_phase=tracker.peak_phase,
+                          ddp_buckets=0 if fake_training.TRAINER else trained * working_size,
                           working_gradients=trained * working_size,
                           master_gradients=fake_training.parameter_bytes(master_grads),
-                          adam8bit_state=adam8bit_state_bytes(training.masters), trained_parameters=trained,
-                          seconds=time.perf_counter() - start)
+                          adam8bit_state=adam8bit_state_bytes(training.masters) // shards,
+                          trained_parameters=trained, seconds=time.perf_counter() - start)
 
 
 def main() -> None:
@@ -177,14 +180,12 @@ def main() -> None:
     parser.add_argument("--stage1-batch", type=int, default=4)
     parser.add_argument("--latent", type=int, default=64, help="Latent side (64: 512 px).")
     parser.add_argument("--stage", type=int, choices=[1, 2], default=None, help="Only this stage.")
-    parser.add_argument("--what-if-checkpoint-motion-modules", action="store_true",
-                        help="Stage 2: also recompute the motion modules in backward (not what training runs).")
     args = parser.parse_args()
     checkpointing = not args.no_checkpointing
     print(f"torch {torch.__version__}, sd15, {args.latent * 8}^2, checkpointing {checkpointing}, "
           f"{'trainer' if fake_training.TRAINER else 'loop before issue 18'}, mixed_precision {args.mixed_precision}")
-    print("| GiB per rank (DDP, 8 ranks) | weights (every network, fp32 masters) | AdamW state | masters' "
-          "gradients (kept) | activations at the end of the forward | activations, gradients and temporaries "
+    print("| GiB per rank (DDP, 8 ranks) | weights (every network, fp32 masters) | AdamW state (this rank's) | "
+          "masters' gradients at the step's start | activations at the end of the forward | activations, gradients and temporaries "
           "at the peak | DDP buckets | at the end of the forward | peak per rank (where) | peak with 8-bit AdamW |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     runs = [(f"stage 1, batch {args.stage1_batch}", 1, args.stage1_batch, 1),
@@ -192,8 +193,7 @@ def main() -> None:
     for label, stage, batch, frames in runs:
         if args.stage not in (None, stage):
             continue
-        result = estimate(label, stage, batch, frames, args.latent, args.mixed_precision, checkpointing,
-                          args.what_if_checkpoint_motion_modules)
+        result = estimate(label, stage, batch, frames, args.latent, args.mixed_precision, checkpointing)
         print(result.row(), flush=True)
         print(f"  ({result.trained_parameters / 1e6:.0f} M trained parameters, their working gradients "
               f"{result.working_gradients / GIB:.1f} GiB in backward; {result.seconds:.0f} s)", flush=True)

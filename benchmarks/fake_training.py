@@ -33,7 +33,7 @@ from training.step import ModelInputs, StepOptions, step_generator
 try:  # the trainer of issue 18
     from data_specs.training import TrainConfig
     from model.builders import random_motion_adapter
-    from training.loop import Trainer, _optimizer, build_components, forward_backward, prepare_stage
+    from training.loop import build_components, forward_backward, make_optimizer, optimizer_step, prepare_stage
     from training.precision import precision_policy
     from training.state import StageParts
     from training.step import training_noise_scheduler
@@ -76,10 +76,16 @@ class FakeTraining:
 
 
 def train_config(flavour: str, stage: int, frames: int, mixed_precision: str, checkpointing: bool) -> object:
-    """The TrainConfig a run of `stage` would have (random init, the defaults otherwise)."""
+    """The TrainConfig a run of `stage` would have (random init, the defaults otherwise).
+
+    A real sd15 run needs pretrained weights (the config refuses random ones); the fake model holds no values,
+    so it is validated as a tiny run and then given the flavour's architecture.
+    """
     folder = tempfile.gettempdir()
-    return TrainConfig(output_dir=folder, flavour=flavour, data={"dataset": folder}, mixed_precision=mixed_precision,
-                       gradient_checkpointing=checkpointing, stages=[{"stage": stage, "steps": 1, "frames": frames}])
+    config = TrainConfig(output_dir=folder, flavour="tiny", data={"dataset": folder},
+                         mixed_precision=mixed_precision, gradient_checkpointing=checkpointing,
+                         stages=[{"stage": stage, "steps": 1, "frames": frames}])
+    return config.model_copy(update={"flavour": flavour})
 
 
 def to_fake(modules: tuple[nn.Module, ...], device: torch.device, *lists: list[nn.Parameter]
@@ -157,20 +163,21 @@ def build(fake_mode: FakeTensorMode, flavour_name: str, stage: int, frames: int,
                                                                      master_weights.masters)
             masters = master_weights.masters
         if TRAINER:
-            optimizer = _optimizer(config, config.stages[0], masters, device)
+            # As on each of several ranks: the working gradients are DDP's bucket views, kept and zeroed in place.
+            master_weights.grads_in_buckets = True
+            optimizer = make_optimizer(config.optim, config.optim.learning_rate, masters, device)
             parts = StageParts(master_weights, optimizer, schedule=SimpleNamespace(step=lambda: None), ema=None)
 
-            def optimizer_step() -> None:
-                # The trainer's own method; of the trainer it reads only the config.
-                Trainer.optimizer_step(SimpleNamespace(config=config), parts)
+            def step_optimizer() -> None:
+                optimizer_step(parts, config.optim.grad_clip)  # the trainer's own optimiser side
         else:
             optimizer = torch.optim.AdamW(masters, lr=1e-5, weight_decay=1e-2)
 
-            def optimizer_step() -> None:
+            def step_optimizer() -> None:
                 torch.nn.utils.clip_grad_norm_(masters, 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-    return FakeTraining(flavour, stage, components, masters, master_weights, step, optimizer, optimizer_step,
+    return FakeTraining(flavour, stage, components, masters, master_weights, step, optimizer, step_optimizer,
                         description)
 
 

@@ -46,6 +46,9 @@ class OptimConfig(Spec):
     weight_decay: float = Field(1e-2, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     eight_bit: bool = Field(False, description="bitsandbytes 8-bit AdamW (GPU only).")
+    shard_state: bool = Field(True, description="With several ranks, each keeps only its share of the optimiser "
+                              "state (ZeRO-1: torch's ZeroRedundancyOptimizer over the fp32 masters); off: every "
+                              "rank holds all of it.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up from 0.")
     schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="After the warm-up.")
     grad_clip: float = Field(1.0, gt=0, description="Largest global gradient norm.")

@@ -42,7 +42,7 @@ from torch import nn
 
 from data_specs.model import model_flavour
 from data_specs.perception import PoseRenderSpec
-from data_specs.training import StageRun, TrainConfig
+from data_specs.training import OptimConfig, StageRun, TrainConfig
 from model.builders import DurianComponents, random_components
 from model.durian import DurianModel
 from training.precision import MasterWeights, PrecisionPolicy, hold_in, precision_policy
@@ -158,6 +158,44 @@ def forward_backward(model: nn.Module, scheduler: DDPMScheduler, inputs: ModelIn
     return loss.detach()
 
 
+def make_optimizer(optim: OptimConfig, learning_rate: float, parameters: list[nn.Parameter], device: torch.device,
+                   shard: bool = False) -> torch.optim.Optimizer:
+    """AdamW (or 8-bit AdamW) over `parameters`; `shard`: each rank of the process group keeps and updates its
+    share of them (ZeRO-1: `ZeroRedundancyOptimizer`), then the updated parameters are broadcast from their
+    owners. Its checkpoint is gathered on rank 0 (`CheckpointManager.save`, on every rank)."""
+    kwargs = {"lr": learning_rate, "weight_decay": optim.weight_decay, "betas": optim.betas}
+    if optim.eight_bit:
+        if device.type != "cuda":
+            raise ValueError("optim.eight_bit needs a GPU (bitsandbytes)")
+        try:
+            import bitsandbytes as bnb
+        except ImportError as err:
+            raise ValueError("optim.eight_bit needs bitsandbytes: `pip install bitsandbytes`") from err
+        optimizer_class = bnb.optim.AdamW8bit
+    else:
+        optimizer_class, kwargs = torch.optim.AdamW, {**kwargs, "fused": device.type == "cuda"}
+    if shard:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        return ZeroRedundancyOptimizer(parameters, optimizer_class=optimizer_class, **kwargs)
+    return optimizer_class(parameters, **kwargs)
+
+
+def optimizer_step(parts: StageParts, grad_clip: float) -> torch.Tensor:
+    """Gradients to the fp32 masters, clip, step the optimiser, schedule and EMA, drop the gradients, refresh
+    the working copies; returns the gradient norm before clipping (a device tensor)."""
+    masters = parts.masters
+    masters.grads_to_masters()
+    grad_norm = torch.nn.utils.clip_grad_norm_(masters.masters, grad_clip)
+    parts.optimizer.step()
+    parts.schedule.step()
+    masters.zero_grad()
+    if parts.ema is not None:
+        parts.ema.step(masters.masters)
+    masters.to_working()
+    return grad_norm.detach()
+
+
 def distribute(model: DurianModel, masters: MasterWeights) -> nn.parallel.DistributedDataParallel:
     """Rank 0's masters on every rank, then the model in DDP over its trained parameters (a static graph;
     bf16 gradients averaged in fp32). Call on every rank of the initialised process group, after
@@ -171,8 +209,10 @@ def distribute(model: DurianModel, masters: MasterWeights) -> nn.parallel.Distri
 
     _sync_params_and_buffers(group.WORLD, [m.data for m in masters.masters], _BROADCAST_BUCKET_BYTES, 0)
     masters.to_working()
+    # The working gradients are views of DDP's buckets: not a second copy of them.
     wrapped = nn.parallel.DistributedDataParallel(model, static_graph=True, init_sync=False,
-                                                  forward_sync_buffers=False)
+                                                  forward_sync_buffers=False, gradient_as_bucket_view=True)
+    masters.grads_in_buckets = True
     if masters.separate:
         wrapped.register_comm_hook(None, _allreduce_in_fp32)
     return wrapped
@@ -279,7 +319,9 @@ class Trainer:
             self.state.motion_modules = self.model.has_motion_modules
         if self.session.world_size > 1:
             self.wrapped = distribute(self.model, masters)
-        optimizer = _optimizer(self.config, run, masters.masters, self.device)
+        optimizer = make_optimizer(self.config.optim, run.learning_rate or self.config.optim.learning_rate,
+                                   masters.masters, self.device,
+                                   shard=self.config.optim.shard_state and self.session.world_size > 1)
         schedule = get_scheduler(self.config.optim.schedule, optimizer,
                                  num_warmup_steps=self.config.optim.warmup_steps, num_training_steps=run.steps)
         ema = None
@@ -335,16 +377,7 @@ class Trainer:
     def optimizer_step(self, parts: StageParts) -> torch.Tensor:
         """Gradients to the fp32 masters, clip, step the optimiser, schedule and EMA, refresh the working
         copies; returns the gradient norm before clipping (a device tensor)."""
-        masters = parts.masters
-        masters.grads_to_masters()
-        grad_norm = torch.nn.utils.clip_grad_norm_(masters.masters, self.config.optim.grad_clip)
-        parts.optimizer.step()
-        parts.schedule.step()
-        masters.zero_grad()
-        if parts.ema is not None:
-            parts.ema.step(masters.masters)
-        masters.to_working()
-        return grad_norm.detach()
+        return optimizer_step(parts, self.config.optim.grad_clip)
 
     # ------------------------------------------------------------ the run
 
@@ -477,18 +510,3 @@ def _allreduce_in_fp32(process_group, bucket):  # noqa: ANN001, ANN202 (DDP chec
         return buffer
 
     return future.then(copy_back)
-
-
-def _optimizer(config: TrainConfig, run: StageRun, parameters: list[torch.nn.Parameter],
-               device: torch.device) -> torch.optim.Optimizer:
-    lr = run.learning_rate or config.optim.learning_rate
-    kwargs = {"lr": lr, "weight_decay": config.optim.weight_decay, "betas": config.optim.betas}
-    if config.optim.eight_bit:
-        if device.type != "cuda":
-            raise ValueError("optim.eight_bit needs a GPU (bitsandbytes)")
-        try:
-            import bitsandbytes as bnb
-        except ImportError as err:
-            raise ValueError("optim.eight_bit needs bitsandbytes: `pip install bitsandbytes`") from err
-        return bnb.optim.AdamW8bit(parameters, **kwargs)
-    return torch.optim.AdamW(parameters, fused=device.type == "cuda", **kwargs)

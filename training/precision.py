@@ -74,12 +74,17 @@ class MasterWeights:
     Take them while the parameters are still fp32, then cast the model to `working_dtype`. With an fp32
     working dtype the masters ARE the parameters (nothing is copied). Otherwise: `to_working()` after every
     optimiser step (one `_foreach_copy_`), `grads_to_masters()` after backward (one `_foreach_copy_`; the
-    working gradients are then dropped).
+    working gradients are then dropped, unless they live in DDP's buckets). The masters' fp32 gradients exist
+    only from `grads_to_masters()` to `zero_grad()` (the optimiser step), not through the next backward.
+
+    grads_in_buckets: the working gradients are views of DDP's gradient buckets (`gradient_as_bucket_view`, set
+        by `training.loop.distribute`): they are zeroed in place instead of dropped, as the buckets stay anyway.
     """
 
     def __init__(self, working: list[nn.Parameter], working_dtype: torch.dtype = torch.float32) -> None:
         self.working = working
         self.separate = working_dtype != torch.float32
+        self.grads_in_buckets = False
         if self.separate:
             self.masters = [nn.Parameter(p.detach().float().clone()) for p in working]
         else:
@@ -98,15 +103,23 @@ class MasterWeights:
         if not self.separate:
             return
         for working, master in zip(self.working, self.masters):
-            if master.grad is None:
-                master.grad = torch.zeros_like(master)
+            master.grad = torch.empty_like(master)
             if working.grad is None:
                 working.grad = torch.zeros_like(working)
         torch._foreach_copy_([m.grad for m in self.masters], [p.grad for p in self.working])
-        for working in self.working:
-            working.grad = None
+        if not self.grads_in_buckets:
+            for working in self.working:
+                working.grad = None
 
+    @torch.no_grad()
     def zero_grad(self) -> None:
-        """Drop the gradients of the last step (the masters' own buffers are overwritten by the next copy)."""
-        for parameter in self.working:
-            parameter.grad = None
+        """After the optimiser step: drop the masters' gradients, and the working ones (zeroed in place when they
+        are DDP's bucket views, which the next backward fills)."""
+        if self.grads_in_buckets:
+            torch._foreach_zero_([p.grad for p in self.working if p.grad is not None])
+        else:
+            for parameter in self.working:
+                parameter.grad = None
+        if self.separate:
+            for master in self.masters:
+                master.grad = None

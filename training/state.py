@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from diffusers.training_utils import EMAModel
 from torch import nn
+from torch.distributed.optim import ZeroRedundancyOptimizer
 
 from training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.precision import MasterWeights
@@ -105,7 +106,10 @@ class CheckpointManager:
         return {names[id(p)]: master for p, master in zip(masters.working, masters.masters)}
 
     def save(self, state: TrainState, model: nn.Module, parts: StageParts) -> Path | None:
-        """Write a checkpoint of `state` (named by its global step); None on ranks that do not write."""
+        """Write a checkpoint of `state` (named by its global step); None on ranks that do not write.
+        Call on every rank: a sharded optimiser's state is first gathered on rank 0 (a collective)."""
+        if isinstance(parts.optimizer, ZeroRedundancyOptimizer):
+            parts.optimizer.consolidate_state_dict(to=0)
         if not self.enabled:
             return None
         return save_checkpoint(self.root, state.global_step, model, parts.optimizer, parts.schedule,
@@ -114,7 +118,8 @@ class CheckpointManager:
                                                 self._master_tensors(model, parts.masters).items()})
 
     def load(self, path: Path, model: nn.Module, parts: StageParts) -> TrainState:
-        """Restore the model, masters, optimiser, schedule and EMA from `path`; returns its train state."""
+        """Restore the model, masters, optimiser, schedule and EMA from `path`; returns its train state. A sharded
+        optimiser reads the whole state and keeps its rank's share."""
         extra = load_checkpoint(path, model, parts.optimizer, parts.schedule, ema=parts.ema,
                                 model_overrides={name: master.data for name, master in
                                                  self._master_tensors(model, parts.masters).items()})

@@ -9,12 +9,13 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 from safetensors.torch import load_file
+from torch import nn
 
 from data_specs.model import model_flavour
-from data_specs.training import TrainConfigError, load_train_config
+from data_specs.training import OptimConfig, TrainConfigError, load_train_config
 from model.builders import random_components, random_motion_adapter
 from model.durian import DurianModel, ReferenceInputs
-from training.loop import distribute, forward_backward, prepare_stage
+from training.loop import distribute, forward_backward, make_optimizer, optimizer_step, prepare_stage
 from training.precision import PrecisionPolicy, precision_policy
 from training.state import CheckpointManager, StageParts, TrainState
 from training.step import ModelInputs, StepOptions, min_snr_weights, step_generator, training_noise_scheduler
@@ -142,23 +143,53 @@ def test_a_bf16_step_updates_the_masters_and_the_checkpoint_holds_them_in_fp32(t
 
 def _two_ranks(rank: int, store: str, results: str) -> None:
     """One of two gloo ranks: a model built with this rank's own seed, synchronised, one DDP step; in fp32,
-    then under bf16 (fp32 masters, gradients averaged in fp32 by the communication hook)."""
+    then under bf16 (fp32 masters, gradients averaged in fp32 by the communication hook). Under bf16 the
+    sharded optimiser (ZeRO-1) then steps, a checkpoint is saved after the first step and two more steps run;
+    a fresh model resumed from that checkpoint runs the same two steps."""
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    cpu = torch.device("cpu")
+    manager = CheckpointManager(Path(results) / "checkpoints", keep=2, enabled=rank == 0)
+
+    def stage_1(policy: PrecisionPolicy, seed: int) -> tuple[nn.Module, StageParts, DDPMScheduler]:
+        components = random_components(model_flavour("tiny"), seed=seed)  # different weights on each rank
+        masters = prepare_stage(components.model, 1, policy)
+        wrapped = distribute(components.model, masters)
+        optimizer = make_optimizer(OptimConfig(), 1e-3, masters.masters, cpu, shard=True)
+        parts = StageParts(masters, optimizer, torch.optim.lr_scheduler.ConstantLR(optimizer, 1.0), None)
+        return wrapped, parts, training_noise_scheduler(components.scheduler)
+
+    def steps(wrapped: nn.Module, parts: StageParts, scheduler: DDPMScheduler, first: int, last: int) -> None:
+        for step in range(first, last):
+            forward_backward(wrapped, scheduler, tiny_inputs(wrapped.module, seed=10 * step + rank),
+                             StepOptions(reference_dropout=0.5, autocast=True), step_generator(0, rank, step, cpu))
+            optimizer_step(parts, grad_clip=1.0)
+
     try:
         for name, policy in (("fp32", PrecisionPolicy()), ("bf16", BF16)):
-            components = random_components(model_flavour("tiny"), seed=rank)  # different weights on each rank
-            model = components.model
-            masters = prepare_stage(model, 1, policy)
-            wrapped = distribute(model, masters)
+            wrapped, parts, scheduler = stage_1(policy, seed=rank)
+            masters = parts.masters
             started = [m.detach().clone() for m in masters.masters]
-            forward_backward(wrapped, training_noise_scheduler(components.scheduler), tiny_inputs(model, seed=rank),
+            forward_backward(wrapped, scheduler, tiny_inputs(wrapped.module, seed=rank),
                              StepOptions(reference_dropout=0.5, autocast=policy.autocast),
-                             step_generator(0, rank, 0, torch.device("cpu")))
+                             step_generator(0, rank, 0, cpu))
             masters.grads_to_masters()
             grads = [torch.zeros_like(m) if m.grad is None else m.grad.clone() for m in masters.masters]
             torch.save({"masters": started, "grads": grads}, f"{results}/{name}-rank{rank}.pt")
+        # bf16, sharded optimiser: the first step (its gradients above), a checkpoint, two more steps.
+        optimizer_step(parts, grad_clip=1.0)
+        manager.save(TrainState(global_step=1, stage_step=1, batches=1), wrapped.module, parts)
+        saved = [m.detach().clone() for m in masters.masters]
+        steps(wrapped, parts, scheduler, 1, 3)
+        continued = [m.detach().clone() for m in masters.masters]
+        owned = len(parts.optimizer.optim.state)  # the AdamW states this rank holds
+        dist.barrier()  # rank 0 has written the checkpoint
+        wrapped, parts, scheduler = stage_1(BF16, seed=rank + 7)
+        manager.load(manager.latest(), wrapped.module, parts)
+        steps(wrapped, parts, scheduler, 1, 3)
+        torch.save({"saved": saved, "continued": continued, "resumed": [m.detach() for m in parts.masters.masters],
+                    "owned": owned, "trained": len(parts.masters.masters)}, f"{results}/zero-rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -176,6 +207,14 @@ def test_two_ranks_start_from_rank_0s_weights_and_average_their_gradients(tmp_pa
         assert all(torch.equal(a, b) for a, b in zip(ranks[0]["grads"], ranks[1]["grads"]))  # averaged
         assert {g.dtype for g in ranks[0]["grads"]} == {torch.float32}
         assert sum(g.abs().sum() for g in ranks[0]["grads"]) > 0, name
+    # ZeRO-1: each rank holds a share of the optimiser state; the weights agree on both ranks after each step,
+    # and a resume from the checkpoint continues bit for bit.
+    zero = [torch.load(tmp_path / f"zero-rank{rank}.pt") for rank in range(2)]
+    assert all(0 < z["owned"] < z["trained"] for z in zero) and sum(z["owned"] for z in zero) == zero[0]["trained"]
+    for key in ("saved", "continued", "resumed"):
+        assert all(torch.equal(a, b) for a, b in zip(zero[0][key], zero[1][key])), key
+    assert any(not torch.equal(a, b) for a, b in zip(zero[0]["saved"], zero[0]["continued"]))
+    assert all(torch.equal(a, b) for a, b in zip(zero[0]["continued"], zero[0]["resumed"]))
 
 
 def test_frames_beyond_the_motion_modules_length_are_a_config_error(tmp_path: Path):
