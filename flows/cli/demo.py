@@ -67,7 +67,7 @@ def demo(
     pipeline = workdir / "runs" / "demo" / "pipeline"
     # The trained pipeline animates one video's portrait with its own hair, in windows of its trained clip length
     # (stage 2's 4 frames), consecutive windows sharing 2 frames.
-    sample(out=workdir / "sample.mp4", model=pipeline, from_truth=video_dir / "portrait_0000.mp4", frames=24,
+    sample(out=workdir / "sample.mp4", model=pipeline, from_truth=video_dir / "portrait_0000.mp4", frames=12,
            steps=4, size=64, fps=12.0, overlap=2)
     # Evaluation on the videos the split held out (pixel metrics: no extractor weights in the demo).
     evaluate_command(model=pipeline, dataset=workdir / "dataset", output=workdir / "evaluation",
