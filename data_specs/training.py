@@ -17,9 +17,12 @@ from pydantic import Field, field_validator, model_validator
 
 from data_specs.model import FlavourName, PretrainedPaths, model_flavour
 from data_specs.spec import ConfigError, RayConfig, Spec, absolute_path, load_spec
+from data_specs.training_samples import TrainingStage
 
-__all__ = ["DataConfig", "OptimConfig", "ScalingConfig", "StageRun", "TrainConfig", "TrainConfigError",
-           "load_train_config"]
+__all__ = ["DataConfig", "MixedPrecision", "OptimConfig", "ScalingConfig", "StageRun", "TrainConfig",
+           "TrainConfigError", "load_train_config"]
+
+MixedPrecision = Literal["auto", "no", "bf16"]
 
 
 class DataConfig(Spec):
@@ -57,7 +60,7 @@ class OptimConfig(Spec):
 class StageRun(Spec):
     """One training stage of a run."""
 
-    stage: Literal[1, 2]
+    stage: TrainingStage
     steps: int = Field(ge=1, description="Optimiser steps of this stage.")
     frames: int = Field(1, ge=1, le=256, description="Target frames per sample: 1 in stage 1; in stage 2 at most "
                         "the dataset's `training_samples.pairs.frames`.")
@@ -104,7 +107,7 @@ class TrainConfig(Spec):
     min_snr_gamma: float | None = Field(5.0, gt=0, description="Min-SNR loss weighting (None: plain MSE).")
     reference_dropout: float = Field(0.1, ge=0, lt=1, description="Share of samples trained without references "
                                      "and image embeddings (for classifier-free guidance).")
-    mixed_precision: Literal["auto", "no", "bf16"] = Field(
+    mixed_precision: MixedPrecision = Field(
         "auto", description="'auto': bf16 on GPU. Under bf16 every network is held in bf16 and the trained "
         "weights keep fp32 masters (`training.precision`).")
     fp32_vae: bool = Field(False, description="Hold the VAE in fp32 under bf16 (as diffusers' SD 1.5 examples "

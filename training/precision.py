@@ -15,10 +15,11 @@ Without mixed precision (CPUs by default) everything is fp32 and the masters are
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
+
+from data_specs.training import MixedPrecision
 
 __all__ = ["MasterWeights", "PrecisionPolicy", "hold_in", "precision_policy"]
 
@@ -59,7 +60,7 @@ class PrecisionPolicy:
             torch.backends.cudnn.allow_tf32 = True
 
 
-def precision_policy(mixed_precision: Literal["auto", "no", "bf16"], device: torch.device,
+def precision_policy(mixed_precision: MixedPrecision, device: torch.device,
                      fp32_vae: bool = False) -> PrecisionPolicy:
     """The policy of `TrainConfig.mixed_precision` on `device` ('auto': bf16 on CUDA, fp32 elsewhere)."""
     mixed = device.type == "cuda" if mixed_precision == "auto" else mixed_precision == "bf16"
