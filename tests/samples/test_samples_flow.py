@@ -24,7 +24,7 @@ PERCEPTION = {"detection": TRUTH, "crop": {"size": CROP}, "keypoints": TRUTH,
               "segmentation": {**TRUTH, "attributes": ["hair", "eyeglasses", "beard", "hat"]}}
 # The videos last a second: references a quarter of a second or more from the targets.
 SAMPLES = {"pairs": {"pairs_per_clip": 2, "frames": 3, "min_ref_distance": 2, "references": {"min_gap_s": 0.25}}}
-SPLIT = {"eval_fraction": 0.4, "seed": 1}  # 2 of the 5 videos, by the hashes of their (deterministic) contents
+SPLIT = {"eval_fraction": 0.4, "seed": 7}  # 2 of the 5 videos, by the hashes of their (deterministic) contents
 
 
 @pytest.fixture(scope="module")
