@@ -36,6 +36,7 @@ from model.reference_attention import (
     ReferenceBank,
     install_reference_readers,
     install_reference_writers,
+    reference_drop_bias,
 )
 
 MOTION_MODULES = "motion_modules"  # the name of every temporal layer in a diffusers UNetMotionModel
@@ -274,7 +275,9 @@ class DurianModel(ModelMixin, ConfigMixin):
         # 2. Cross-attention tokens repeated to B * F rows in the same order.
         context = attribute_embeds.to(self.dtype).repeat_interleave(frames, dim=0)
         # 3. Denoiser, with the pose features added after conv_in and the read mode passed to its processors.
-        attention_kwargs = {"read_mode": read_mode, "drop_references": drop_references}
+        drop_bias = (None if drop_references is None or not read_mode.use_references
+                     else reference_drop_bias(drop_references, frames, self.dtype))
+        attention_kwargs = {"read_mode": read_mode, "drop_bias": drop_bias}
         latents = noisy_latents.to(self.dtype)
         self._pose_features = pose
         try:

@@ -10,8 +10,9 @@ by module name, so no UNet code is forked or patched, and the temporal attention
 stock processor.
 
 The read mode travels per call, as diffusers passes attention options: `cross_attention_kwargs={"read_mode":
-mode}` reaches the processors of the denoiser's spatial transformers (never the motion modules). The bank only
-holds tensors.
+mode}` reaches the processors of the denoiser's spatial transformers (never the motion modules), with the
+per-sample reference drop of training as a logit bias built once per forward (`reference_drop_bias`). The bank
+only holds tensors.
 
 Contract that makes gradient checkpointing and accumulation safe:
   * a write overwrites the slot of its (source, layer): recomputation during backward and repeated steps
@@ -127,19 +128,40 @@ def _attend(attn: Attention, query: torch.Tensor, groups: list[KeysValues],
 
     group_bias: optionally one logit bias per group, added to every key of the group (-inf removes them).
     """
-    key = torch.cat([k for k, _ in groups], dim=2)
-    value = torch.cat([v for _, v in groups], dim=2)
+    if len(groups) == 1:  # a cat of one tensor would still copy it (and slice its gradient in backward)
+        key, value = groups[0]
+    else:
+        key = torch.cat([k for k, _ in groups], dim=2)
+        value = torch.cat([v for _, v in groups], dim=2)
     if attn.norm_q is not None:
         query = attn.norm_q(query)
     if attn.norm_k is not None:
         key = attn.norm_k(key)
-    mask = None
-    if group_bias is not None:
-        rows = max(b.shape[0] if isinstance(b, torch.Tensor) else 1 for b in group_bias)
-        mask = torch.cat([torch.as_tensor(b, dtype=query.dtype, device=query.device).expand(rows, 1, 1, k.shape[2])
-                          for (k, _), b in zip(groups, group_bias)], dim=-1)  # broadcast over heads, queries
+    mask = None if group_bias is None else _key_bias([k.shape[2] for k, _ in groups], group_bias, query)
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=attn.scale)
     return out.transpose(1, 2).flatten(2)
+
+
+def _is_zero(bias: GroupBias) -> bool:
+    return not isinstance(bias, torch.Tensor) and bias == 0
+
+
+def _key_bias(lengths: list[int], group_bias: list[GroupBias], query: torch.Tensor) -> torch.Tensor:
+    """The (rows, 1, 1, keys) logit bias of key groups of `lengths` (broadcast over heads and queries).
+
+    Zero-bias groups at either end (the own tokens) are padding of the rest: with one biased group between,
+    the mask costs two ops (an expand and a pad) whatever the group count.
+    """
+    start, stop = 0, len(lengths)
+    while start < stop and _is_zero(group_bias[start]):
+        start += 1
+    while stop > start and _is_zero(group_bias[stop - 1]):
+        stop -= 1
+    rows = max(b.shape[0] if isinstance(b, torch.Tensor) else 1 for b in group_bias)
+    middle = [torch.as_tensor(b, dtype=query.dtype, device=query.device).expand(rows, 1, 1, n)
+              for b, n in zip(group_bias[start:stop], lengths[start:stop])]
+    bias = middle[0] if len(middle) == 1 else torch.cat(middle, dim=-1)
+    return F.pad(bias, (sum(lengths[:start]), sum(lengths[stop:])))
 
 
 def _attend_attributes(attn: Attention, query: torch.Tensor, shared: list[KeysValues],
@@ -173,7 +195,8 @@ def _finish(attn: Attention, out: torch.Tensor, residual: torch.Tensor) -> torch
     out = attn.to_out[1](attn.to_out[0](out.to(residual.dtype)))
     if attn.residual_connection:
         out = out + residual
-    return out / attn.rescale_output_factor
+    # A division by 1 (every SD 1.5 attention) is still a kernel, in forward and in backward: skipped.
+    return out if attn.rescale_output_factor == 1 else out / attn.rescale_output_factor
 
 
 def _check_supported(attn: Attention, attention_mask: torch.Tensor | None) -> None:
@@ -207,19 +230,28 @@ class _ReadModeProcessor:
     def __call__(self, attn: Attention, hidden_states: torch.Tensor,
                  encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
-                 read_mode: ReadMode = ReadMode(), drop_references: torch.Tensor | None = None) -> torch.Tensor:
-        """hidden_states: (B * F, L, C) -> (B * F, L, C); drop_references: optional (B,) bool, the samples that
-        read no references (the per-sample classifier-free-guidance drop of training)."""
+                 read_mode: ReadMode = ReadMode(), drop_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden_states: (B * F, L, C) -> (B * F, L, C); drop_bias: optional `reference_drop_bias`, the logit
+        bias of every row's reference keys (the per-sample classifier-free-guidance drop of training)."""
         _check_supported(attn, attention_mask)
         query = _heads(attn, attn.to_q(hidden_states))
-        out = self.attend(attn, query, hidden_states, encoder_hidden_states, read_mode, drop_references)
+        out = self.attend(attn, query, hidden_states, encoder_hidden_states, read_mode, drop_bias)
         return _finish(attn, out, hidden_states)
 
     def attend(self, attn: Attention, query: torch.Tensor, hidden_states: torch.Tensor,
                encoder_hidden_states: torch.Tensor | None, read_mode: ReadMode,
-               drop_references: torch.Tensor | None) -> torch.Tensor:
+               drop_bias: torch.Tensor | None) -> torch.Tensor:
         """The attention output before `to_out`: (B * F, L, heads * d)."""
         raise NotImplementedError
+
+
+def reference_drop_bias(drop_references: torch.Tensor, frames: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B,) bool, the samples that read no references -> the (B * F, 1, 1, 1) logit bias of their rows'
+    reference keys: -inf (zero attention weight) for a dropped sample's F frames, 0 otherwise. Built once per
+    forward and shared by every reference layer."""
+    bias = torch.zeros(drop_references.shape, dtype=dtype, device=drop_references.device)
+    bias = bias.masked_fill(drop_references, -math.inf)
+    return (bias if frames == 1 else bias.repeat_interleave(frames))[:, None, None, None]
 
 
 class ReferenceReadProcessor(_ReadModeProcessor):
@@ -235,7 +267,7 @@ class ReferenceReadProcessor(_ReadModeProcessor):
 
     def attend(self, attn: Attention, query: torch.Tensor, hidden_states: torch.Tensor,
                encoder_hidden_states: torch.Tensor | None, read_mode: ReadMode,
-               drop_references: torch.Tensor | None) -> torch.Tensor:
+               drop_bias: torch.Tensor | None) -> torch.Tensor:
         # 1. Own tokens.
         own = _project(attn, hidden_states)
         if not read_mode.use_references:
@@ -255,16 +287,20 @@ class ReferenceReadProcessor(_ReadModeProcessor):
 
         def per_frame(tokens: torch.Tensor) -> KeysValues:
             # (B, ...) -> (B * F, ...), frames of a sample adjacent, like the query.
-            return tuple(x.repeat_interleave(frames, dim=0) for x in _project(attn, tokens))
+            keys_values = _project(attn, tokens)
+            return keys_values if frames == 1 else tuple(x.repeat_interleave(frames, dim=0) for x in keys_values)
 
-        shared = [own, per_frame(portrait)]
-        attribute_groups = [per_frame(attributes[:, n]) for n in range(num_attributes)]
-        if drop_references is None:
-            return _attend_attributes(attn, query, shared, attribute_groups, read_mode)
         # 3. Dropped samples: their reference keys get a -inf logit, i.e. zero attention weight, so they attend to
         #    their own tokens only, as the unconditional branch does, in the same graph as the others.
-        dropped = drop_references.to(query.device, torch.bool).repeat_interleave(frames)[:, None, None, None]
-        drop_bias = torch.zeros(dropped.shape, dtype=query.dtype, device=query.device).masked_fill(dropped, -math.inf)
+        if read_mode.alpha is None and read_mode.attribute_weights is None:
+            # Plain composition: one softmax over every reference token, so the portrait's and the attributes'
+            # tokens are projected together (one key and one value projection per layer, not 1 + N of each).
+            references = per_frame(torch.cat([portrait, attributes.flatten(1, 2)], dim=1))
+            return _attend(attn, query, [own, references], None if drop_bias is None else [0.0, drop_bias])
+        shared = [own, per_frame(portrait)]
+        attribute_groups = [per_frame(attributes[:, n]) for n in range(num_attributes)]
+        if drop_bias is None:
+            return _attend_attributes(attn, query, shared, attribute_groups, read_mode)
         return _attend_attributes(attn, query, shared, attribute_groups, read_mode, shared_bias=[0.0, drop_bias],
                                   attribute_bias=drop_bias)
 
@@ -278,7 +314,7 @@ class AttributeCrossAttnProcessor(_ReadModeProcessor):
 
     def attend(self, attn: Attention, query: torch.Tensor, hidden_states: torch.Tensor,
                encoder_hidden_states: torch.Tensor | None, read_mode: ReadMode,
-               drop_references: torch.Tensor | None) -> torch.Tensor:
+               drop_bias: torch.Tensor | None) -> torch.Tensor:
         # A dropped sample's attribute embeddings arrive zeroed (`DurianModel.denoise`): nothing to mask here.
         if read_mode.alpha is not None:
             num_attributes = 2
