@@ -17,7 +17,7 @@ from transformers import CLIPVisionModelWithProjection
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from model.durian import ReferenceInputs
-from model.geometry import fit_similarity, warp_affine
+from model.geometry import fit_similarity
 
 # The standard ArcFace 5-point template in a 112x112 crop (insightface `arcface_dst`):
 # left eye, right eye, nose tip, left mouth corner, right mouth corner.
@@ -136,14 +136,29 @@ def align_faces(images: torch.Tensor, keypoints: np.ndarray) -> torch.Tensor:
     """Crop ArcFace's 112x112 aligned faces from 5-point keypoints.
 
     images: (B, 3, H, W); keypoints: (B, 5, 2) in the ArcFace order. Returns (B, 3, 112, 112).
+    The warp of `model.geometry.warp_affine`, batched on the images' device: only the B (2, 3) matrices are
+    computed on the host, and reach a GPU in one copy from pinned memory that does not wait for the device.
     """
     keypoints = np.asarray(keypoints)
     if keypoints.shape[1:] != (5, 2):
         raise ValueError(f"ArcFace alignment needs (B, 5, 2) keypoints, got {keypoints.shape}")
-    return torch.cat([
-        warp_affine(image[None], fit_similarity(points, ARCFACE_TEMPLATE), (ARCFACE_SIZE, ARCFACE_SIZE))
-        for image, points in zip(images, keypoints)
-    ])
+    height, width = images.shape[-2:]
+    # grid_sample's coordinates (align_corners=False: pixel centres) of the canvas -> of the source pixels.
+    canvas_to_pixels = np.array([[ARCFACE_SIZE / 2, 0, (ARCFACE_SIZE - 1) / 2],
+                                 [0, ARCFACE_SIZE / 2, (ARCFACE_SIZE - 1) / 2], [0, 0, 1]])
+    pixels_to_source = np.array([[2 / width, 0, 1 / width - 1], [0, 2 / height, 1 / height - 1], [0, 0, 1]])
+    thetas = np.stack([
+        (pixels_to_source @ np.linalg.inv(np.vstack([fit_similarity(points, ARCFACE_TEMPLATE), [0, 0, 1]]))
+         @ canvas_to_pixels)[:2]
+        for points in keypoints])
+    thetas = torch.from_numpy(thetas).to(torch.float32)
+    if images.is_cuda:
+        thetas = thetas.pin_memory()
+    thetas = thetas.to(images.device, non_blocking=True)
+    grid = F.affine_grid(thetas, [images.shape[0], images.shape[1], ARCFACE_SIZE, ARCFACE_SIZE],
+                         align_corners=False)
+    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros",
+                         align_corners=False)
 
 
 @torch.no_grad()

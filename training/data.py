@@ -38,7 +38,7 @@ import io
 import logging
 import tarfile
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -56,7 +56,7 @@ from data_specs.split import EVAL
 from data_specs.training import DataConfig, StageRun, TrainConfigError
 
 __all__ = ["DatasetIndex", "PairEntry", "PairLoader", "PairStream", "TrainingBatch", "collate", "make_loader",
-           "read_pairs", "validation_samples"]
+           "pins_batches", "read_pairs", "validation_samples"]
 
 log = logging.getLogger(__name__)
 
@@ -282,13 +282,21 @@ class TrainingBatch:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> TrainingBatch:
         """A copy with every tensor on `device`."""
+        return self._map_tensors(lambda tensor: tensor.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> TrainingBatch:
+        """A copy with every tensor in page-locked memory (what a DataLoader with `pin_memory` calls), so that
+        the step's copies to the GPU do not wait for it."""
+        return self._map_tensors(torch.Tensor.pin_memory)
+
+    def _map_tensors(self, function: Callable[[torch.Tensor], torch.Tensor]) -> TrainingBatch:
         moved = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, torch.Tensor):
-                moved[f.name] = value.to(device, non_blocking=non_blocking)
+                moved[f.name] = function(value)
             elif f.name == "latents":
-                moved[f.name] = {k: v.to(device, non_blocking=non_blocking) for k, v in value.items()}
+                moved[f.name] = {k: function(v) for k, v in value.items()}
         return replace(self, **moved)
 
 
@@ -501,12 +509,13 @@ class PairLoader:
 
 
 def make_loader(index: DatasetIndex, config: DataConfig, stage_run: StageRun, rank: int = 0, world_size: int = 1,
-                seed: int = 0, start_batch: int = 0) -> PairLoader:
+                seed: int = 0, start_batch: int = 0, pin_memory: bool = False) -> PairLoader:
     """The rank's endless loader of `config.batch_size`-sample batches for `stage_run`.
 
     seed: the same on every rank (it orders the shards all ranks share out). start_batch: batches this rank
     already took (`PairLoader.batches`); resuming is exact with the same seed, world size,
-    `loader_workers` and batch size.
+    `loader_workers` and batch size. pin_memory: batches in page-locked memory (when training on a GPU: see
+    `pins_batches`), so their copies to the device are asynchronous.
     """
     index.check_fits(stage_run, None)
     if config.verify_shards and (bad := index.verify()):
@@ -522,8 +531,14 @@ def make_loader(index: DatasetIndex, config: DataConfig, stage_run: StageRun, ra
     frames = stage_run.frames if stage_run.stage == 2 else 1
     loader = DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
                         collate_fn=functools.partial(_collate_item, frames=frames),
-                        prefetch_factor=2 if workers else None)
+                        prefetch_factor=2 if workers else None, pin_memory=pin_memory)
     return PairLoader(loader, stream, max(1, workers))
+
+
+def pins_batches(device: torch.device) -> bool:
+    """Whether a loader feeding a step on `device` pins its batches: on CUDA, where a copy from pageable memory
+    blocks the host until it is done (the step's copies are `non_blocking`)."""
+    return device.type == "cuda"
 
 
 def validation_samples(index: DatasetIndex, stage: int, count: int) -> list[PairSample]:

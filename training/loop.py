@@ -393,13 +393,13 @@ class Trainer:
         return Progress(self.state, self.losses)
 
     def train_stage(self, run: StageRun, parts: StageParts) -> None:
-        from training.data import make_loader
+        from training.data import make_loader, pins_batches
         from training.validation import Validator
 
         config, state, session = self.config, self.state, self.session
         validator = Validator(config, self.index, run) if session.rank == 0 else None
         loader = iter(make_loader(self.index, config.data, run, session.rank, session.world_size, state.seed,
-                                  start_batch=state.batches))
+                                  start_batch=state.batches, pin_memory=pins_batches(self.device)))
         started, first_step, skipped_shards = time.perf_counter(), state.stage_step, 0
         pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (loss, grad norm) of steps not yet read
         while state.stage_step < run.steps:

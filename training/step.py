@@ -73,19 +73,23 @@ def model_inputs(encoders: Encoders, batch: object, device: torch.device, stored
     batch: a `training.data.TrainingBatch` (targets (B, F, 3, H, W) in [-1, 1], references in [0, 1]).
     stored_latents: use the batch's latents when it has them (False: they are not this VAE's).
     """
-    targets = batch.targets.to(device)
+    # Asynchronous copies: the loader pins its batches when the device is a GPU (`training.data.pins_batches`).
+    targets = batch.targets.to(device, non_blocking=True)
     b, f = targets.shape[:2]
     if stored_latents and batch.latents and "target" in batch.latents:
-        latents = batch.latents["target"].to(device, torch.float32)  # (B, F, c, h, w), posterior modes
+        # (B, F, c, h, w), posterior modes, stored as float16: copied, then widened on the device.
+        latents = batch.latents["target"].to(device, non_blocking=True).float()
     else:
         latents = encode_latents(encoders.vae, (targets.flatten(0, 1) + 1) / 2).unflatten(0, (b, f))
     references = prepare_references(
         encoders.vae, encoders.image_encoder, encoders.identity_encoder,
-        portrait=batch.portrait_image.to(device), portrait_mask=batch.portrait_mask.to(device),
+        portrait=batch.portrait_image.to(device, non_blocking=True),
+        portrait_mask=batch.portrait_mask.to(device, non_blocking=True),
         portrait_keypoints=batch.portrait_keypoints,
-        attributes=batch.attribute_ref.to(device)[:, None], attribute_masks=batch.attribute_mask.to(device)[:, None])
-    return ModelInputs(latents=latents.transpose(1, 2).float(), pose_frames=batch.pose_frames.to(device),
-                       references=references)
+        attributes=batch.attribute_ref.to(device, non_blocking=True)[:, None],
+        attribute_masks=batch.attribute_mask.to(device, non_blocking=True)[:, None])
+    pose_frames = batch.pose_frames.to(device, non_blocking=True)
+    return ModelInputs(latents=latents.transpose(1, 2).float(), pose_frames=pose_frames, references=references)
 
 
 def min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -280,3 +280,21 @@ def test_a_stage_2_run_from_a_stage_1_pipeline_inserts_the_motion_modules(tmp_pa
     adapter = random_motion_adapter(flavour, seed=4).state_dict()  # the run's seed: the same on every rank
     names = {id(p): name for name, p in trainer.model.named_parameters()}
     assert all(torch.equal(p, adapter[names[id(p)].removeprefix("denoiser.")]) for p in parts.masters.masters)
+
+
+def test_the_loader_pins_its_batches_for_a_gpu_step(tmp_path: Path):
+    """Batches in page-locked memory on CUDA only, so the step's non-blocking copies do not wait for the device
+    (pinning itself needs a GPU: not run here)."""
+    from data_specs.training import DataConfig, StageRun
+    from tests.training.training_testing import write_pair_dataset
+    from training.data import DatasetIndex, make_loader, pins_batches
+
+    assert pins_batches(torch.device("cuda")) and not pins_batches(torch.device("cpu"))
+    dataset = write_pair_dataset(tmp_path / "ds", clips=2, stages=(1,))
+    config = DataConfig(dataset=str(dataset), batch_size=2, loader_workers=0)
+    for pin in (True, False):
+        loader = make_loader(DatasetIndex.open(dataset), config, StageRun(stage=1, steps=1), pin_memory=pin)
+        assert loader.loader.pin_memory is pin
+    batch = next(iter(loader))
+    moved = batch.to("cpu", non_blocking=True)
+    assert moved is not batch and torch.equal(moved.targets, batch.targets) and moved.keys == batch.keys
