@@ -11,7 +11,8 @@ no-grad passes run before the forward and are not on its peak).
 
 Per rank with 8 ranks, the trainer (issue 18): DistributedDataParallel keeps a full replica of the model on
 every rank, with `gradient_as_bucket_view` (the working gradients are views of DDP's buckets, which the fake
-step keeps from step to step, zeroed in place, as a rank does: nothing is added for buckets); AdamW's state is
+step keeps from step to step, zeroed in place, as a rank does: tracked, so nothing is added for buckets; the
+table counts them with the step's static memory, not its activations); AdamW's state is
 sharded over the 8 ranks (ZeRO-1, `optim.shard_state`, torch's `ZeroRedundancyOptimizer`): the fake step is
 one process holding all of it, so 7/8 of it is taken off its end-of-forward and peak figures (each rank
 steps its 1/8 of the masters; the masters, their fp32 gradients, which exist only from `grads_to_masters` to
@@ -62,6 +63,7 @@ class MemoryEstimate:
     peak: int
     peak_phase: str
     ddp_buckets: int
+    buckets_tracked: bool  # the buckets are the working gradients the fake step keeps (the trainer's DDP)
     working_gradients: int
     master_gradients: int
     adam8bit_state: int  # this rank's
@@ -69,13 +71,15 @@ class MemoryEstimate:
     seconds: float
 
     def row(self) -> str:
-        static = self.weights + self.adamw_state + self.master_gradients
+        # The trainer's buckets are its working gradients, which the tracker follows; before, DDP's own buffer.
+        untracked_buckets = 0 if self.buckets_tracked else self.ddp_buckets
+        static = self.weights + self.adamw_state + self.master_gradients + self.ddp_buckets - untracked_buckets
         end_of_forward = self.end_of_forward - self.sharded_state_saved
         peak = self.peak - self.sharded_state_saved
-        per_rank = peak + self.ddp_buckets
+        per_rank = peak + untracked_buckets
         with_8bit = per_rank - self.adamw_state + self.adam8bit_state
         cells = [self.weights, self.adamw_state, self.master_gradients, end_of_forward - static,
-                 peak - static, self.ddp_buckets, end_of_forward + self.ddp_buckets]
+                 peak - static, self.ddp_buckets, end_of_forward + untracked_buckets]
         return (f"| {self.label} | " + " | ".join(f"{value / GIB:.1f}" for value in cells)
                 + f" | **{per_rank / GIB:.1f}** ({self.peak_phase}) | {with_8bit / GIB:.1f} |")
 
@@ -159,12 +163,12 @@ def estimate(label: str, stage: int, batch: int, frames: int, latent: int, mixed
     adamw_state = 2 * 4 * trained
     # The trainer (issue 18) on several ranks: AdamW's state sharded over them (ZeRO-1, `optim.shard_state`),
     # and the working gradients are DDP's buckets (`gradient_as_bucket_view`, kept by the fake step as they are
-    # on a rank): no bucket beside them. Before: a full replica of everything per rank plus the buckets.
+    # on a rank, so tracked): no bucket beside them. Before: a full replica per rank plus DDP's bucket buffer.
     shards = RANKS if fake_training.TRAINER else 1
     return MemoryEstimate(label, weights, adamw_state=adamw_state // shards,
                           sharded_state_saved=adamw_state - adamw_state // shards,
                           end_of_forward=end_of_forward["bytes"], peak=peak, peak_phase=tracker.peak_phase,
-                          ddp_buckets=0 if fake_training.TRAINER else trained * working_size,
+                          ddp_buckets=trained * working_size, buckets_tracked=fake_training.TRAINER,
                           working_gradients=trained * working_size,
                           master_gradients=fake_training.parameter_bytes(master_grads),
                           adam8bit_state=adam8bit_state_bytes(training.masters) // shards,
