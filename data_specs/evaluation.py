@@ -7,7 +7,12 @@ Protocol (the paper's, section 4): on the dataset's evaluation split (`data_spec
   * cross transfer: the portrait and motion of one clip with the attribute reference of a clip of another video:
     CLIP-I and DINO similarity of the generated attribute region to the attribute reference, ArcFace ID
     similarity of the generated frames to the portrait, and an FVD-style distance of the generated clips to the
-    real ones.
+    real ones;
+  * triplet-backed cross transfer (`EvalConfig.triplets`): where the portrait's video is a triplet's A, B's video
+    lends the attribute and the triplet's truth video (A's identity and motion wearing B's attribute, built into
+    the same dataset, hence cut by the same face crop) gives the guidance and the exact answer: L1, PSNR, SSIM,
+    LPIPS against it, over the frame and inside the truth's attribute region, and the same for the
+    portrait-reference copy (A's portrait frame shown for every target), beside CLIP-I, DINO and ID.
 """
 
 from __future__ import annotations
@@ -21,13 +26,16 @@ from pydantic import Field, field_validator
 from data_specs.model import IdentityEncoderSpec
 from data_specs.spec import Spec
 
-__all__ = ["EVAL_CLIPS", "PAPER_HAIR_SELF_TRANSFER", "EvalConfig", "EvalExecution", "ExtractorPaths"]
+__all__ = ["EVAL_CLIPS", "PAPER_HAIR_SELF_TRANSFER", "TRIPLET_METRICS", "EvalConfig", "EvalExecution", "ExtractorPaths"]
 
 LpipsBackbone = Literal["alex", "vgg", "squeeze"]
 VideoArch = Literal["r3d_18", "r2plus1d_18"]
 
 # Table 1 of the paper, hair, self transfer (the only published row this pipeline reproduces directly).
 PAPER_HAIR_SELF_TRANSFER = {"l1": 0.0744, "psnr": 18.83, "ssim": 0.6527, "lpips": 0.1565, "fid": 38.00}
+# The per-clip columns of triplet-backed cross items: generated and portrait copy against the truth.
+TRIPLET_METRICS = tuple(f"{who}_{name}" for who in ("truth", "copy")
+                        for name in ("l1", "psnr", "ssim", "lpips", "region_l1", "region_psnr"))
 
 
 class ExtractorPaths(Spec):
@@ -79,16 +87,20 @@ class EvalConfig(Spec):
     guidance_scale: float = Field(3.5, ge=1.0, description="Classifier-free guidance scale.")
     seed: int = Field(0, ge=0)
     cross_transfer: bool = Field(True, description="Also generate every clip with the attribute of a clip from "
-                                 "another video (no ground truth: CLIP-I, DINO, ID, FVD).")
+                                 "another video (no ground truth: CLIP-I, DINO, ID, FVD; exact truth on triplets).")
+    triplets: str | None = Field(None, description="The folder `durian make-videos --triplets` wrote "
+                                 "(OUT/triplets, with triplets.json) whose videos the dataset was built from: a cross "
+                                 "item whose portrait is a triplet's A borrows B's attribute and is scored against "
+                                 "the truth video's frames.")
     grid_clips: int = Field(3, ge=1, le=32, description="Worst and best clips (by L1) shown in the video grid.")
     extractors: ExtractorPaths = Field(default_factory=ExtractorPaths)
     execution: EvalExecution = Field(default_factory=EvalExecution)
 
-    @field_validator("model", "dataset", "output_dir")
+    @field_validator("model", "dataset", "output_dir", "triplets")
     @classmethod
-    def _absolute(cls, value: str) -> str:
+    def _absolute(cls, value: str | None) -> str | None:
         """Ray actors run in their own working directories."""
-        return value if "://" in value else str(Path(value).expanduser().absolute())
+        return value if value is None or "://" in value else str(Path(value).expanduser().absolute())
 
 
 # One row per evaluated clip and transfer kind. Metrics a run could not measure (no extractor, or the other
@@ -111,6 +123,12 @@ EVAL_CLIPS = pa.schema(
         pa.field("clip_i", pa.float64()),
         pa.field("dino", pa.float64()),
         pa.field("id_similarity", pa.float64()),
+        # Triplet-backed cross items only: the truth pair (guidance and answer) and the scores against its frames,
+        # of the generated clip (truth_*) and of the portrait-reference copy (copy_*); region_* inside the truth's
+        # attribute region (its pair's M_port_train).
+        pa.field("truth_sample_key", pa.string()),
+        pa.field("truth_video_id", pa.string()),
+        *[pa.field(name, pa.float64()) for name in TRIPLET_METRICS],
         pa.field("generate_s", pa.float64()),
         pa.field("measure_s", pa.float64()),
     ]

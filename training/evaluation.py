@@ -8,6 +8,12 @@
 Self transfer reconstructs each clip with `training.reconstruction` (the code path of the validation pass);
 every metric is `training.metrics`' and every network `training.extractors`'. A clip that fails becomes a row
 with status "failed" and its reason; the others are evaluated.
+
+Triplet-backed cross items (`EvalConfig.triplets`, videos of `tasks.synthetic.write_triplets` built into the
+dataset): a dataset video is a triplet's A, B or truth by its source file's name. The cross item of an A clip
+borrows the attribute of a B pair and takes the guidance and the frames to match from a pair of the truth video
+(A's motion wearing B's attribute; same head geometry, so the build's perception cuts it as it cuts A): the
+generated clip and the portrait-reference copy are scored against those frames.
 """
 
 from __future__ import annotations
@@ -16,16 +22,18 @@ import json
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from data_specs.evaluation import EVAL_CLIPS, PAPER_HAIR_SELF_TRANSFER, EvalConfig
+from data_specs.evaluation import EVAL_CLIPS, PAPER_HAIR_SELF_TRANSFER, TRIPLET_METRICS, EvalConfig
 from data_specs.files import publishing
+from data_specs.layout import OutputLayout
 from data_specs.perception import KEYPOINT_LAYOUTS, arcface_points
 from data_specs.sample import PairSample
+from tasks.synthetic import TripletSpec, read_triplets
 from training.data import DatasetIndex, PairEntry, read_pairs
 from training.reconstruction import comparison_columns, generate, images
 
@@ -45,11 +53,13 @@ class EvaluationError(ValueError):
 
 @dataclass(frozen=True)
 class EvalItem:
-    """One clip to generate: the portrait, motion and truth of `target`, the attribute of `attribute_from`."""
+    """One clip to generate: the portrait, motion and truth of `target`, the attribute of `attribute_from`; on a
+    triplet, the motion and truth of `truth` instead (a pair of the triplet's truth video)."""
 
     target: PairEntry
     attribute_from: PairEntry
     transfer: str  # self | cross
+    truth: PairEntry | None = None
 
 
 @dataclass
@@ -106,6 +116,7 @@ def plan_evaluation(config: EvalConfig) -> EvalPlan:
         raise EvaluationError(f"no evaluation clips for attribute {', '.join(missing)} in {config.dataset} (it has "
                               f"{', '.join(f'{a}: {len(c)}' for a, c in sorted(chosen.items()))})")
     items, notes = [], []
+    triplets = _TripletVideos.find(config, index, notes) if config.triplets else None
     for attribute in attributes:
         clips = _across_videos(chosen[attribute])[:config.max_clips_per_attribute]
         items += [EvalItem(clip, clip, SELF) for clip in clips]
@@ -115,10 +126,64 @@ def plan_evaluation(config: EvalConfig) -> EvalPlan:
         if len(videos) < 2:
             notes.append(f"{attribute}: no cross transfer (its evaluation clips are all from one video)")
             continue
-        for i, clip in enumerate(clips):  # the next clip of another video lends its attribute
+        for i, clip in enumerate(clips):  # B of its triplet, or the next clip of another video, lends the attribute
+            backed = triplets.item(clip, config.stage) if triplets else None
             donor = next(c for c in clips[i + 1:] + clips[:i] if c.video_id != clip.video_id)
-            items.append(EvalItem(clip, donor, CROSS))
+            items.append(backed or EvalItem(clip, donor, CROSS))
+    if triplets:
+        backed = sum(i.truth is not None for i in items)
+        notes.append(f"{backed} cross clips are triplet-backed (scored against the truth of {config.triplets})")
     return EvalPlan(index=index, items=items, attributes=attributes, notes=notes)
+
+
+@dataclass
+class _TripletVideos:
+    """The dataset's videos that are a triplet's A, B or truth (by their source file's name)."""
+
+    index: DatasetIndex
+    role_of: dict[str, tuple[TripletSpec, str]]  # video id -> (triplet, "a" | "b" | "truth")
+    video_of: dict[tuple[int, str], str]  # (triplet index, role) -> video id
+
+    @classmethod
+    def find(cls, config: EvalConfig, index: DatasetIndex, notes: list[str]) -> _TripletVideos:
+        import pyarrow.parquet as pq
+
+        folder = Path(config.triplets)
+        if not (folder / "triplets.json").is_file():
+            raise EvaluationError(f"triplets: {folder} has no triplets.json (written by durian make-videos "
+                                  "--triplets)")
+        roles = {spec.path(folder, role).name: (spec, role) for spec in read_triplets(folder)
+                 for role in ("a", "b", "truth")}
+        table = pq.read_table(OutputLayout(index.root).manifest("samples"), columns=["video_id", "source_path"])
+        role_of = {}
+        for video_id, source in set(zip(*table.to_pydict().values())):
+            if (found := roles.get(str(source).rsplit("/", 1)[-1])) is not None:
+                role_of[video_id] = found
+        video_of = {(spec.index, role): video_id for video_id, (spec, role) in role_of.items()}
+        incomplete = sorted({spec.index for spec, _ in roles.values()
+                             if any((spec.index, r) not in video_of for r in ("a", "b", "truth"))})
+        if incomplete:
+            notes.append(f"{len(incomplete)} triplets have a video missing from the dataset (e.g. triplet "
+                         f"{incomplete[0]}): their clips are not triplet-backed")
+        leaked = sorted(video_id for (_, role), video_id in video_of.items()
+                        if role == "truth" and video_id not in index.validation)
+        if leaked:
+            notes.append(f"{len(leaked)} triplet truth videos are in the training split (e.g. {leaked[0]}): "
+                         "the model may have seen the answers")
+        return cls(index, role_of, video_of)
+
+    def item(self, clip: PairEntry, stage: int) -> EvalItem | None:
+        """The triplet-backed cross item of `clip` when its video is a triplet's A lending that attribute."""
+        spec, role = self.role_of.get(clip.video_id, (None, None))
+        if role != "a" or spec.attribute != clip.attribute:
+            return None
+        donors, truths = ([p for p in self.index.pairs if p.stage == stage and p.attribute == clip.attribute
+                           and p.video_id == self.video_of.get((spec.index, r))] for r in ("b", "truth"))
+        if not donors or not truths:
+            return None
+        position = clip.clip_id.removeprefix(clip.video_id)  # the same clip of the truth video, if it has one
+        truth = next((t for t in truths if t.clip_id.removeprefix(t.video_id) == position), truths[0])
+        return EvalItem(clip, donors[0], CROSS, truth)
 
 
 def _across_videos(clips: list[PairEntry]) -> list[PairEntry]:
@@ -148,7 +213,9 @@ class ClipResult:
 def _row(item: EvalItem) -> dict[str, object]:
     return {"sample_key": item.target.key, "video_id": item.target.video_id, "attribute": item.target.attribute,
             "transfer": item.transfer, "attribute_sample_key": item.attribute_from.key,
-            "attribute_video_id": item.attribute_from.video_id, "frames": 0, "status": "failed"}
+            "attribute_video_id": item.attribute_from.video_id, "frames": 0, "status": "failed",
+            "truth_sample_key": item.truth.key if item.truth else None,
+            "truth_video_id": item.truth.video_id if item.truth else None}
 
 
 def failed(item: EvalItem, reason: str) -> ClipResult:
@@ -187,25 +254,30 @@ class Evaluator:
 
     def evaluate(self, items: list[EvalItem]) -> list[ClipResult]:
         """Generate and measure each item; a failure is the item's row with its reason."""
-        samples = {s.key: s for s in read_pairs(self.index, list({p.key: p for i in items
-                                                                  for p in (i.target, i.attribute_from)}.values()))}
+        needed = {p.key: p for i in items for p in (i.target, i.attribute_from, i.truth) if p is not None}
+        samples = {s.key: s for s in read_pairs(self.index, list(needed.values()))}
         results = []
         for item in items:
             try:
-                missing = [k for k in (item.target.key, item.attribute_from.key) if k not in samples]
+                keys = [p.key for p in (item.target, item.attribute_from, item.truth) if p is not None]
+                missing = [k for k in keys if k not in samples]
                 if missing:
                     raise ValueError(f"sample {missing[0]} could not be read (its shard is missing or corrupt)")
                 results.append(self._measure(item, samples[item.target.key], samples[item.attribute_from.key],
-                                             _row(item)))
+                                             samples[item.truth.key] if item.truth else None, _row(item)))
             except Exception as err:  # noqa: BLE001 - one clip's failure is its row; the others go on
                 log.warning("evaluation of %s (%s) failed: %s", item.target.key, item.transfer, err)
                 results.append(failed(item, f"{type(err).__name__}: {err}"))
         return results
 
-    def _measure(self, item: EvalItem, sample: PairSample, donor: PairSample, row: dict) -> ClipResult:
+    def _measure(self, item: EvalItem, sample: PairSample, donor: PairSample, truth: PairSample | None,
+                 row: dict) -> ClipResult:
         from training.metrics import lpips_per_sample, reconstruction_metrics_per_sample
 
         config = self.config
+        if truth is not None:  # A's portrait following the truth video's motion: its frames are the answer
+            sample = replace(sample, targets=truth.targets, pose_frames=truth.pose_frames, keypoints=truth.keypoints,
+                             landmarks=truth.landmarks)
         started = time.perf_counter()
         generated, region = generate(self.pipeline, sample, None if item.transfer == SELF else donor,
                                      frames=config.frames, steps=config.steps, guidance_scale=config.guidance_scale,
@@ -237,6 +309,8 @@ class Evaluator:
                 portrait = self.identity.features(images(sample.portrait_image[None]),
                                                   keypoints=sample.portrait_keypoints[None])
                 row["id_similarity"] = _cosine(self.identity.features(fake, keypoints=points), portrait)
+            if truth is not None:
+                row.update(self._against_truth(fake, real, sample.portrait_image, truth.portrait_mask))
             if self.video is not None:
                 result.video_generated = self.video.features(fake.transpose(0, 1)[None]).cpu().numpy()
                 result.video_real = self.video.features(real.transpose(0, 1)[None]).cpu().numpy()
@@ -247,6 +321,22 @@ class Evaluator:
             with open(partial, "wb") as handle:
                 np.savez_compressed(handle, generated=generated, region=np.asarray(region, np.float32))
         return result
+
+
+    def _against_truth(self, generated: torch.Tensor, truth: torch.Tensor, portrait: np.ndarray,
+                       region: np.ndarray) -> dict[str, float]:
+        """The truth_* and copy_* columns: the generated frames and the portrait-reference copy (the portrait
+        frame shown for every target) against the truth frames, whole and inside the truth's attribute region."""
+        from training.metrics import reconstruction_metrics_per_sample, region_metrics_per_sample
+
+        copy = images(np.repeat(portrait[None], len(truth), axis=0))
+        columns = {}
+        for who, frames in (("truth", generated), ("copy", copy)):
+            scores = reconstruction_metrics_per_sample(frames, truth, self.lpips)
+            if region.any():
+                scores |= region_metrics_per_sample(frames, truth, torch.from_numpy(np.asarray(region)))
+            columns |= {f"{who}_{name}": float(np.mean(values)) for name, values in scores.items()}
+        return columns
 
 
 # ---------------------------------------------------------------------------------------------- the report
@@ -291,7 +381,10 @@ def summarise(config: EvalConfig, plan: EvalPlan, results: list[ClipResult]) -> 
             if not chosen:
                 continue
             entry: dict[str, object] = {"attribute": attribute, "transfer": transfer, "clips": len(chosen)}
-            names = ("l1", "psnr", "ssim", "lpips") if transfer == SELF else ("clip_i", "dino", "id_similarity")
+            names = ("l1", "psnr", "ssim", "lpips") if transfer == SELF else ("clip_i", "dino", "id_similarity",
+                                                                              *TRIPLET_METRICS)
+            if transfer == CROSS:
+                entry["triplet_clips"] = sum(r.row.get("truth_sample_key") is not None for r in chosen)
             for name in names:
                 values = [r.row[name] for r in chosen if r.row.get(name) is not None]
                 entry[name] = float(np.mean(values)) if values else None
@@ -329,6 +422,17 @@ def summary_markdown(config: EvalConfig, report: EvalReport) -> str:
     for e in (e for e in report.per_attribute if e["transfer"] == CROSS):
         lines.append(f"| {e['attribute']} | {e['clips']} | " + " | ".join(
             _format(e[m]) for m in ("clip_i", "dino", "id_similarity", "fvd")) + " |")
+    backed = [e for e in report.per_attribute if e["transfer"] == CROSS and e["triplet_clips"]]
+    if backed:
+        lines += ["", "## Cross transfer against the triplet truth (generated / portrait copy)", "",
+                  "| attribute | clips | L1 ↓ | PSNR ↑ | SSIM ↑ | LPIPS ↓ | region L1 ↓ | region PSNR ↑ |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for e in backed:
+            lines.append(f"| {e['attribute']} | {e['triplet_clips']} | " + " | ".join(
+                f"{_format(e[f'truth_{m}'])} / {_format(e[f'copy_{m}'])}"
+                for m in ("l1", "psnr", "ssim", "lpips", "region_l1", "region_psnr")) + " |")
+        lines += ["", "Each cell: the generated clip / the portrait-reference copy, against the exact truth; the "
+                  "region is the truth's attribute region (M_port_train of its pair)."]
     total = report.timing["generate_s"] + report.timing["measure_s"]
     share = report.timing["generate_s"] / total if total else 0.0
     lines += ["", "## Notes", "",

@@ -6,15 +6,23 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from data_specs.evaluation import EVAL_CLIPS, EvalConfig, ExtractorPaths
 from data_specs.layout import OutputLayout
 from data_specs.model import model_flavour
+from data_specs.training_samples import AugmentConfig, ExpansionConfig, PairConfig, TrainingSamplesConfig
 from model.builders import random_components
-from tests.training.training_testing import write_pair_dataset
-from training.evaluation import EvaluationError, Evaluator, plan_evaluation, summarise, write_report
+from tasks.synthetic import write_triplets
+from tests.samples.samples_testing import perceived_clip, sample_stage
+from tests.training.training_testing import write_pair_dataset, write_samples
+from training.data import read_pairs
+from training.evaluation import EvaluationError, Evaluator, plan_evaluation, summarise, summary_markdown, write_report
+from training.metrics import reconstruction_metrics_per_sample, region_metrics_per_sample
+from training.reconstruction import images
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +109,68 @@ def test_every_metric_is_measured_and_a_clip_that_fails_is_a_row(pipeline_dir, d
     assert "| *paper, Table 1 (hair)* | – | *0.0744* | *18.83* | *0.6527* | *0.1565* | *38.0* |" in summary
     assert "failed" in summary and "not measured" not in summary
     assert paths["grid"].stat().st_size > 0
+
+
+def triplet_dataset(root: Path) -> tuple[Path, Path]:
+    """One triplet's A, B and truth videos (32 px, 2 frames) and a dataset of pair samples whose clips name those
+    videos as their sources (plus vid03, a video of no triplet), every video in the evaluation split."""
+    folder = root / "triplets"
+    (spec,) = write_triplets(folder, 1, seed=7, num_frames=2, width=32, height=32)
+    assert spec.attribute == "hair"
+    config = TrainingSamplesConfig(
+        pairs=PairConfig(pairs_per_clip=1, stages=(2,), frames=2, min_ref_distance=2, references={"scope": "clip"}),
+        expansion=ExpansionConfig(mode="none"), augment=AugmentConfig(enabled=False))
+    stage, samples = sample_stage(config), []
+    sources = {"vid00": spec.path(folder, "a"), "vid01": spec.path(folder, "b"), "vid02": spec.path(folder, "truth"),
+               "vid03": folder / "other.mp4"}
+    for i, (video_id, source) in enumerate(sources.items()):
+        clip = perceived_clip(frames=5, size=32, seed=i, key=f"{video_id}_c00000")
+        clip.meta = clip.meta.model_copy(update={"source_path": str(source)})
+        samples += stage(clip)
+    return write_samples(root / "ds", samples, 1, set(sources)), folder
+
+
+def test_triplet_backed_cross_items_are_scored_against_the_truth_frames(pipeline_dir, tmp_path):
+    dataset, folder = triplet_dataset(tmp_path)
+    cfg = config(pipeline_dir, dataset, tmp_path / "eval", triplets=str(folder), max_clips_per_attribute=4)
+    plan = plan_evaluation(cfg)
+    (backed,) = [i for i in plan.items if i.truth is not None]
+    assert (backed.target.video_id, backed.attribute_from.video_id, backed.truth.video_id) == (
+        "vid00", "vid01", "vid02")  # A's portrait, B's attribute, the truth's motion and frames
+    assert any("1 cross clips are triplet-backed" in note for note in plan.notes)
+
+    plain = [i for i in plan.items if i.transfer == "cross" and i.truth is None]
+    assert {i.target.video_id for i in plain} == {"vid01", "vid02", "vid03"}  # only A's clip has a truth
+
+    results = Evaluator(cfg, plan.index).evaluate([backed])  # one clip keeps the test quick
+    report = summarise(cfg, plan, results)
+    (row,) = report.rows
+    assert row["status"] == "ok" and row["truth_sample_key"] == backed.truth.key
+
+    # The same figures computed independently from the stored generated frames and the samples read afresh.
+    a, truth = read_pairs(plan.index, [backed.target, backed.truth])
+    with np.load(Path(cfg.output_dir) / "generated" / f"{backed.target.key}.cross.npz") as stored:
+        generated = images(stored["generated"])
+    real = images(truth.targets)
+    copy = images(np.repeat(a.portrait_image[None], len(truth.targets), axis=0))
+    region = torch.from_numpy(truth.portrait_mask)
+    assert region.any() and not region.all()
+    for who, frames in (("truth", generated), ("copy", copy)):
+        expected = reconstruction_metrics_per_sample(frames, real) | region_metrics_per_sample(frames, real, region)
+        for name, values in expected.items():
+            assert row[f"{who}_{name}"] == pytest.approx(float(np.mean(values)), rel=1e-6), (who, name)
+    assert row["copy_l1"] != row["truth_l1"]
+
+    # Against itself the truth scores perfectly: the metric compares the frames it is given, pixel for pixel.
+    assert region_metrics_per_sample(real, real, region)["region_l1"] == [0.0, 0.0]
+
+    entry = next(e for e in report.per_attribute if (e["attribute"], e["transfer"]) == ("all", "cross"))
+    assert entry["triplet_clips"] == 1 and entry["truth_l1"] == pytest.approx(row["truth_l1"])
+    summary = summary_markdown(cfg, report)
+    assert "## Cross transfer against the triplet truth" in summary
+    assert f"| all | 1 | {row['truth_l1']:.4g} / {row['copy_l1']:.4g} |" in summary
+    table = pq.read_table(write_report(cfg, report)["table"]).to_pylist()
+    assert next(r for r in table if r["truth_sample_key"])["copy_psnr"] == pytest.approx(row["copy_psnr"])
 
 
 def test_the_evaluate_durian_deployment_names_the_flow_with_valid_parameters():
