@@ -10,7 +10,12 @@ import torch
 from scipy import linalg
 from scipy.ndimage import gaussian_filter
 
-from training.metrics import cosine_similarity_per_pair, frechet_distance, reconstruction_metrics_per_sample
+from training.metrics import (
+    cosine_similarity_per_pair,
+    frechet_distance,
+    reconstruction_metrics_per_sample,
+    region_metrics_per_sample,
+)
 
 
 def _images(n: int = 3, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -25,6 +30,20 @@ def test_psnr_of_a_constant_offset(offset: float) -> None:
     real = _images() * 0.75
     psnr = reconstruction_metrics_per_sample(real + offset, real)["psnr"]
     assert psnr == pytest.approx([-20 * math.log10(offset)] * 3, abs=1e-4)  # MSE = offset^2
+
+
+def test_region_metrics_count_only_the_region() -> None:
+    real = _images(2) * 0.75
+    generated = real.clone()
+    generated[0, :, :8] += 0.1  # inside the region (its top 8 rows) of the first image only
+    generated[:, :, 16:] = 1.0  # outside it, in both
+    region = torch.zeros(32, 32)
+    region[:8] = 1
+    scores = region_metrics_per_sample(generated, real, region)
+    assert scores["region_l1"] == pytest.approx([0.1, 0.0], abs=1e-6)
+    assert scores["region_psnr"][0] == pytest.approx(20.0, abs=1e-4) and scores["region_psnr"][1] == math.inf
+    with pytest.raises(ValueError, match="the region is empty"):
+        region_metrics_per_sample(generated, real, torch.zeros(32, 32))
 
 
 def test_psnr_of_gaussian_noise() -> None:
