@@ -16,12 +16,17 @@ runs the same layers every step: dropped references are masked, not skipped), so
 buckets while backward still runs; reference-net parameters that reach nothing are frozen by
 `select_trainable`, so no `find_unused_parameters` is needed. The trained parameters' fp32 masters are
 broadcast from rank 0 when a stage starts, so every rank starts from the same weights whatever its RNG did.
+Memory per rank: the bf16 gradients are views of DDP's buckets (`gradient_as_bucket_view`), and each rank
+keeps and steps only its share of the optimiser state (`optim.shard_state`, ZeRO-1); the masters' fp32
+gradients exist during the optimiser step only.
 
 Host: the step never waits for the device; losses and gradient norms stay device tensors until a log or
-checkpoint step reads them (one transfer, one all-reduce over ranks).
+checkpoint step reads them (one transfer, one all-reduce over ranks); on a GPU the loader pins its batches and
+the step copies them with `non_blocking`.
 
 Building blocks the benchmarks call too: `build_components`, `prepare_stage` (the model for stage S under a
-precision policy) and `forward_backward` (one loss and backward).
+precision policy), `forward_backward` (one loss and backward), `make_optimizer` and `optimizer_step` (the
+optimiser side of a step).
 """
 
 from __future__ import annotations
