@@ -27,7 +27,9 @@ def evaluate_command(
                                                                       "extractors.inception=/models/inception.pth")] = None,
 ) -> None:
     """Run the Prefect flow `evaluate-durian`: reconstruct the evaluation split's clips (self transfer: L1, PSNR,
-    SSIM, LPIPS, FID) and transfer attributes across videos (CLIP-I, DINO, ArcFace ID, FVD-style), on Ray.
+    SSIM, LPIPS, FID) and transfer attributes across videos (CLIP-I, DINO, ArcFace ID, FVD-style), on Ray. With
+    --set triplets=OUT/triplets (of `durian make-videos --triplets`), cross clips of a triplet's A are also scored
+    against the exact truth (L1, PSNR, SSIM, LPIPS, whole and in the attribute region, beside the portrait copy's).
 
     Writes a per-clip Parquet table, a Markdown summary with the per-attribute table beside the paper's published
     figures, and a video grid of the worst and best clips. Metrics whose extractor files are not configured
