@@ -132,6 +132,8 @@ def triplet_dataset(root: Path) -> tuple[Path, Path]:
 
 def test_triplet_backed_cross_items_are_scored_against_the_truth_frames(pipeline_dir, tmp_path):
     dataset, folder = triplet_dataset(tmp_path)
+    with pytest.raises(EvaluationError, match="has no triplets.json"):
+        plan_evaluation(config(pipeline_dir, dataset, tmp_path / "eval", triplets=str(tmp_path)))
     cfg = config(pipeline_dir, dataset, tmp_path / "eval", triplets=str(folder), max_clips_per_attribute=4)
     plan = plan_evaluation(cfg)
     (backed,) = [i for i in plan.items if i.truth is not None]
