@@ -131,8 +131,14 @@ def plan_evaluation(config: EvalConfig) -> EvalPlan:
             donor = next(c for c in clips[i + 1:] + clips[:i] if c.video_id != clip.video_id)
             items.append(backed or EvalItem(clip, donor, CROSS))
     if triplets:
-        backed = sum(i.truth is not None for i in items)
-        notes.append(f"{backed} cross clips are triplet-backed (scored against the truth of {config.triplets})")
+        backed = [i for i in items if i.truth is not None]
+        notes.append(f"{len(backed)} cross clips are triplet-backed (scored against the truth of {config.triplets})")
+        unused = sorted({spec.index for spec, role in triplets.role_of.values() if role == "a"}
+                        - {triplets.role_of[i.target.video_id][0].index for i in backed})
+        if unused:  # e.g. A does not wear the attribute: no clip of A has the region to regenerate
+            notes.append(f"{len(unused)} triplets in the dataset back no clip (e.g. triplet {unused[0]}): their A "
+                         "has no evaluation clip of the triplet's attribute (A lacks it, or the split or "
+                         "max_clips_per_attribute left it out)")
     return EvalPlan(index=index, items=items, attributes=attributes, notes=notes)
 
 

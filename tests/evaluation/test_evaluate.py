@@ -140,6 +140,7 @@ def test_triplet_backed_cross_items_are_scored_against_the_truth_frames(pipeline
     assert (backed.target.video_id, backed.attribute_from.video_id, backed.truth.video_id) == (
         "vid00", "vid01", "vid02")  # A's portrait, B's attribute, the truth's motion and frames
     assert any("1 cross clips are triplet-backed" in note for note in plan.notes)
+    assert not any("back no clip" in note for note in plan.notes)
 
     plain = [i for i in plan.items if i.transfer == "cross" and i.truth is None]
     assert {i.target.video_id for i in plain} == {"vid01", "vid02", "vid03"}  # only A's clip has a truth
