@@ -34,11 +34,10 @@ import math
 import time
 from dataclasses import dataclass
 
+import fake_training
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker
-
-import fake_training
 
 GIB = 2**30
 RANKS = 8  # the paper's: per-rank figures are for 8 ranks

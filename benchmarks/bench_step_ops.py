@@ -23,11 +23,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+import fake_training
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
-
-import fake_training
 
 _METADATA_OPS = {torch.ops.prim.device.default}  # tensor.device queries: no kernel, no launch
 _CAST = torch.ops.aten._to_copy.default
