@@ -24,7 +24,7 @@ import pyarrow as pa
 from pydantic import Field, field_validator
 
 from data_specs.model import IdentityEncoderSpec
-from data_specs.spec import Spec
+from data_specs.spec import RayConfig, Spec, absolute_path
 
 __all__ = ["EVAL_CLIPS", "PAPER_HAIR_SELF_TRANSFER", "TRIPLET_METRICS", "EvalConfig", "EvalExecution", "ExtractorPaths"]
 
@@ -60,15 +60,14 @@ class ExtractorPaths(Spec):
                                           description="The IResNet the `arcface` file is of.")
 
 
-class EvalExecution(Spec):
-    """Where generation runs: Ray actors, each holding the pipeline and the extractors."""
+class EvalExecution(RayConfig):
+    """Which Ray (the fields every command shares), and the actors generation runs on, each holding the pipeline
+    and the extractors."""
 
     workers: int = Field(1, ge=1, le=1024, description="Evaluation actors (one pipeline each).")
     gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per actor; > 0 runs on CUDA (bf16 generation).")
     cpus_per_worker: float = Field(1.0, gt=0)
     clips_per_task: int = Field(4, ge=1, le=1024, description="Clips an actor generates per Ray call.")
-    ray_address: str | None = Field(None, description="None: a private local Ray; 'auto' or HOST:PORT: a cluster.")
-    ray_connect_timeout_s: float = Field(10.0, gt=0)
 
 
 class EvalConfig(Spec):
@@ -99,8 +98,7 @@ class EvalConfig(Spec):
     @field_validator("model", "dataset", "output_dir", "triplets")
     @classmethod
     def _absolute(cls, value: str | None) -> str | None:
-        """Ray actors run in their own working directories."""
-        return value if value is None or "://" in value else str(Path(value).expanduser().absolute())
+        return None if value is None else absolute_path(value)
 
 
 # One row per evaluated clip and transfer kind. Metrics a run could not measure (no extractor, or the other

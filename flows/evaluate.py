@@ -9,10 +9,14 @@ per-attribute table beside the paper's figures, and links to the per-clip table 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import (create_link_artifact, create_markdown_artifact, create_progress_artifact,
-                               create_table_artifact, update_progress_artifact)
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
-from data_specs.config import ExecutionConfig
 from data_specs.evaluation import EvalConfig
 from flows.ray_runtime import ray_session
 
@@ -34,8 +38,7 @@ def evaluate_durian(config: EvalConfig) -> dict:
     chunks = [plan.items[i:i + execution.clips_per_task] for i in range(0, len(plan.items),
                                                                          execution.clips_per_task)]
     results = []
-    with ray_session(ExecutionConfig(ray_address=execution.ray_address,
-                                     ray_connect_timeout_s=execution.ray_connect_timeout_s)):
+    with ray_session(execution):
         actor = ray.remote(_EvaluationActor).options(
             num_cpus=execution.cpus_per_worker, num_gpus=execution.gpus_per_worker, max_restarts=1,
             max_task_retries=1)

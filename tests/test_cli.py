@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from data_specs.config import BuildConfig
 from flows.cli import app
 from tasks.manifests import publish_manifests
 from tasks.sources import list_videos, plan_units
@@ -86,7 +87,7 @@ def test_one_video_file_is_an_input(tmp_path: Path):
     assert [Path(ref.uri).name for ref in list_videos(small_config(clip, tmp_path / "o").inputs)] == [clip.name]
 
 
-@pytest.mark.parametrize("command", ["build-dataset", "train"])
+@pytest.mark.parametrize("command", ["build-dataset", "train", "evaluate"])
 def test_every_command_loads_its_config_one_way(command: str, tmp_path: Path):
     """YAML, then the command's options, then --set; an unreadable file, a bad --set and a bad field are each one
     readable line (exit 2, no traceback)."""
@@ -135,3 +136,27 @@ def test_the_capacity_refusal_is_a_config_error(videos: Path, tmp_path: Path, mo
     monkeypatch.setattr(flows.build_dataset, "build_dataset", refuse)
     result = runner.invoke(app, ["build-dataset", "-i", str(videos / "good"), "-o", str(tmp_path / "o")])
     assert result.exit_code == 2 and refusal in result.output and "Traceback" not in result.output
+
+
+def test_the_demo_settings_are_config_files_users_can_pass(tmp_path: Path):
+    """The demo reads flows/configs/demo_*.yaml through the loader every command uses (`load_spec`)."""
+    from data_specs.evaluation import EvalConfig
+    from data_specs.perception import ATTRIBUTES
+    from data_specs.spec import load_spec
+    from data_specs.training import TrainConfig
+    from flows.cli.demo import DEMO_CONFIGS
+
+    build = load_spec(BuildConfig, DEMO_CONFIGS / "demo_build.yaml",
+                      options={"inputs.source": tmp_path, "output_dir": tmp_path / "dataset"})
+    assert build.perception.segmentation.attributes == ATTRIBUTES and build.training_samples.pairs.frames == 4
+    train = load_spec(TrainConfig, DEMO_CONFIGS / "demo_train.yaml",
+                      options={"data.dataset": tmp_path / "dataset", "output_dir": tmp_path / "runs"})
+    assert [run.stage for run in train.stages] == [1, 2] and train.optim.learning_rate == 1e-3
+    assert train.stages[1].frames == build.training_samples.pairs.frames
+    evaluation = load_spec(EvalConfig, DEMO_CONFIGS / "demo_evaluate.yaml",
+                           options={"model": tmp_path, "dataset": tmp_path, "output_dir": tmp_path})
+    assert evaluation.steps == 4
+    (tmp_path / "v.mp4").write_bytes(b"listed, not decoded")
+    shown = runner.invoke(app, ["build-dataset", "-c", str(DEMO_CONFIGS / "demo_build.yaml"), "-i", str(tmp_path),
+                                "-o", str(tmp_path / "dataset"), "--show-config"])
+    assert "backend: truth" in shown.output  # `durian build-dataset -c` takes the file as the demo does

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from data_specs.config import ConfigError, ExecutionConfig, format_validation_error, read_yaml
+from data_specs.spec import ConfigError, load_spec
 from flows.cli.app import app, fail
-from data_specs.spec import apply_overrides
+from flows.cli.dataset import ray_address_override
 
 
 @app.command("evaluate")
@@ -25,6 +25,8 @@ def evaluate_command(
                                                                       "(extractor paths, steps, workers).")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a field, e.g. --set steps=20 --set "
                                                                       "extractors.inception=/models/inception.pth")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster ('auto' or HOST:PORT; "
+                                                         "execution.ray_address); default: a private local Ray.")] = None,
 ) -> None:
     """Run the Prefect flow `evaluate-durian`: reconstruct the evaluation split's clips (self transfer: L1, PSNR,
     SSIM, LPIPS, FID) and transfer attributes across videos (CLIP-I, DINO, ArcFace ID, FVD-style), on Ray. With
@@ -35,31 +37,21 @@ def evaluate_command(
     figures, and a video grid of the worst and best clips. Metrics whose extractor files are not configured
     (extractors.*) are left out and the summary says so.
     """
-    from pydantic import ValidationError
-
     from data_specs.evaluation import EvalConfig
     from flows.embedded import embedded_services
     from flows.evaluate import evaluate_durian
     from flows.ray_runtime import RayUnavailableError
 
-    data: dict[str, Any] = read_yaml(config) if config is not None else {}
-    for key, value in (("model", model), ("dataset", dataset), ("output_dir", output)):
-        if value is not None:
-            data[key] = str(value)
     try:
-        apply_overrides(data, overrides or [])
-        eval_config = EvalConfig.model_validate(data)
+        eval_config = load_spec(EvalConfig, config, options={"model": model, "dataset": dataset, "output_dir": output},
+                                overrides=[*ray_address_override(ray_address), *(overrides or [])])
     except ConfigError as err:
         fail(str(err))
-    except ValidationError as err:
-        fail(format_validation_error(err, str(config) if config else "evaluation config"))
     from training.evaluation import plan_evaluation
 
     try:
         plan_evaluation(eval_config)  # refusals before any service starts
-        execution = ExecutionConfig(ray_address=eval_config.execution.ray_address,
-                                    ray_connect_timeout_s=eval_config.execution.ray_connect_timeout_s)
-        with embedded_services(execution):
+        with embedded_services(eval_config.execution):
             result = evaluate_durian(eval_config)
     except (RayUnavailableError, FileNotFoundError, ValueError) as err:
         fail(str(err))
