@@ -25,6 +25,7 @@ from pydantic import Field, field_validator
 
 from data_specs.model import IdentityEncoderSpec
 from data_specs.spec import RayConfig, Spec, absolute_path
+from data_specs.training_samples import TrainingStage
 
 __all__ = ["EVAL_CLIPS", "PAPER_HAIR_SELF_TRANSFER", "TRIPLET_METRICS", "EvalConfig", "EvalExecution", "ExtractorPaths"]
 
@@ -78,7 +79,7 @@ class EvalConfig(Spec):
     output_dir: str = Field(description="Folder that receives the table, the summary and the video grid.")
     attributes: tuple[str, ...] = Field((), description="Attributes to evaluate (empty: every attribute the "
                                         "evaluation split has); each must have evaluation clips.")
-    stage: Literal[1, 2] = Field(2, description="Samples evaluated: 2 = clips (video metrics), 1 = single frames.")
+    stage: TrainingStage = Field(2, description="The training stage whose samples are evaluated: 2 = clips (video metrics), 1 = single frames.")
     frames: int | None = Field(None, ge=1, description="Frames generated per clip (default: all of the sample's).")
     max_clips_per_attribute: int | None = Field(None, ge=1, description="Evaluate at most this many clips per "
                                                 "attribute (the first by video and key).")
