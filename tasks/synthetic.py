@@ -20,9 +20,11 @@ import cv2
 import ffmpeg
 import numpy as np
 
+from data_specs.perception import ATTRIBUTES as ATTRIBUTE_NAMES
 from tasks.media import file_url, run_ffmpeg, write_video
 
-ATTRIBUTES = ("hair", "eyeglasses", "hat", "beard")
+# Every attribute, in the order the generator draws them and its seeds take them (changing it changes the videos).
+ATTRIBUTES = tuple(ATTRIBUTE_NAMES[i] for i in (0, 1, 3, 2))  # hair, eyeglasses, hat, beard
 KEYPOINT_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")  # "left" = smaller x in the image
 
 # Labels in painting order; each region is one flat colour (RGB).
