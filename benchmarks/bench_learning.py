@@ -112,8 +112,9 @@ def main() -> None:
               f"{r.get('reliance/all/gap_dropped_inside', float('nan')):+.4f} |")
 
     # The last checkpoint's weights: a run stopped by the budget exported nothing, so load them into the init.
-    from training.checkpoints import latest_checkpoint
     from safetensors.torch import load_file
+
+    from training.checkpoints import latest_checkpoint
     pipeline = DurianPipeline.from_pretrained(str(init))
     pipeline.model.load_state_dict(load_file(latest_checkpoint(run / "checkpoints") / "model.safetensors"))
     pipeline.set_progress_bar_config(disable=True)

@@ -43,8 +43,8 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from data_specs.evaluation import LpipsBackbone, VideoArch
 from data_specs.model import IdentityEncoderSpec
 from model.builders import Device, _local, load_identity_encoder, load_image_encoder
-from weight_files.pickles import CheckpointError
 from model.encoders import ARCFACE_SIZE, IResNet, align_faces
+from weight_files.pickles import CheckpointError
 from weight_files.tensors import TensorFile, load_weights, open_weights
 
 __all__ = ["ClipImageFeatures", "DinoFeatures", "FeatureExtractor", "IdentityFeatures",

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from itertools import zip_longest
 from dataclasses import dataclass, replace
+from itertools import zip_longest
 
 import torch
 import torch.nn.functional as F

@@ -23,9 +23,8 @@ from transformers import (
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from data_specs.evaluation import ExtractorPaths
-from tests.evaluation.evaluation_testing import TINY_ARCFACE
-from weight_files.pickles import CheckpointError
 from model.encoders import ARCFACE_SIZE, ARCFACE_TEMPLATE, identity_embeds
+from tests.evaluation.evaluation_testing import TINY_ARCFACE
 from training.extractors import (
     ClipImageFeatures,
     DinoFeatures,
@@ -35,6 +34,7 @@ from training.extractors import (
     VideoFeatures,
 )
 from training.metrics import fid, fvd, lpips_per_sample, reconstruction_metrics
+from weight_files.pickles import CheckpointError
 
 
 def _rand(*shape: int, seed: int = 0) -> torch.Tensor:

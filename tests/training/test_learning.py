@@ -10,13 +10,12 @@ import torch
 
 from data_specs.model import model_flavour
 from model.builders import random_components
+from tests.training.training_testing import make_pairs
 from training.data import collate
 from training.metrics import reconstruction_metrics
 from training.reconstruction import images, reconstruct
-from training.step import Encoders, StepOptions, diffusion_loss, model_inputs, step_generator, \
-    training_noise_scheduler
+from training.step import Encoders, StepOptions, diffusion_loss, model_inputs, step_generator, training_noise_scheduler
 from training.tiny_world import fit_vae, reconstruction_psnr
-from tests.training.training_testing import make_pairs
 
 
 @pytest.fixture

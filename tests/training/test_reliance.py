@@ -11,10 +11,10 @@ import torch
 from data_specs.model import model_flavour
 from model.builders import random_components
 from model.durian import DurianModel, ReferenceInputs
+from tests.training.training_testing import make_pairs
 from training.data import PairEntry
 from training.reliance import ALL, GAPS, REGIONS, across_videos, reference_reliance
 from training.step import Encoders, training_noise_scheduler
-from tests.training.training_testing import make_pairs
 
 
 @pytest.fixture(scope="module", autouse=True)
