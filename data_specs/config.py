@@ -17,13 +17,12 @@ from pydantic import Field, field_validator, model_validator
 
 from data_specs.perception import PerceptionConfig
 from data_specs.scenes import SceneConfig
-from data_specs.spec import ConfigError, RayConfig, Resources, Spec, format_validation_error, load_spec, read_yaml
+from data_specs.spec import ConfigError, RayConfig, Resources, Spec, load_spec
 from data_specs.split import SplitConfig
 from data_specs.training_samples import TrainingSamplesConfig
 from data_specs.video import DecodeConfig
 
-__all__ = ["BuildConfig", "ConfigError", "ExecutionConfig", "Resources", "Spec", "format_validation_error",
-           "parse_config", "read_yaml"]
+__all__ = ["BuildConfig", "ConfigError", "ExecutionConfig", "Resources", "Spec", "parse_config"]
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 
