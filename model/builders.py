@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 from accelerate import init_empty_weights
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, MotionAdapter, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
 from diffusers.models.modeling_utils import ModelMixin
 from huggingface_hub import snapshot_download
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -75,11 +75,6 @@ class DurianComponents:
 def inference_scheduler(spec: NoiseScheduleSpec) -> DDIMScheduler:
     """DDIM over the spec's schedule (SD 1.5's DDIM settings otherwise: no clipping, steps_offset 1)."""
     return DDIMScheduler(**spec.diffusers_config(), clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-
-
-def training_scheduler(spec: NoiseScheduleSpec) -> DDPMScheduler:
-    """DDPM for adding noise in training: the same betas and prediction type as `inference_scheduler`."""
-    return DDPMScheduler(**spec.diffusers_config(), clip_sample=False)
 
 
 # ---------------------------------------------------------------- random weights

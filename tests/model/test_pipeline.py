@@ -19,11 +19,12 @@ from data_specs.model import NoiseScheduleSpec
 from data_specs.perception import GOLIATH_FACE, TRUTH_5, PoseRenderSpec
 from data_specs.pose_frames import render_pose_frames
 from flows.cli.sample import driving_keypoints_from_video, sample
-from model.builders import DurianComponents, inference_scheduler, training_scheduler
+from model.builders import DurianComponents, inference_scheduler
 from model.geometry import fit_similarity, retarget_keypoints
 from model.pipeline import DurianPipeline, render_driving_pose, window_starts
 from tasks.media import find_ffmpeg
 from tasks.synthetic import write_portrait_video
+from training.step import training_noise_scheduler
 
 
 @pytest.fixture
@@ -129,7 +130,8 @@ def test_the_default_schedule_is_zero_terminal_snr_for_training_and_sampling(tin
     training timestep is in, and both schedulers share the betas and the v-prediction."""
     schedule = tiny.noise_schedule
     assert schedule == NoiseScheduleSpec() and schedule.prediction_type == "v_prediction"
-    training, inference = training_scheduler(schedule), inference_scheduler(schedule)
+    inference = inference_scheduler(schedule)
+    training = training_noise_scheduler(inference)  # what the trainer noises with
     torch.testing.assert_close(training.betas, inference.betas, rtol=0, atol=0)
     assert training.alphas_cumprod[-1] == 0 and training.config.prediction_type == "v_prediction"
     inference.set_timesteps(25)
