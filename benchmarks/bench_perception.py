@@ -1,11 +1,11 @@
-"""Perception throughput: each model and CPU step of the perception stage alone, and the build with it on and off.
+"""Perception throughput: each model and CPU step of the perception processor alone, and the build with it on and off.
 
 Measured in one run, on the same generated portrait videos decoded as the build decodes them
 (512 x 512 at `--fps`), with random weights written in the official file layouts and loaded
 by the pipeline's own components (`tasks.perception.build_*`): the smallest real architectures
 at their real input sizes.
 
-1. Each step of `PerceptionStage` timed alone, after one warm-up batch, in frames/s:
+1. Each step of `PerceptionProcessor` timed alone, after one warm-up batch, in frames/s:
    - detection: RetinaFace mobile0.25 on the 512 x 512 frames (`detect`: facexlib's
      pre-processing, network, box decoding and NMS);
    - track + crop: `track_main_face`, `crop_boxes`, `crop_clip` and `to_crop_coords`, clip by
@@ -217,11 +217,11 @@ def write_facexlib_weights(folder: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# 1. Each stage alone
+# 1. Each step alone
 
 
 @dataclass(frozen=True)
-class StageTiming:
+class StepTiming:
     """One step timed alone; the model fields are None for the CPU-only steps."""
 
     name: str
@@ -295,7 +295,7 @@ ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: c
 
 
 def time_model(name: str, description: str, call: Callable[[int], object], network: nn.Module, batch: int,
-               frames: int, device: torch.device) -> StageTiming:
+               frames: int, device: torch.device) -> StepTiming:
     """Warm up with one batch, counting its FLOPs, then time `call(frames)` and the network's share of it,
     between two measurements of the matmul peer (the speed of a shared machine drifts).
 
@@ -308,16 +308,16 @@ def time_model(name: str, description: str, call: Callable[[int], object], netwo
         started = time.perf_counter()
         call(frames)
         seconds = time.perf_counter() - started
-    return StageTiming(name, description, batch, frames, seconds, counter.get_total_flops() / batch, forward.seconds,
+    return StepTiming(name, description, batch, frames, seconds, counter.get_total_flops() / batch, forward.seconds,
                        (before, matmul_gflops(device)))
 
 
-def time_step(name: str, description: str, run: Callable[[], object], frames: int) -> StageTiming:
+def time_step(name: str, description: str, run: Callable[[], object], frames: int) -> StepTiming:
     """Time a CPU-only step over all clips once, after one warm-up pass."""
     run()
     started = time.perf_counter()
     run()
-    return StageTiming(name, description, None, frames, time.perf_counter() - started)
+    return StepTiming(name, description, None, frames, time.perf_counter() - started)
 
 
 def matmul_gflops(device: torch.device, repeats: int = 3) -> float:
@@ -352,9 +352,9 @@ def random_keypoints(face_boxes: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.concatenate([corner + unit * size, np.ones((*unit.shape[:2], 1), np.float32)], axis=2)
 
 
-def stage_timings(clips: list[Clip], weights: Path, pose_checkpoint: Path, args: argparse.Namespace,
-                  device: torch.device) -> list[StageTiming]:
-    """Every step of the perception stage, each alone, on the same decoded frames."""
+def step_timings(clips: list[Clip], weights: Path, pose_checkpoint: Path, args: argparse.Namespace,
+                 device: torch.device) -> list[StepTiming]:
+    """Every step of the perception processor, each alone, on the same decoded frames."""
     crop = FaceCropConfig(size=FRAME_SIZE)
     frames = np.concatenate([clip.frames for clip in clips])
     size = f"{FRAME_SIZE}x{FRAME_SIZE}"
@@ -590,9 +590,9 @@ def print_source_crop(paths: list[CropPath], args: argparse.Namespace) -> None:
         print(format_table(header, rows, markdown))
 
 
-def print_results(timings: list[StageTiming], runs: list[BuildRun], args: argparse.Namespace) -> None:
-    """The stage table and the build table; with `--markdown` both again as Markdown."""
-    header = ("stage", "input", "batch", "frames", "frames/s", "GFLOP/frame", "GFLOP/s", "matmul GFLOP/s, before/after",
+def print_results(timings: list[StepTiming], runs: list[BuildRun], args: argparse.Namespace) -> None:
+    """The step table and the build table; with `--markdown` both again as Markdown."""
+    header = ("step", "input", "batch", "frames", "frames/s", "GFLOP/frame", "GFLOP/s", "matmul GFLOP/s, before/after",
               "x matmul", "in network")
     rows = []
     for t in timings:
@@ -670,7 +670,7 @@ def main() -> None:
             write_sapiens_bfloat16_export(pose_checkpoint, exported, args.pose_batch, device)
             pose_checkpoint = exported
 
-        timings = stage_timings(clips, weights, pose_checkpoint, args, device)
+        timings = step_timings(clips, weights, pose_checkpoint, args, device)
         paths = source_crop_paths(work, args)
         runs = [] if args.skip_flow else build_runs(videos, work, weights, pose_checkpoint, args)
     finally:

@@ -4,7 +4,7 @@ On perceived 512 x 512 clips (generated videos, ground-truth perception, 16-fram
 
 1. CPU work: pair sampling + mask expansion (dilate) + augmentation (reflect fill) + encoding, in samples/s,
    against the floor of the same samples' JPEG/PNG encoding alone (`cv2.imencode` of every member image).
-   Model stages (generate, inpaint, latents) are not in this figure: they run in actors, measured apart.
+   The processor's models (generate, inpaint, latents) are not in this figure: they run in actors, measured apart.
 2. Size on disk of a stage-1 and a stage-2 sample, in the shard (tar headers included).
 3. Reading: `webdataset` + `data_specs.sample.decode_sample` over the shard, against reading the same
    tar's bytes raw (the disk/page-cache limit), iterating its members without decoding, and decoding
@@ -35,11 +35,11 @@ from data_specs.perception import PerceptionConfig
 from data_specs.sample import PairSample, decode_sample, encode_sample
 from data_specs.training_samples import TrainingSamplesConfig
 from data_specs.video import DecodeConfig
-from tasks.build_stages import LocalModel
+from tasks.build_processors import LocalModel
 from tasks.clips import cut_clips
 from tasks.media import iter_frames, probe_video
-from tasks.perception.stage import PerceptionStage
-from tasks.samples.stage import TrainingSampleStage
+from tasks.perception.processor import PerceptionProcessor
+from tasks.samples.processor import TrainingSampleProcessor
 from tasks.shards import RotatingShardWriter
 from tasks.synthetic import write_portrait_video
 
@@ -53,11 +53,11 @@ JPEG_QUALITY = 95
 
 
 def perceived_clips(videos: list[Path], decode: DecodeConfig) -> list:
-    """Clips of the videos through the real perception stage (truth backends, in this process)."""
+    """Clips of the videos through the real perception processor (truth backends, in this process)."""
     from data_specs.sample import ClipMeta, ClipSample
 
-    stage = PerceptionStage(PerceptionConfig.model_validate(PERCEPTION), decode)
-    stage.setup({spec.name: LocalModel(spec) for spec in stage.models})
+    perception = PerceptionProcessor(PerceptionConfig.model_validate(PERCEPTION), decode)
+    perception.setup({spec.name: LocalModel(spec) for spec in perception.models})
     clips = []
     for video in videos:
         probe = probe_video(str(video))
@@ -65,8 +65,8 @@ def perceived_clips(videos: list[Path], decode: DecodeConfig) -> list:
             meta = ClipMeta(video_id=video.stem, clip_index=index, frame_indices=[f.index for f in clip],
                             time_s=[f.time_s for f in clip], fps=decode.fps, source_path=str(video),
                             content_sha256="0" * 64, config_hash="bench", code_version="bench")
-            clips += stage(ClipSample(key=f"{video.stem}_c{index:05d}", meta=meta,
-                                      frames=np.stack([f.image for f in clip])))
+            clips += perception(ClipSample(key=f"{video.stem}_c{index:05d}", meta=meta,
+                                           frames=np.stack([f.image for f in clip])))
     return clips
 
 
@@ -125,19 +125,19 @@ def main() -> None:
         # Clip by clip, outside a unit: references from the clip itself (the unit's scene pass, which gives
         # references from the scene, is measured by bench_scenes.py).
         in_clip = {**SAMPLES, "pairs": {**SAMPLES["pairs"], "references": {"scope": "clip"}}}
-        stage = TrainingSampleStage(TrainingSamplesConfig.model_validate(in_clip))
-        stage.setup({})
+        processor = TrainingSampleProcessor(TrainingSamplesConfig.model_validate(in_clip))
+        processor.setup({})
 
         # 1. CPU work per sample, best of the repeats; the floor over the same samples.
-        best_stage = best_encode = float("inf")
+        best_pairs = best_encode = float("inf")
         for _ in range(args.repeats):
             started = time.perf_counter()
-            samples = [pair for clip in clips for pair in stage(clip)]
+            samples = [pair for clip in clips for pair in processor(clip)]
             middle = time.perf_counter()
             encoded = [encode_sample(s, JPEG_QUALITY) for s in samples]
-            best_stage, best_encode = min(best_stage, middle - started), min(best_encode, time.perf_counter() - middle)
+            best_pairs, best_encode = min(best_pairs, middle - started), min(best_encode, time.perf_counter() - middle)
         floor = min(encode_floor(samples) for _ in range(args.repeats))
-        work = best_stage + best_encode
+        work = best_pairs + best_encode
 
         # 2. Size on disk, by stage.
         shard_dir = root / "shards"
@@ -176,7 +176,7 @@ def main() -> None:
     rows = [
         ("clips (16 frames, 512 px crops)", f"{len(clips)}", ""),
         ("training samples (stage 1 + 2)", f"{n}", f"{len(sizes[1])} + {len(sizes[2])}"),
-        ("pairs + expansion + augmentation", f"{n / best_stage:.1f} samples/s", f"{best_stage / n * 1e3:.1f} ms/sample"),
+        ("pairs + expansion + augmentation", f"{n / best_pairs:.1f} samples/s", f"{best_pairs / n * 1e3:.1f} ms/sample"),
         ("encoding (data_specs.sample)", f"{n / best_encode:.1f} samples/s", f"{best_encode / n * 1e3:.1f} ms/sample"),
         ("CPU work in all", f"{n / work:.1f} samples/s", f"**{work / floor:.2f}x** the bare OpenCV encode "
                                                           f"({n / floor:.1f} samples/s)"),

@@ -1,4 +1,4 @@
-"""The dataset-build configuration: one validated, frozen pydantic model per stage.
+"""The dataset-build configuration: one validated, frozen pydantic model per section.
 
 `BuildConfig` is what a user writes in YAML, what `durian build-dataset` reads and
 what the Prefect flow `build-dataset` takes as its parameter. Every field has a
@@ -100,18 +100,18 @@ class ExecutionConfig(RayConfig):
         "is taken at once.")
 
 
-class StageSpec(Spec):
-    """A per-clip processing stage: an entry point of the `durian.clip_stages` group, by name or by its
-    `module:Class`, or a `module:Class` that this machine's allow-list file (`$DURIAN_STAGE_ALLOWLIST`) names."""
+class ProcessorSpec(Spec):
+    """A clip processor: an entry point of the `durian.clip_processors` group, by name or by its `module:Class`,
+    or a `module:Class` that this machine's allow-list file (`$DURIAN_PROCESSOR_ALLOWLIST`) names."""
 
-    target: str = Field(description="Entry-point name or `module:Class` of a `tasks.base.ClipStage`; anything an "
-                        "installed package does not declare and the allow-list does not name is refused.",
+    target: str = Field(description="Entry-point name or `module:Class` of a `tasks.base.ClipProcessor`; anything "
+                        "an installed package does not declare and the allow-list does not name is refused.",
                         pattern=r"^[\w.-]+(:\w+)?$")
     params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the class.")
 
 
 class BuildConfig(Spec):
-    """A whole dataset build: inputs, per-stage settings, execution and output location."""
+    """A whole dataset build: inputs, the settings of each step, execution and output location."""
 
     inputs: InputsConfig
     output_dir: str = Field(description="Folder that receives shards/, manifests/ and units/.")
@@ -125,8 +125,9 @@ class BuildConfig(Spec):
                                "recorded in the samples manifest's `split` column.")
     perception: PerceptionConfig | None = Field(
         None, description="Face crop, keypoints, pose frames and attribute masks per clip (None: frames as decoded).")
-    stages: tuple[StageSpec, ...] = Field(
-        (), description="Further per-clip stages by import path, run after perception, in order.")
+    processors: tuple[ProcessorSpec, ...] = Field(
+        (), description="Further clip processors by entry-point name or import path, run after perception, in "
+        "order.")
     training_samples: TrainingSamplesConfig | None = Field(
         None, description="Turn each perceived clip into self-reconstruction pairs, the samples training reads "
         "(None: one sample per clip). Needs `perception`.")
@@ -158,8 +159,8 @@ class BuildConfig(Spec):
 
     def output_hash(self) -> str:
         """Hash of every setting that changes the bytes written; execution settings do not."""
-        relevant = self.model_dump(mode="json", include={"decode", "scenes", "clips", "shards", "perception", "stages",
-                                                         "training_samples"})
+        relevant = self.model_dump(mode="json", include={"decode", "scenes", "clips", "shards", "perception",
+                                                         "processors", "training_samples"})
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
     @property

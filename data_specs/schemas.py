@@ -115,7 +115,8 @@ SHARDS = pa.schema(
 FAILURES = pa.schema(
     [
         pa.field("item_id", pa.string(), nullable=False),  # video_id, or clip_id for a clip-level failure
-        pa.field("stage", pa.string(), nullable=False),
+        # where it failed: "unit" (the whole unit), "read", "probe", "decode", or a clip processor's name
+        pa.field("failed_in", pa.string(), nullable=False),
         pa.field("reason", pa.string(), nullable=False),
         pa.field("frame_indices", pa.list_(pa.int32())),
         *LINEAGE,
@@ -195,13 +196,13 @@ class SampleRow(Lineage):
 @dataclass(kw_only=True)
 class FailureRow(Lineage):
     item_id: str
-    stage: str
+    failed_in: str
     reason: str
     frame_indices: list[int] | None = None
 
     def __post_init__(self) -> None:
         if not self.reason.strip():
-            raise ValueError(f"failure row for {self.item_id} at stage {self.stage!r} has no reason")
+            raise ValueError(f"failure row for {self.item_id} (failed in {self.failed_in!r}) has no reason")
 
 
 @dataclass(kw_only=True)

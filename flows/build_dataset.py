@@ -27,7 +27,7 @@ from flows.artifacts import inline_images
 from flows.build_lock import BuildLock
 from flows.ray_runtime import ray_session
 from flows.ray_units import model_actors, run_units
-from tasks.build_stages import build_stages, model_specs
+from tasks.build_processors import build_processors, model_specs
 
 
 @flow(name="build-dataset", log_prints=True)
@@ -56,12 +56,12 @@ def _build(config: BuildConfig) -> BuildSummary:
     logger.info("%d units: %d to run, %d unchanged since the last build", len(plan.units), len(plan.todo),
                 len(plan.done))
 
-    # 2. Run the units that changed on Ray, with the models their stages call in actors set up once.
+    # 2. Run the units that changed on Ray, with the models their processors call in actors set up once.
     reports, failures, per_node = list(plan.done), [], {}
     if plan.todo:
         with ray_session(config.execution):
             timeline["ray_ready"] = time.time()
-            with model_actors(model_specs(build_stages(config)), config) as models:
+            with model_actors(model_specs(build_processors(config)), config) as models:
                 timeline["models_ready"] = time.time()
                 ran, failures, per_node = run_units(plan.todo, config, models)
             reports += ran
@@ -105,16 +105,17 @@ def _publish_artifacts(summary: BuildSummary) -> None:
     ] + [{"what": f"failed - {reason}", "count": str(count)} for reason, count in summary.failures_by_reason.items()]
     create_table_artifact(key="build-dataset-counts", table=counts, description="Counts and failures by reason")
     rejected: dict[str, int] = {}
-    for kind, count in summary.failures_by_reason.items():  # kinds read "stage: reason"
-        stage = kind.split(":", 1)[0]
-        rejected[stage] = rejected.get(stage, 0) + count
+    for kind, count in summary.failures_by_reason.items():  # kinds read "failed_in: reason"
+        failed_in = kind.split(":", 1)[0]
+        rejected[failed_in] = rejected.get(failed_in, 0) + count
     create_table_artifact(
-        key="build-dataset-stages",
-        table=[{"stage": stage, "rejected": str(count),
+        key="build-dataset-rejections",
+        table=[{"failed_in": failed_in, "rejected": str(count),
                 "reasons": "; ".join(f"{kind.split(': ', 1)[1]} ({n})" for kind, n in summary.failures_by_reason.items()
-                                     if kind.startswith(f"{stage}:"))} for stage, count in rejected.items()]
-        + [{"stage": "written", "rejected": "", "reasons": f"{summary.samples} samples of {summary.clips} clips"}],
-        description="Per stage: how many videos or clips it rejected, and why")
+                                     if kind.startswith(f"{failed_in}:"))} for failed_in, count in rejected.items()]
+        + [{"failed_in": "none (written)", "rejected": "",
+            "reasons": f"{summary.samples} samples of {summary.clips} clips"}],
+        description="Where videos or clips failed (a step of the unit or a clip processor), how many, and why")
     failures = "\n".join(f"| {reason} | {count} |" for reason, count in summary.failures_by_reason.items())
     create_markdown_artifact(
         key="build-dataset-summary",

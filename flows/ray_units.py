@@ -3,7 +3,7 @@
 Models (`tasks.base.ModelSpec`) run in long-lived actors, created and set up once per
 build with the resources they declare (GPUs included); unit tasks (CPU: decode, crop,
 encode, shard) call them with whole clips of frames, so that many CPU units keep a GPU
-model busy. A stage holds a `RayModel` per model: a proxy on which `detector.detect(frames,
+model busy. A clip processor holds a `RayModel` per model: a proxy on which `detector.detect(frames,
 refs)` runs `detect` on one of the model's actors (`ModelActor.call`) and returns its result.
 Ray's `ActorPool` serves one caller; here every unit task is a caller, so each proxy spreads
 its calls over the model's actors itself.
@@ -60,8 +60,9 @@ class ModelActor:
 
 
 class RayModel:
-    """A proxy of one model over its actors, as `tasks.build_stages.LocalModel` is in-process: `model.detect(x)`
-    and `model(x)` run on the actors, in turn; `model.provenance` reads the attribute from an actor."""
+    """A proxy of one model over its actors, as `tasks.build_processors.LocalModel` is in-process:
+    `model.detect(x)` and `model(x)` run on the actors, in turn; `model.provenance` reads the attribute from an
+    actor."""
 
     def __init__(self, actors: list, methods: list[str]) -> None:
         self.actors = actors
@@ -147,12 +148,12 @@ class UnitOutcome:
 
 
 def _run_unit(unit: WorkUnit, config: BuildConfig, models: dict[str, RayModel], build_id: str) -> UnitOutcome:
-    from tasks.build_stages import stages_for
+    from tasks.build_processors import processors_for
     from tasks.unit import run_unit
 
     node_id = ray.get_runtime_context().get_node_id()
     try:
-        return UnitOutcome(run_unit(unit, config, stages_for(config, models, build_id)), node_id)
+        return UnitOutcome(run_unit(unit, config, processors_for(config, models, build_id)), node_id)
     except DataError as err:  # only raised with on_error="raise"
         return UnitOutcome(None, node_id, err)
 

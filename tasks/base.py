@@ -1,31 +1,31 @@
-"""The interface of per-clip work: CPU stages inside the unit task, models in long-lived actors.
+"""The interface of per-clip work: CPU processors inside the unit task, models in long-lived actors.
 
-A *clip stage* (`ClipStage`) maps one sample to a list of samples inside the unit task, on
-the CPU that decodes and encodes: records in, records out. Most stages return one sample
-(perception crops a clip); the training-sample stage returns a clip's K pairs; an empty list
+A *clip processor* (`ClipProcessor`) maps one sample to a list of samples inside the unit task,
+on the CPU that decodes and encodes: records in, records out. Most processors return one sample
+(perception crops a clip); the training-sample processor returns a clip's K pairs; an empty list
 drops the record. A problem with the record's data is raised as `DataError`: the unit
 runner records it as a failure row for that record and carries on. Any other exception
 ends the record's video, as one failure row naming the error (the unit's other videos are
 kept), unless it is infrastructure (I/O, memory, Ray: `tasks.errors.is_infrastructure`),
 which propagates, and Ray retries the unit.
 
-A *model* (`ModelSpec`) is whatever a stage needs that is costly to load or wants a GPU:
-an object with `setup()` (load the weights) and batched methods over frames. A stage
-declares the models it defines in `models` and the models of other stages it calls, by
-name, in `requires` (the training-sample stage requires perception's `segmenter`); the
-builder (`tasks.build_stages`) checks that every required model is defined. The flow runs
+A *model* (`ModelSpec`) is whatever a processor needs that is costly to load or wants a GPU:
+an object with `setup()` (load the weights) and batched methods over frames. A processor
+declares the models it defines in `models` and the models of other processors it calls, by
+name, in `requires` (the training-sample processor requires perception's `segmenter`); the
+builder (`tasks.build_processors`) checks that every required model is defined. The flow runs
 each model in long-lived Ray actors, created and set up once per build and sized from the
 model's `Resources` (so a GPU model gets a GPU); without Ray (tests, one machine) it runs
-in-process (`tasks.build_stages.LocalModel`). Either way `setup(models)` hands the stage a
-proxy per name that forwards attribute calls to the model, so a stage annotates what it
+in-process (`tasks.build_processors.LocalModel`). Either way `setup(models)` hands the processor
+a proxy per name that forwards attribute calls to the model, so a processor annotates what it
 keeps with the model's interface (`self.detector: FaceDetector = models["face_detector"]`)
 and calls it as a local object (`self.detector.detect(frames, refs)`).
 
-A stage that needs more of a video than one clip (the training samples' references from
-the whole scene) implements `VideoStage`: the unit enters `for_video` once per video and
+A processor that needs more of a video than one clip (the training samples' references from
+the whole scene) implements `VideoProcessor`: the unit enters `for_video` once per video and
 runs that video's clips through what it yields.
 
-Without Prefect or Ray imports here, and no concrete stage: `tasks.build_stages` composes them.
+Without Prefect or Ray imports here, and no concrete processor: `tasks.build_processors` composes them.
 """
 
 from __future__ import annotations
@@ -41,12 +41,12 @@ from data_specs.spec import Resources
 if TYPE_CHECKING:
     from tasks.media import Frame
 
-__all__ = ["ClipStage", "ModelSpec", "Resources", "SceneFrames", "VideoScan", "VideoStage"]
+__all__ = ["ClipProcessor", "ModelSpec", "Resources", "SceneFrames", "VideoScan", "VideoProcessor"]
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model a stage defines: how to build it (a picklable factory; `setup()` loads it) and what it needs."""
+    """A model a processor defines: how to build it (a picklable factory; `setup()` loads it) and what it needs."""
 
     name: str
     factory: Callable[[], Any]
@@ -55,11 +55,11 @@ class ModelSpec:
 
 
 @runtime_checkable
-class ClipStage(Protocol):
+class ClipProcessor(Protocol):
     name: str
     resources: Resources
-    models: tuple[ModelSpec, ...]  # the models this stage defines, by `ModelSpec.name`
-    requires: tuple[str, ...]  # the names of models other stages define that this stage calls
+    models: tuple[ModelSpec, ...]  # the models this processor defines, by `ModelSpec.name`
+    requires: tuple[str, ...]  # the names of models other processors define that this processor calls
 
     def setup(self, models: Mapping[str, Any]) -> None:
         """Keep the proxies of `models` and `requires` (by name), load light state; once per worker process and build."""
@@ -78,7 +78,7 @@ class SceneFrames(Protocol):
 
 
 class VideoScan(Protocol):
-    """What the unit offers a `VideoStage` of the video whose clips it is cutting."""
+    """What the unit offers a `VideoProcessor` of the video whose clips it is cutting."""
 
     video_id: str
 
@@ -86,14 +86,14 @@ class VideoScan(Protocol):
         """The video's range decoded again with the clip pass's settings (frame indices and scenes agree with
         the clip pass); a decode error ends it quietly, since the clip pass meets and records the same error."""
 
-    def through_earlier_stages(self, frame: Frame, scene_index: int | None) -> ClipSample:
-        """`frame` as a one-frame clip of its own (never written) through the stages before this one;
+    def through_earlier_processors(self, frame: Frame, scene_index: int | None) -> ClipSample:
+        """`frame` as a one-frame clip of its own (never written) through the processors before this one;
         `DataError` when one of them rejects it."""
 
 
 @runtime_checkable
-class VideoStage(ClipStage, Protocol):
-    """A clip stage with per-video state: the unit runs a video's clips through what `for_video` yields."""
+class VideoProcessor(ClipProcessor, Protocol):
+    """A clip processor with per-video state: the unit runs a video's clips through what `for_video` yields."""
 
     def for_video(self, video: VideoScan) -> AbstractContextManager[Callable[[Sample], list[Sample]]]:
-        """The stage as it processes this video's clips, for the duration of the video."""
+        """The processor as it processes this video's clips, for the duration of the video."""

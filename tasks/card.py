@@ -46,7 +46,7 @@ class DatasetCard:
 
     samples_per_attribute / samples_per_stage / rebalance_weights: training (`pair`) samples only.
     samples_per_video: training samples per video when the build has any, else all (clip) samples.
-    rejections: failure rows tallied by `failure_kind(stage, reason)`.
+    rejections: failure rows tallied by `failure_kind(failed_in, reason)`.
     """
 
     markdown_path: Path
@@ -75,8 +75,8 @@ def write_dataset_card(root: Path) -> DatasetCard:
     per_attribute_stage = Counter(zip(pair_attributes, pair_stages, strict=True))
     counted = pairs if pairs.num_rows else samples
     per_video = dict(sorted(Counter(counted["video_id"].to_pylist()).items(), key=lambda kv: (-kv[1], kv[0])))
-    rejections = dict(sorted(Counter(failure_kind(stage, reason) for stage, reason in zip(
-        failures["stage"].to_pylist(), failures["reason"].to_pylist(), strict=True)).items(),
+    rejections = dict(sorted(Counter(failure_kind(failed_in, reason) for failed_in, reason in zip(
+        failures["failed_in"].to_pylist(), failures["reason"].to_pylist(), strict=True)).items(),
         key=lambda kv: (-kv[1], kv[0])))
     weights = rebalance_weights(per_attribute)
 
@@ -293,7 +293,7 @@ def _markdown(*, title: str, videos: pa.Table, clips: pa.Table, samples: pa.Tabl
     lines += ["", "## Rejections", ""]
     if rejections:
         total = sum(rejections.values())
-        lines += _table(["stage: reason", "count", "share"],
+        lines += _table(["failed in: reason", "count", "share"],
                         [[kind, n, f"{100 * n / total:.1f}%"] for kind, n in rejections.items()])
         lines += ["", f"![Rejection reasons]({plots['rejections']})"]
     else:
@@ -411,5 +411,5 @@ def _plot_rejections(path: Path, rejections: dict[str, int]) -> Path:
     axes.set_yticks(range(len(kinds)), labels, fontsize=8)
     axes.set_xlabel("rejected items")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_title("Rejection reasons (stage: reason)")
+    axes.set_title("Rejection reasons (failed in: reason)")
     return _save(figure, path)

@@ -29,8 +29,8 @@ from tasks.unit import unit_stamp
 def unit_failure_rows(unit: WorkUnit, config: BuildConfig, reason: str) -> list[FailureRow]:
     """Failure rows for every video of a unit whose worker could not finish it."""
     stamp = unit_stamp(unit, config)
-    return [FailureRow(item_id=video.video_id, stage="unit", reason=reason, **stamp.with_source(video.uri).columns())
-            for video in unit.videos]
+    return [FailureRow(item_id=video.video_id, failed_in="unit", reason=reason,
+                       **stamp.with_source(video.uri).columns()) for video in unit.videos]
 
 
 def publish_manifests(config: BuildConfig, reports: list[UnitReport], extra_failures: list[FailureRow],
@@ -71,7 +71,8 @@ def publish_manifests(config: BuildConfig, reports: list[UnitReport], extra_fail
         frames=sum(report.frames for report in reports),
         shards=merged["shards"].num_rows,
         shard_bytes=sum(merged["shards"].column("size_bytes").to_pylist()),
-        failures_by_reason=dict(Counter(failure_kind(row["stage"], row["reason"]) for row in failures).most_common()),
+        failures_by_reason=dict(Counter(failure_kind(row["failed_in"], row["reason"])
+                                        for row in failures).most_common()),
         work_span_s=round(max((r.started_at + r.seconds for r in ran), default=0.0)
                           - min((r.started_at for r in ran), default=0.0), 3),
         work_s=round(sum(r.seconds for r in ran), 3),
@@ -133,5 +134,5 @@ def table_counts(root: Path) -> dict[str, int]:
 def failures_by_reason(root: Path) -> list[tuple[str, int]]:
     path = OutputLayout(root).manifest("failures")
     rows = read_table("failures", path).to_pylist() if path.exists() else []
-    return Counter(failure_kind(row["stage"], row["reason"]) for row in rows).most_common()
+    return Counter(failure_kind(row["failed_in"], row["reason"]) for row in rows).most_common()
 

@@ -30,10 +30,10 @@ from data_specs.schemas import ClipRow, FailureRow, SampleRow, ShardRow, VideoRo
 from data_specs.split import Split, split_key, split_of
 from data_specs.units import UnitReport, VideoRef, WorkUnit
 from data_specs.video import VideoProbe
-from tasks.base import ClipStage, SceneFrames, VideoStage
-from tasks.build_stages import stages_for
+from tasks.base import ClipProcessor, SceneFrames, VideoProcessor
+from tasks.build_processors import processors_for
 from tasks.clips import cut_scene_clips
-from tasks.errors import DataError, StageCrash, failure_kind, failure_reason, is_infrastructure
+from tasks.errors import DataError, ProcessorCrash, failure_kind, failure_reason, is_infrastructure
 from tasks.media import Frame, check_decodable, colour_encoding, iter_frames, probe_video
 from tasks.scenes import split_scenes
 from tasks.shards import RotatingShardWriter
@@ -44,18 +44,20 @@ def unit_stamp(unit: WorkUnit, config: BuildConfig) -> Stamp:
     return Stamp(config_hash=config.output_hash(), code_version=code_version(), unit_id=unit.unit_id)
 
 
-def run_unit(unit: WorkUnit, config: BuildConfig, stages: Sequence[ClipStage] | None = None) -> UnitReport:
+def run_unit(unit: WorkUnit, config: BuildConfig,
+             processors: Sequence[ClipProcessor] | None = None) -> UnitReport:
     """Process every video of `unit` and publish its shards and manifest parts (see `UnitRun`).
 
-    stages: set up already (`tasks.build_stages.stages_for`); None: the config's, with models in this process.
+    processors: set up already (`tasks.build_processors.processors_for`); None: the config's, with models in
+    this process.
     """
     layout = OutputLayout(config.output_path)
     previous = layout.read_report(unit.unit_id)
     if previous is not None and previous.fingerprint == unit.fingerprint:
         return previous.model_copy(update={"skipped": True})
-    if stages is None:
-        stages = stages_for(config)
-    return UnitRun(unit, config, stages, layout).run(previous)
+    if processors is None:
+        processors = processors_for(config)
+    return UnitRun(unit, config, processors, layout).run(previous)
 
 
 @dataclass
@@ -63,13 +65,13 @@ class UnitRun:
     """One run of one unit: its inputs, the shard writer, and the manifest rows collected so far.
 
     Bad videos and clips become failure rows (or raise, with `on_error="raise"`), and so
-    does a stage's crash on one clip, for its video (`StageCrash`); infrastructure errors
+    does a processor's crash on one clip, for its video (`ProcessorCrash`); infrastructure errors
     raise, and the unit leaves no visible trace until a retry succeeds.
     """
 
     unit: WorkUnit
     config: BuildConfig
-    stages: Sequence[ClipStage]
+    processors: Sequence[ClipProcessor]
     layout: OutputLayout
     videos: list[VideoRow] = field(default_factory=list)
     clips: list[ClipRow] = field(default_factory=list)
@@ -105,7 +107,7 @@ class UnitRun:
             clips=len(self.clips),
             samples=len(self.samples),
             frames=self.frames,
-            failures_by_reason=dict(Counter(failure_kind(row.stage, row.reason) for row in self.failures)),
+            failures_by_reason=dict(Counter(failure_kind(row.failed_in, row.reason) for row in self.failures)),
             started_at=started_at,
             seconds=round(time.perf_counter() - started, 3),
         )
@@ -144,9 +146,11 @@ class UnitRun:
                 scene_lengths: Counter[int] = Counter()
                 scenes = _tally(split_scenes(counted, self.config.scenes, rate), scene_lengths)
                 with contextlib.ExitStack() as per_video:
-                    runners = [per_video.enter_context(stage.for_video(_VideoScan(self, index, video, path, probe,
-                                                                                  rate, lineage, source_size)))
-                               if isinstance(stage, VideoStage) else stage for index, stage in enumerate(self.stages)]
+                    runners = [per_video.enter_context(processor.for_video(_VideoScan(self, index, video, path,
+                                                                                      probe, rate, lineage,
+                                                                                      source_size)))
+                               if isinstance(processor, VideoProcessor) else processor
+                               for index, processor in enumerate(self.processors)]
                     for clip_index, (scene_index, clip) in enumerate(cut_scene_clips(scenes, self.config.clips.length,
                                                                                      self.config.clips.stride)):
                         if limit and clip_index >= limit:
@@ -159,13 +163,14 @@ class UnitRun:
                     raise DataError(f"too short: {counted.count} frame(s) decoded{scenes_seen}, a clip needs "
                                     f"{self.config.clips.length} (clips.length)")
                 row.status = "ok"
-        except (DataError, StageCrash) as err:
+        except (DataError, ProcessorCrash) as err:
             if self.config.execution.on_error == "raise":
                 raise
-            # Clips cut before a mid-stream decode error (or a stage's crash) are complete and stay in the shards.
+            # Clips cut before a mid-stream decode error (or a processor's crash) are complete and stay in the shards.
             row.status = "partial" if row.num_clips else "failed"
-            self.failures.append(FailureRow(item_id=video.video_id, stage=err.stage if isinstance(err, StageCrash)
-                                            else step, reason=failure_reason(err), **lineage.columns()))
+            failed_in = err.processor if isinstance(err, ProcessorCrash) else step
+            self.failures.append(FailureRow(item_id=video.video_id, failed_in=failed_in, reason=failure_reason(err),
+                                            **lineage.columns()))
         row.frames_decoded = counted.count
         self.frames += counted.count
         self.videos.append(row)
@@ -190,8 +195,8 @@ class UnitRun:
     def _process_clip(self, video: VideoRef, clip_index: int, scene_index: int, clip: list[Frame], fps: float,
                       lineage: Lineage, source_size: tuple[int, int] | None = None,
                       runners: Sequence[Callable[[Sample], list[Sample]]] | None = None) -> None:
-        """Run one clip through the stages (`runners`: what each stage runs for this video, by default itself)
-        and write what comes out."""
+        """Run one clip through the processors (`runners`: what each processor runs for this video, by default
+        itself) and write what comes out."""
         frame_indices = [frame.index for frame in clip]
         key = clip_key(video.video_id, clip_index)
         sample = self._clip_sample(video, key, clip_index, scene_index, clip, fps, lineage, source_size)
@@ -200,7 +205,7 @@ class UnitRun:
                       **lineage.columns())
         self.clips.append(row)
         records: list[Sample] = [sample]
-        for stage, run in zip(self.stages, runners or self.stages):
+        for processor, run in zip(self.processors, runners or self.processors):
             passed = []
             for record in records:
                 try:
@@ -208,12 +213,13 @@ class UnitRun:
                 except DataError as err:
                     if self.config.execution.on_error == "raise":
                         raise
-                    self.failures.append(FailureRow(item_id=record.key, stage=stage.name, reason=failure_reason(err),
-                                                    frame_indices=frame_indices, **lineage.columns()))
+                    self.failures.append(FailureRow(item_id=record.key, failed_in=processor.name,
+                                                    reason=failure_reason(err), frame_indices=frame_indices,
+                                                    **lineage.columns()))
                 except Exception as err:
                     if self.config.execution.on_error == "raise" or is_infrastructure(err):
                         raise
-                    raise StageCrash(stage.name, err) from err  # ends this video only
+                    raise ProcessorCrash(processor.name, err) from err  # ends this video only
             records = passed
             perceived = [r.meta.perception for r in records if isinstance(r, ClipSample) and r.meta.perception]
             if perceived:
@@ -250,7 +256,7 @@ def sample_row(sample: Sample, shard: str, lineage: Lineage, split: Split, group
 
 @dataclass
 class _VideoScan:
-    """The `tasks.base.VideoScan` the unit gives the stage at `position` for one video."""
+    """The `tasks.base.VideoScan` the unit gives the processor at `position` for one video."""
 
     run: UnitRun
     position: int
@@ -269,15 +275,15 @@ class _VideoScan:
         return _ScenePass(self.run._decode(self.path, self.probe, self.video, self.source_size),
                           self.run.config.scenes, self.rate)
 
-    def through_earlier_stages(self, frame: Frame, scene_index: int | None) -> ClipSample:
+    def through_earlier_processors(self, frame: Frame, scene_index: int | None) -> ClipSample:
         key = f"{self.video.video_id}_r{frame.index:06d}"  # named by its frame; never written
         records: list[Sample] = [self.run._clip_sample(self.video, key, 0, scene_index, [frame], self.rate,
                                                        self.lineage, self.source_size)]
-        for stage in self.run.stages[:self.position]:
-            records = [out for record in records for out in stage(record)]
+        for processor in self.run.processors[:self.position]:
+            records = [out for record in records for out in processor(record)]
         if len(records) != 1 or not isinstance(records[0], ClipSample):
-            raise DataError(f"the stages before {self.run.stages[self.position].name!r} made {len(records)} "
-                            "record(s) of a one-frame clip, not one clip")
+            raise DataError(f"the processors before {self.run.processors[self.position].name!r} made "
+                            f"{len(records)} record(s) of a one-frame clip, not one clip")
         return records[0]
 
 

@@ -12,8 +12,8 @@ from data_specs.config import BuildConfig, parse_config
 
 # The test server's telemetry service writes to SQLite at start-up, racing the flows ("database is locked").
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-# The test stages (tests/stages.py) that flow tests name in `stages:`; Ray workers and CLI runs inherit it.
-os.environ["DURIAN_STAGE_ALLOWLIST"] = str(Path(__file__).with_name("allowed_stages.txt"))
+# The test processors (tests/processors.py) that flow tests name in `processors:`; Ray workers and CLI runs inherit it.
+os.environ["DURIAN_PROCESSOR_ALLOWLIST"] = str(Path(__file__).with_name("allowed_processors.txt"))
 
 # Small enough for 2 cores: 96 px sources, 24 frames at 24 fps, decoded at 12 fps to 64 px, 4-frame clips.
 SMALL_BUILD = {

@@ -98,9 +98,10 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(videos: Path, tmp_path: 
     from flows.build_dataset import build_dataset
 
     deaths = tmp_path / "deaths"
-    stage = {"target": "tests.stages:KillWorker", "params": {"marker_dir": str(deaths), "video_prefix": "portrait_0001"}}
-    summary = build_dataset(small_config(videos / "good", tmp_path / "out", stages=[stage]))
-    assert len(list(deaths.iterdir())) == 1, "the stage never killed its worker"
+    killer = {"target": "tests.processors:KillWorker",
+              "params": {"marker_dir": str(deaths), "video_prefix": "portrait_0001"}}
+    summary = build_dataset(small_config(videos / "good", tmp_path / "out", processors=[killer]))
+    assert len(list(deaths.iterdir())) == 1, "the processor never killed its worker"
     assert summary.units_failed == 0 and summary.samples == 15
     assert manifest(tmp_path / "out", "failures") == []
 
@@ -109,14 +110,14 @@ def test_a_unit_that_keeps_failing_becomes_failure_rows(videos: Path, tmp_path: 
     from flows.build_dataset import build_dataset
 
     deaths = tmp_path / "deaths"
-    stage = {"target": "tests.stages:KillWorker",
-             "params": {"marker_dir": str(deaths), "video_prefix": "portrait_0004", "times": 100}}
-    summary = build_dataset(small_config(videos / "good", tmp_path / "out", stages=[stage]))
+    killer = {"target": "tests.processors:KillWorker",
+              "params": {"marker_dir": str(deaths), "video_prefix": "portrait_0004", "times": 100}}
+    summary = build_dataset(small_config(videos / "good", tmp_path / "out", processors=[killer]))
     assert len(list(deaths.iterdir())) == 2  # the first attempt and one retry (execution.retries = 1)
     assert summary.units_failed == 1
     failures = manifest(tmp_path / "out", "failures")
     assert any(Path(row["source_path"]).name == "portrait_0004.mp4" for row in failures)
-    assert all(row["stage"] == "unit" and "attempt" in row["reason"] for row in failures)
+    assert all(row["failed_in"] == "unit" and "attempt" in row["reason"] for row in failures)
     failed_videos = [row for row in manifest(tmp_path / "out", "videos") if row["status"] == "failed"]
     assert sorted(row["video_id"] for row in failed_videos) == sorted(row["item_id"] for row in failures)
     assert summary.videos == 5 and summary.videos_failed == len(failures)
@@ -157,11 +158,11 @@ def test_a_killed_run_leaves_no_process_and_no_partial_shard_and_a_rerun_complet
     from flows.build_dataset import build_dataset
 
     output = tmp_path / "out"
-    slow = '[{"target": "tests.stages:Slow", "params": {"seconds": 0.3}}]'
+    slow = '[{"target": "tests.processors:Slow", "params": {"seconds": 0.3}}]'
     command = [sys.executable, "-m", "flows.cli", "build-dataset", "-i", str(videos / "good"), "-o", str(output),
                "--set", "decode.fps=12", "--set", "decode.size=64", "--set", "clips.length=4",
                "--set", "clips.stride=4", "--set", "shards.samples_per_shard=1", "--set", "execution.videos_per_unit=1",
-               "--set", f"stages={slow}"]
+               "--set", f"processors={slow}"]
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(REPO)}
     env.pop("PREFECT_API_URL", None)
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -185,7 +186,7 @@ def test_a_killed_run_leaves_no_process_and_no_partial_shard_and_a_rerun_complet
             assert len(tar.getmembers()) == 5  # meta + 4 frames
 
     config = small_config(videos / "good", output, shards={"samples_per_shard": 1}, execution={"videos_per_unit": 1},
-                          stages=[{"target": "tests.stages:Slow", "params": {"seconds": 0.3}}])
+                          processors=[{"target": "tests.processors:Slow", "params": {"seconds": 0.3}}])
     summary = build_dataset(config)
     samples = manifest(output, "samples")
     assert summary.samples == len(samples) == 15 and len({row["sample_key"] for row in samples}) == 15

@@ -25,7 +25,7 @@ from tasks.unit import run_unit
 from tests.conftest import small_config
 
 REPO = Path(__file__).resolve().parent.parent
-SLOW = [{"target": "tests.stages:Slow", "params": {"seconds": 0.05}}]  # about 1 s for the five videos
+SLOW = [{"target": "tests.processors:Slow", "params": {"seconds": 0.05}}]  # about 1 s for the five videos
 
 
 def build_in_process(config: BuildConfig) -> None:
@@ -47,9 +47,9 @@ def wait_for(condition, timeout_s: float = 30) -> None:
 
 def test_a_second_build_refuses_naming_the_first_or_waits_for_it_and_the_shards_stay_identical(videos: Path,
                                                                                               tmp_path: Path):
-    reference = small_config(videos / "good", tmp_path / "reference", stages=SLOW)
+    reference = small_config(videos / "good", tmp_path / "reference", processors=SLOW)
     build_in_process(reference)
-    config = small_config(videos / "good", tmp_path / "out", stages=SLOW)
+    config = small_config(videos / "good", tmp_path / "out", processors=SLOW)
     first_done = threading.Event()
 
     def first_build() -> None:

@@ -60,8 +60,8 @@ def write_build(root: Path, pairs: dict[str, int], failures: list[tuple[str, str
                 expansion=("none", "dilate", "generate")[i % 3], face_size=60.0 + (i * 13) % 90,
                 reference_gap_s=1.0 + (i % 5) / 4, **lineage(video)))
             n += 1
-    failure_rows = [FailureRow(item_id=item, stage=stage, reason=reason, **lineage(item.split("-")[0]))
-                    for item, stage, reason in failures]
+    failure_rows = [FailureRow(item_id=item, failed_in=failed_in, reason=reason, **lineage(item.split("-")[0]))
+                    for item, failed_in, reason in failures]
     tables = {"videos": video_rows, "clips": clips, "samples": samples, "failures": failure_rows,
               "shards": [ShardRow(shard="s-00000.tar", sha256="0" * 64, size_bytes=1, num_samples=len(samples),
                                   **STAMP)]}
@@ -105,7 +105,7 @@ def test_counts_match_the_manifests(skewed: tuple[Path, DatasetCard]) -> None:
     assert len(set(card.samples_per_video.values())) > 1  # the spread really is uneven
     assert list(card.samples_per_attribute) == ["hair", "eyeglasses", "beard", "hat"]  # largest first
     failures = pq.read_table(layout.manifest("failures")).to_pylist()
-    assert card.rejections == dict(Counter(failure_kind(f["stage"], f["reason"]) for f in failures))
+    assert card.rejections == dict(Counter(failure_kind(f["failed_in"], f["reason"]) for f in failures))
     assert card.rejections["decode: cannot decode video"] == 2
 
 

@@ -13,7 +13,7 @@ MINIMAL = {"inputs": {"source": "videos"}, "output_dir": "out"}
 def test_defaults_fill_every_section():
     config = parse_config(MINIMAL)
     assert config.clips.length == 16 and config.decode.size == 512 and config.execution.ray_address is None
-    assert config.execution.on_error == "record" and config.stages == ()
+    assert config.execution.on_error == "record" and config.processors == ()
 
 
 def test_yaml_round_trip(tmp_path: Path):
@@ -33,7 +33,7 @@ def test_yaml_round_trip(tmp_path: Path):
         ({"decode": {"crop": "zoom"}}, "decode.crop: Input should be 'center' or 'pad'"),
         ({"shards": {"samples_per_shard": 10, "colour": "red"}}, "shards.colour: unknown field"),
         ({"execution": {"on_error": "ignore"}}, "execution.on_error: Input should be 'record' or 'raise'"),
-        ({"stages": [{"target": "not an import path"}]}, "stages.0.target: String should match pattern"),
+        ({"processors": [{"target": "not an import path"}]}, "processors.0.target: String should match pattern"),
         ({"output_dir": "s3://bucket/out"}, "output_dir: must be a local folder"),
     ],
 )

@@ -1,4 +1,4 @@
-"""Failures stay small: a stage's crash on one clip costs its video, not its unit; the machine's trouble still fails
+"""Failures stay small: a processor's crash on one clip costs its video, not its unit; the machine's trouble still fails
 the unit (so that Ray retries it)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from tests.conftest import small_config
 
 
 class CrashOn:
-    """A stage with a bug that one video's content triggers (here: its second clip)."""
+    """A clip processor with a bug that one video's content triggers (here: its second clip)."""
 
     name = "fragile"
     resources = Resources()
@@ -46,13 +46,13 @@ def rows(output: Path, report, table: str) -> list[dict]:
     return pq.read_table(output / report.parts_dir / f"{table}.parquet").to_pylist()
 
 
-def test_a_stage_crash_on_one_clip_costs_its_video_and_keeps_the_units_others(videos: Path, tmp_path: Path):
+def test_a_processor_crash_on_one_clip_costs_its_video_and_keeps_the_units_others(videos: Path, tmp_path: Path):
     config = small_config(videos / "good", tmp_path / "out", execution={"videos_per_unit": 100})
     unit = one_unit(config)
     report = run_unit(unit, config, [CrashOn("portrait_0002", ZeroDivisionError("division by zero"))])
     (failure,) = rows(config.output_path, report, "failures")
     crashed = next(video.video_id for video in unit.videos if video.video_id.startswith("portrait_0002"))
-    assert failure["item_id"] == crashed and failure["stage"] == "fragile"
+    assert failure["item_id"] == crashed and failure["failed_in"] == "fragile"
     assert failure["reason"] == "ZeroDivisionError: division by zero"
     assert report.failures_by_reason == {"fragile: ZeroDivisionError": 1}
     status = {row["video_id"]: row["status"] for row in rows(config.output_path, report, "videos")}

@@ -12,7 +12,7 @@ import torch
 from data_specs.config import BuildConfig
 from data_specs.layout import OutputLayout
 from data_specs.lineage import OUTPUT_PACKAGES, library_versions, source_digest
-from tasks.build_stages import stages_for
+from tasks.build_processors import processors_for
 from tasks.fingerprint import build_identity, ffmpeg_version, weight_files
 from tasks.manifests import publish_manifests
 from tasks.sources import plan_build
@@ -23,8 +23,8 @@ from tests.conftest import small_config
 def build(config: BuildConfig) -> list[str]:
     """Plan and run in process, as the flow does; the unit ids that ran."""
     plan = plan_build(config)
-    stages = stages_for(config, build_id=uuid.uuid4().hex)  # set up afresh: reads the weights as they are now
-    publish_manifests(config, [*plan.done, *(run_unit(unit, config, stages) for unit in plan.todo)], [])
+    processors = processors_for(config, build_id=uuid.uuid4().hex)  # set up afresh: reads the weights as they are now
+    publish_manifests(config, [*plan.done, *(run_unit(unit, config, processors) for unit in plan.todo)], [])
     return sorted(unit.unit_id for unit in plan.todo)
 
 
@@ -37,8 +37,8 @@ def test_a_weight_file_swapped_in_place_rebuilds_every_unit_it_feeds_and_nothing
     weights = tmp_path / "models" / "gain.npy"
     weights.parent.mkdir()
     np.save(weights, np.float32(0.5))
-    stage = {"target": "tests.stages:ScaleByWeights", "params": {"weights": str(weights)}}
-    config = small_config(videos / "good", tmp_path / "out", stages=[stage], execution={"videos_per_unit": 1})
+    scaler = {"target": "tests.processors:ScaleByWeights", "params": {"weights": str(weights)}}
+    config = small_config(videos / "good", tmp_path / "out", processors=[scaler], execution={"videos_per_unit": 1})
     assert weight_files(config) == [weights.resolve()]
     every_unit = build(config)
     assert len(every_unit) == 5

@@ -46,7 +46,7 @@ def test_no_layer_imports_upward(package: str):
 
 def test_the_contract_sees_an_upward_import(tmp_path: Path):
     (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "net.py").write_text("def f():\n    from tasks.base import ClipStage\n")
+    (tmp_path / "model" / "net.py").write_text("def f():\n    from tasks.base import ClipProcessor\n")
     assert upward_imports("model", tmp_path) == ["model/net.py:2 imports tasks"]
 
 

@@ -135,7 +135,7 @@ def test_a_two_node_cluster_runs_units_on_both_nodes(two_node_cluster: Cluster, 
     done = durian("build-dataset", "-i", str(video_library / "good"), "-o", str(tmp_path / "out"), *SMALL,
                   "--set", f"execution.ray_address={two_node_cluster.address}", "--set",
                   "execution.videos_per_unit=1",
-                  "--set", 'stages=[{"target": "tests.stages:Slow", "params": {"seconds": 0.3}}]',
+                  "--set", 'processors=[{"target": "tests.processors:Slow", "params": {"seconds": 0.3}}]',
                   env=cli_env(tmp_path, **two_node_cluster.auth()))
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout[done.stdout.index("{"):done.stdout.rindex("}") + 1])

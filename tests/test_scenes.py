@@ -167,7 +167,7 @@ def test_a_clip_without_a_far_enough_reference_is_a_failure_row(cut_video: Path,
                       training_samples=pairs_config(min_gap_s=1.0), clips={"max_clips_per_video": 2})
     assert not tables["samples"] and len(tables["failures"]) == 2
     for row in tables["failures"]:
-        assert row["stage"] == "training-samples"
+        assert row["failed_in"] == "training-samples"
         assert row["reason"].startswith("no reference 1 s from the targets (pairs.references.min_gap_s) with hair")
         assert "reference candidate(s) of scene 0 perceived" in row["reason"]
 

@@ -1,4 +1,4 @@
-"""Untrusted files and parameters: code-bearing checkpoints, stage plugins, safetensors headers, manifest URLs."""
+"""Untrusted files and parameters: code-bearing checkpoints, processor plugins, safetensors headers, manifest URLs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from data_specs.config import parse_config
-from tasks.build_stages import STAGE_ALLOWLIST_VAR, StageNotAllowedError, build_stages
+from tasks.build_processors import PROCESSOR_ALLOWLIST_VAR, ProcessorNotAllowedError, build_processors
 from tasks.perception.sapiens import checkpoint_format, load_sapiens
 from tasks.sources import InputError, list_videos
 from tasks.trust import UntrustedCodeError
@@ -93,41 +93,41 @@ def test_trust_code_is_off_by_default_in_the_config():
     assert SegmentationConfig.model_fields["trust_code"].default is False
 
 
-def _stage_config(tmp_path: Path, target: str, params: dict | None = None):
+def _processor_config(tmp_path: Path, target: str, params: dict | None = None):
     return parse_config({"inputs": {"source": str(tmp_path)}, "output_dir": str(tmp_path / "out"),
-                         "stages": [{"target": target, "params": params or {}}]})
+                         "processors": [{"target": target, "params": params or {}}]})
 
 
-def test_a_stage_that_is_neither_declared_nor_allow_listed_is_refused(tmp_path: Path, monkeypatch):
-    monkeypatch.delenv(STAGE_ALLOWLIST_VAR, raising=False)
+def test_a_processor_that_is_neither_declared_nor_allow_listed_is_refused(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv(PROCESSOR_ALLOWLIST_VAR, raising=False)
     marker = tmp_path / "ran"
-    config = _stage_config(tmp_path, "subprocess:run", {"args": ["touch", str(marker)]})
-    with pytest.raises(StageNotAllowedError, match="'subprocess:run' is not an allowed stage") as refused:
-        build_stages(config)
-    assert "durian.clip_stages" in str(refused.value) and "build parameters cannot add one" in str(refused.value)
-    # Even allow-listed by mistake, a callable that is not a ClipStage class is never called.
+    config = _processor_config(tmp_path, "subprocess:run", {"args": ["touch", str(marker)]})
+    with pytest.raises(ProcessorNotAllowedError, match="'subprocess:run' is not an allowed processor") as refused:
+        build_processors(config)
+    assert "durian.clip_processors" in str(refused.value) and "build parameters cannot add one" in str(refused.value)
+    # Even allow-listed by mistake, a callable that is not a ClipProcessor class is never called.
     allow_list = tmp_path / "allowed.txt"
     allow_list.write_text("subprocess:run  # a mistake\n")
-    monkeypatch.setenv(STAGE_ALLOWLIST_VAR, str(allow_list))
-    with pytest.raises(TypeError, match="not a ClipStage class"):
-        build_stages(config)
+    monkeypatch.setenv(PROCESSOR_ALLOWLIST_VAR, str(allow_list))
+    with pytest.raises(TypeError, match="not a ClipProcessor class"):
+        build_processors(config)
     assert not marker.exists()
-    # The test stages are refused until the allow-list names them.
-    with pytest.raises(StageNotAllowedError):
-        build_stages(_stage_config(tmp_path, "tests.stages:Slow", {"seconds": 0}))
+    # The test processors are refused until the allow-list names them.
+    with pytest.raises(ProcessorNotAllowedError):
+        build_processors(_processor_config(tmp_path, "tests.processors:Slow", {"seconds": 0}))
 
 
-def test_a_stage_declared_by_an_installed_package_loads_by_name_or_path(tmp_path: Path, monkeypatch):
-    monkeypatch.delenv(STAGE_ALLOWLIST_VAR, raising=False)
+def test_a_processor_declared_by_an_installed_package_loads_by_name_or_path(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv(PROCESSOR_ALLOWLIST_VAR, raising=False)
     # An installed distribution as pip leaves it: a .dist-info folder with entry_points.txt on sys.path.
     dist_info = tmp_path / "site" / "durian_test_plugin-1.0.dist-info"
     dist_info.mkdir(parents=True)
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: durian-test-plugin\nVersion: 1.0\n")
-    (dist_info / "entry_points.txt").write_text("[durian.clip_stages]\nslow = tests.stages:Slow\n")
+    (dist_info / "entry_points.txt").write_text("[durian.clip_processors]\nslow = tests.processors:Slow\n")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    for target in ("slow", "tests.stages:Slow"):
-        (stage,) = build_stages(_stage_config(tmp_path, target, {"seconds": 0.5}))
-        assert stage.name == "slow" and stage.seconds == 0.5
+    for target in ("slow", "tests.processors:Slow"):
+        (processor,) = build_processors(_processor_config(tmp_path, target, {"seconds": 0.5}))
+        assert processor.name == "slow" and processor.seconds == 0.5
 
 
 def _safetensors(path: Path, header: dict, data: bytes, claimed_header_size: int | None = None) -> Path:

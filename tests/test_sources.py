@@ -10,7 +10,7 @@ import pytest
 from data_specs.config import parse_config
 from data_specs.sample import ATTRIBUTE_KEYPOINTS, LATENT_NAMES, clip_key, latent_field, mask_field
 from data_specs.units import MAX_VIDEO_ID_LENGTH
-from tasks.samples.stage import pair_key
+from tasks.samples.processor import pair_key
 from tasks.shards import add_sample
 from tasks.sources import InputError, list_videos, make_video_id, plan_units
 

@@ -1,4 +1,4 @@
-"""The unit runner on real videos, without Prefect or Ray: rows, failures, skips, redo, stages."""
+"""The unit runner on real videos, without Prefect or Ray: rows, failures, skips, redo, processors."""
 
 from __future__ import annotations
 
@@ -50,8 +50,8 @@ def test_bad_inputs_become_failure_rows_and_good_ones_samples(videos: Path, tmp_
     failures = [row for r in reports for row in table(config.output_path, r, "failures")]
     by_name = {row["source_path"].rsplit("/", 1)[-1].rsplit(".", 1)[0]: row for row in failures}
     assert set(by_name) == set(EXPECTED_FAILURES)
-    for name, (stage, reason) in EXPECTED_FAILURES.items():
-        assert by_name[name]["stage"] == stage and reason in by_name[name]["reason"], by_name[name]
+    for name, (failed_in, reason) in EXPECTED_FAILURES.items():
+        assert by_name[name]["failed_in"] == failed_in and reason in by_name[name]["reason"], by_name[name]
     video_rows = {row["source_path"].rsplit("/", 1)[-1]: row for r in reports for row in table(config.output_path, r, "videos")}
     ok = {name for name, row in video_rows.items() if row["status"] == "ok"}
     assert ok == {f"portrait_{i:04d}.mp4" for i in range(5)} | {"rotated.mp4", "variable_fps.mp4",
@@ -82,7 +82,7 @@ def test_second_run_skips_and_a_touched_video_is_redone(videos: Path, tmp_path: 
 
 
 class RejectSecondClip:
-    """A clip stage that rejects every second clip, as a perception stage rejects a clip without a face."""
+    """A clip processor that rejects every second clip, as perception rejects a clip without a face."""
 
     name = "face-check"
     resources = Resources(cpus=1)
@@ -99,11 +99,11 @@ class RejectSecondClip:
         return [sample]
 
 
-def test_a_stage_failure_drops_one_clip_and_is_recorded(videos: Path, tmp_path: Path):
+def test_a_processor_failure_drops_one_clip_and_is_recorded(videos: Path, tmp_path: Path):
     config = small_config(videos / "good", tmp_path / "out", execution={"videos_per_unit": 100})
     report = run_unit(one_unit(config), config, [RejectSecondClip()])
     failures = table(config.output_path, report, "failures")
-    assert len(failures) == 5 and {row["stage"] for row in failures} == {"face-check"}
+    assert len(failures) == 5 and {row["failed_in"] for row in failures} == {"face-check"}
     assert {row["reason"] for row in failures} == {"no face found in 4 of 4 frames"}
     assert all(row["item_id"].endswith("_c00001") and row["frame_indices"] == [4, 5, 6, 7] for row in failures)
     samples = table(config.output_path, report, "samples")
@@ -155,7 +155,7 @@ def test_a_failure_without_a_message_still_gets_a_readable_reason(videos: Path, 
     reasons = {row["reason"] for row in table(config.output_path, report, "failures")}
     assert reasons == {"DataError (raised without a message)"}
     with pytest.raises(ValueError, match="has no reason"):
-        FailureRow(item_id="x", stage="s", reason=" ", source_path="p", config_hash="h", code_version="c",
+        FailureRow(item_id="x", failed_in="s", reason=" ", source_path="p", config_hash="h", code_version="c",
                    unit_id="u")
 
 
@@ -200,7 +200,7 @@ def test_perception_crops_from_the_source_and_records_the_crop_scale(tmp_path: P
     assert 0.8 < clips["near.mp4"]["source_px_per_output_px"] < 0.95
     assert clips["far.mp4"]["source_px_per_output_px"] is None
     (failure,) = table(config.output_path, report, "failures")
-    assert failure["item_id"] == clips["far.mp4"]["clip_id"] and failure["stage"] == "perception"
+    assert failure["item_id"] == clips["far.mp4"]["clip_id"] and failure["failed_in"] == "perception"
     assert failure["reason"].startswith("crop enlarged from the source: 0.4")
     (sample,) = table(config.output_path, report, "samples")
     assert sample["clip_id"] == clips["near.mp4"]["clip_id"] and "landmarks.npy" in sample["fields"]

@@ -62,10 +62,10 @@ def driving_keypoints_from_video(video: Path, build_config: Path, max_frames: in
 
     from data_specs.config import BuildConfig, ConfigError
     from data_specs.sample import ClipMeta, ClipSample
-    from tasks.build_stages import LocalModel
+    from tasks.build_processors import LocalModel
     from tasks.errors import DataError
     from tasks.media import iter_frames, probe_video
-    from tasks.perception.stage import PerceptionStage
+    from tasks.perception.processor import PerceptionProcessor
 
     try:
         config = BuildConfig.from_yaml(build_config)
@@ -82,13 +82,13 @@ def driving_keypoints_from_video(video: Path, build_config: Path, max_frames: in
                         time_s=[f.time_s for f in frames], fps=fps, source_path=str(video),
                         content_sha256="0" * 64, config_hash="driving", code_version="driving",
                         source_size=(probe.width, probe.height))
-        stage = PerceptionStage(config.perception, config.decode)
-        stage.setup({spec.name: LocalModel(spec) for spec in stage.models})
-        (perceived,) = stage(ClipSample(key=f"{video.stem}_driving", meta=meta,
-                                        frames=np.stack([f.image for f in frames])))
+        perception = PerceptionProcessor(config.perception, config.decode)
+        perception.setup({spec.name: LocalModel(spec) for spec in perception.models})
+        (perceived,) = perception(ClipSample(key=f"{video.stem}_driving", meta=meta,
+                                             frames=np.stack([f.image for f in frames])))
     except DataError as err:
         raise typer.BadParameter(f"driving video {video}: {err}") from err
-    return perceived.keypoints, stage.layout.name, fps
+    return perceived.keypoints, perception.layout.name, fps
 
 
 def load_keypoints(path: Path) -> np.ndarray:

@@ -8,7 +8,7 @@ need a `truth.FrameRef` per image; models accept and ignore it.
 
 Importing this package imports no torch: the model modules are imported by the builders.
 The CPU-only steps are in `face_track` (tracking, cropping); pose frames are drawn by
-`data_specs.pose_frames.render_pose_frames`, which inference shares. `stage` is the clip stage.
+`data_specs.pose_frames.render_pose_frames`, which inference shares. `processor` is the clip processor.
 """
 
 from __future__ import annotations

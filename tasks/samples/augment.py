@@ -1,7 +1,7 @@
 """Augmentation of a reference frame: a random affine warp, a fill of the exposed area, colour jitter.
 
 `draw` samples an `AugmentParams` (recorded in the sample's metadata) and `apply` replays it on
-the original frame and mask, bit for bit: the same three steps that the stage runs
+the original frame and mask, bit for bit: the same three steps that the processor runs
 (`warp_reference`, the fill, `finish`), where an inpainting fill is a model call batched over
 the clip's pairs.
 
@@ -177,7 +177,7 @@ def _hue_rotation(turn: float) -> np.ndarray:
 
 def apply(image: np.ndarray, mask: np.ndarray, params: AugmentParams, role: Role,
           inpaint: Inpaint | None = None) -> Reference:
-    """Replay recorded parameters on an original frame and its mask: the reference the stage stored."""
+    """Replay recorded parameters on an original frame and its mask: the reference the processor stored."""
     warped = warp_reference(image, mask, params, role)
     region = warped.paint_region() if params.fill == "inpaint" else None
     painted = None

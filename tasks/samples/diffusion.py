@@ -1,4 +1,4 @@
-"""The diffusion models of the training-sample stage: mask-expansion generation, inpainting, VAE latents.
+"""The diffusion models of the training-sample processor: mask-expansion generation, inpainting, VAE latents.
 
 - `MaskGenerator`: the paper's mask expansion draws an image conditioned on the frame's keypoints (an OpenPose
   ControlNet on SD 1.5 or SDXL, given the keypoints in its own training format: `GenerateConfig.condition`),

@@ -2,7 +2,7 @@
 
 The generated expansion (`ExpansionConfig.mode == "generate"`) unites M_attr with the mask of a
 ControlNet image instead, drawn from `condition_images` in the format the ControlNet was trained on;
-its model calls live in the stage, and it ends in `expand` as well.
+its model calls live in the processor, and it ends in `expand` as well.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """References from across the scene: the perceived candidate pool of each scene, and pairs drawn from it.
 
-The training-sample stage runs a scene pass beside the unit's clip pass (`TrainingSampleStage.for_video`:
-`tasks.scenes.sample_scene_frames` over the unit's second decode of the same range, `tasks.base.VideoScan`):
-at most K frames per scene (or per video) are kept, and the first clip of a scene that reaches the stage
-has them perceived as one-frame clips by the stages before it (`ReferencePools.for_scene`). Each pair then takes its two references from that pool, at least
+The training-sample processor runs a scene pass beside the unit's clip pass
+(`TrainingSampleProcessor.for_video`: `tasks.scenes.sample_scene_frames` over the unit's second decode of the
+same range, `tasks.base.VideoScan`): at most K frames per scene (or per video) are kept, and the first clip of
+a scene that reaches the processor has them perceived as one-frame clips by the processors before it
+(`ReferencePools.for_scene`). Each pair then takes its two references from that pool, at least
 `pairs.references.min_gap_s` from every one of its targets (`plan_pool_pairs`), with the draws of
 `pairs.clip_rng`, so a clip's pairs depend only on the seed, the video and the clip.
 

@@ -17,7 +17,7 @@ from data_specs.model import model_flavour
 from data_specs.training_samples import AugmentConfig, ExpansionConfig, PairConfig, TrainingSamplesConfig
 from model.builders import random_components
 from tasks.synthetic import write_triplets
-from tests.samples.samples_testing import perceived_clip, sample_stage
+from tests.samples.samples_testing import perceived_clip, sample_processor
 from tests.training.training_testing import write_pair_dataset, write_samples
 from training.data import read_pairs
 from training.evaluation import EvaluationError, Evaluator, plan_evaluation, summarise, summary_markdown, write_report
@@ -120,13 +120,13 @@ def triplet_dataset(root: Path) -> tuple[Path, Path]:
     config = TrainingSamplesConfig(
         pairs=PairConfig(pairs_per_clip=1, stages=(2,), frames=2, min_ref_distance=2, references={"scope": "clip"}),
         expansion=ExpansionConfig(mode="none"), augment=AugmentConfig(enabled=False))
-    stage, samples = sample_stage(config), []
+    processor, samples = sample_processor(config), []
     sources = {"vid00": spec.path(folder, "a"), "vid01": spec.path(folder, "b"), "vid02": spec.path(folder, "truth"),
                "vid03": folder / "other.mp4"}
     for i, (video_id, source) in enumerate(sources.items()):
         clip = perceived_clip(frames=5, size=32, seed=i, key=f"{video_id}_c00000")
         clip.meta = clip.meta.model_copy(update={"source_path": str(source)})
-        samples += stage(clip)
+        samples += processor(clip)
     return write_samples(root / "ds", samples, 1, set(sources)), folder
 
 

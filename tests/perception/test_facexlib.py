@@ -12,8 +12,8 @@ import torch
 from data_specs.perception import BISENET_LABELS, FaceDetectionConfig, SegmentationConfig
 from data_specs.spec import RuntimeConfig
 from tasks.perception import build_face_detector, build_segmenter
+from tasks.perception.processor import attribute_presence
 from tasks.perception.runtime import FACEXLIB_WEIGHTS
-from tasks.perception.stage import attribute_presence
 
 CPU = RuntimeConfig(device="cpu", batch_size=2)
 

@@ -71,12 +71,12 @@ def test_a_clip_without_a_face_is_a_failure_row(video_library: Path, tmp_path: P
     summary = build_dataset(config)
     assert summary.samples == 0
     failures = read_table("failures", output / "manifests" / "failures.parquet").to_pylist()
-    assert len(failures) == 15 and {row["stage"] for row in failures} == {"perception"}
+    assert len(failures) == 15 and {row["failed_in"] for row in failures} == {"perception"}
     assert all("small" in row["reason"] for row in failures), failures[0]["reason"]
     from prefect.artifacts import Artifact
 
-    stages = str(Artifact.get("build-dataset-stages").data)
-    assert '"stage": "perception", "rejected": "15"' in stages and "small" in stages
+    rejections = str(Artifact.get("build-dataset-rejections").data)
+    assert '"failed_in": "perception", "rejected": "15"' in rejections and "small" in rejections
 
 
 def test_real_architectures_with_random_weights_run_in_the_flow(video_library: Path, tmp_path: Path,
@@ -119,15 +119,16 @@ def test_real_architectures_with_random_weights_run_in_the_flow(video_library: P
     summary = build_dataset(config)
     failures = read_table("failures", tmp_path / "out2" / "manifests" / "failures.parquet").to_pylist()
     assert summary.clips == 3 and summary.samples + len(failures) == 3
-    assert all(row["stage"] == "perception" for row in failures)
+    assert all(row["failed_in"] == "perception" for row in failures)
 
 
 def test_model_actors_are_set_up_once_per_build_and_receive_whole_clips(video_library: Path, tmp_path: Path):
     from flows.build_dataset import build_dataset
 
     markers = tmp_path / "markers"
-    stage = {"target": "tests.stages:UsesCountingModel", "params": {"marker_dir": str(markers)}}
-    config = small_config(video_library / "good", tmp_path / "out", stages=[stage], execution={"videos_per_unit": 1})
+    counting = {"target": "tests.processors:UsesCountingModel", "params": {"marker_dir": str(markers)}}
+    config = small_config(video_library / "good", tmp_path / "out", processors=[counting],
+                          execution={"videos_per_unit": 1})
     summary = build_dataset(config)
     assert summary.units == 5 and summary.samples == 15
     names = [path.name for path in markers.iterdir()]
@@ -139,7 +140,7 @@ def test_model_actors_are_set_up_once_per_build_and_receive_whole_clips(video_li
     shutil.rmtree(markers)
     killer = threading.Thread(target=_kill_the_model_at_its_first_call, args=(markers,))
     killer.start()
-    again = build_dataset(small_config(video_library / "good", tmp_path / "again", stages=[stage],
+    again = build_dataset(small_config(video_library / "good", tmp_path / "again", processors=[counting],
                                        execution={"videos_per_unit": 1}))
     killer.join()
     assert again.units_failed == 0 and again.samples == 15

@@ -13,11 +13,11 @@ import pytest
 from data_specs.perception import DETECTOR_5, PerceptionConfig
 from data_specs.sample import ClipMeta, ClipSample
 from data_specs.video import DecodeConfig
-from tasks.build_stages import LocalModel
+from tasks.build_processors import LocalModel
 from tasks.errors import DataError
 from tasks.media import iter_frames, probe_video, source_frame_size
 from tasks.perception.face_track import detector_view, to_crop_coords, to_frame_detections
-from tasks.perception.stage import KEYPOINTS, PerceptionStage
+from tasks.perception.processor import KEYPOINTS, PerceptionProcessor
 from tasks.synthetic import COLOURS, EYE, load_truth, write_portrait_video
 
 TRUTH = {"backend": "truth"}
@@ -49,9 +49,9 @@ def perceive(clip: ClipSample, **sections: dict) -> ClipSample:
     config = PerceptionConfig.model_validate({
         "detection": TRUTH, "keypoints": TRUTH, "segmentation": {**TRUTH, "attributes": ["hair", "hat"]},
         **sections, "crop": {"size": CROP, **sections.get("crop", {})}})
-    stage = PerceptionStage(config, DecodeConfig())
-    stage.setup({spec.name: LocalModel(spec) for spec in stage.models})
-    (out,) = stage(clip)
+    perception = PerceptionProcessor(config, DecodeConfig())
+    perception.setup({spec.name: LocalModel(spec) for spec in perception.models})
+    (out,) = perception(clip)
     return out
 
 
@@ -128,7 +128,7 @@ def test_the_detector_keypoint_backend_gives_the_five_landmarks(hd_videos: dict[
     assert out.meta.perception.provenance[KEYPOINTS].startswith("face detector landmarks (ground truth")
     assert out.pose_frames.any()
     config = PerceptionConfig.model_validate({"detection": TRUTH, "keypoints": {"backend": "detector"}})
-    assert KEYPOINTS not in [spec.name for spec in PerceptionStage(config, DecodeConfig()).models]
+    assert KEYPOINTS not in [spec.name for spec in PerceptionProcessor(config, DecodeConfig()).models]
 
 
 def test_the_detector_sees_a_copy_bounded_by_max_side() -> None:

@@ -187,6 +187,6 @@ def test_render_spec_colours_every_region_distinctly_and_never_black() -> None:
 
 def test_specs_and_package_import_without_torch() -> None:
     code = ("import sys, data_specs.perception, tasks.perception, tasks.perception.face_track, "
-            "tasks.perception.truth, tasks.perception.stage, data_specs.pose_frames; print('torch' in sys.modules)")
+            "tasks.perception.truth, tasks.perception.processor, data_specs.pose_frames; print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

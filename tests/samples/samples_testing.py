@@ -1,4 +1,4 @@
-"""A perceived clip built by hand (crops, masks, pose frames, perception meta) for the sample-stage tests."""
+"""A perceived clip built by hand (crops, masks, pose frames, perception meta) for the training-sample tests."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from data_specs.pose_frames import render_pose_frames
 from data_specs.sample import ClipMeta, ClipSample
 from data_specs.training_samples import TrainingSamplesConfig
 from data_specs.video import DecodeConfig
-from tasks.build_stages import local_models, models_for
-from tasks.perception.stage import PerceptionStage
-from tasks.samples.stage import TrainingSampleStage
+from tasks.build_processors import local_models, models_for
+from tasks.perception.processor import PerceptionProcessor
+from tasks.samples.processor import TrainingSampleProcessor
 
 # Not the default spec, so a test can tell that the one the dataset drew with is the one a model records.
 HAND_POSE_RENDER = PoseRenderSpec(point_radius=3, reference_size=64)
@@ -54,10 +54,10 @@ def perceived_clip(frames: int = 12, size: int = 64, hat_frames: tuple[int, ...]
                       masks=masks, pose_frames=pose)
 
 
-def sample_stage(config: TrainingSamplesConfig, perception: PerceptionConfig = TRUTH_PERCEPTION
-                 ) -> TrainingSampleStage:
-    """The stage with its models run in this process."""
-    stage = TrainingSampleStage(config)
-    # Perception defines the segmenter the stage may require; models are built on first use only.
-    stage.setup(models_for(stage, local_models([PerceptionStage(perception, DecodeConfig()), stage])))
-    return stage
+def sample_processor(config: TrainingSamplesConfig, perception: PerceptionConfig = TRUTH_PERCEPTION
+                     ) -> TrainingSampleProcessor:
+    """The training-sample processor with its models run in this process."""
+    processor = TrainingSampleProcessor(config)
+    # Perception defines the segmenter the processor may require; models are built on first use only.
+    processor.setup(models_for(processor, local_models([PerceptionProcessor(perception, DecodeConfig()), processor])))
+    return processor

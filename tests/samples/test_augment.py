@@ -56,7 +56,7 @@ def test_no_pixel_crosses_the_masks_under_random_augmentations(fill: str):
     exposed_pixels = reflected_mask_pixels = 0
     for _ in range(DRAWS):
         image, attribute_mask = frame_with_hair(rng)
-        grown = dilate_erode(attribute_mask, int(rng.integers(0, 4)), 0)  # M_port_train as the stage grows it
+        grown = dilate_erode(attribute_mask, int(rng.integers(0, 4)), 0)  # M_port_train as the processor grows it
         portrait_mask = attribute_mask | grown
         params = augment.draw(rng, config, SIDE)
         portrait = augment.apply(image, portrait_mask, params, augment.PORTRAIT, inpaint)

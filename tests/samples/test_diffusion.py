@@ -1,4 +1,4 @@
-"""The diffusion components of the sample stage: tiny random pipelines and the same weights loaded from folders."""
+"""The diffusion components of the sample processor: tiny random pipelines and the same weights loaded from folders."""
 
 from __future__ import annotations
 

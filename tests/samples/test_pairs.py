@@ -11,7 +11,7 @@ from tasks.errors import DataError
 from tasks.samples import augment
 from tasks.samples.expansion import dilate_erode
 from tasks.samples.pairs import clip_rng, plan_pairs
-from tests.samples.samples_testing import perceived_clip, sample_stage
+from tests.samples.samples_testing import perceived_clip, sample_processor
 
 # References from the clip itself: these tests look at one clip (scene references: test_scene_references.py).
 PAIRS = PairConfig(pairs_per_clip=3, frames=4, frame_stride=2, min_ref_distance=5, seed=7, references={"scope": "clip"})
@@ -62,7 +62,7 @@ def test_dilation_grows_the_mask_and_the_union_contains_it():
 def test_recorded_augmentation_reproduces_the_reference(fill):
     config = TrainingSamplesConfig(pairs=PAIRS, augment=AugmentConfig(fill=fill, fill_value=(10, 200, 30)))
     clip = perceived_clip()
-    samples = sample_stage(config)(clip)
+    samples = sample_processor(config)(clip)
     assert len(samples) == 2 * PAIRS.pairs_per_clip
     for sample in samples:
         meta = sample.meta
@@ -96,7 +96,7 @@ def test_recorded_augmentation_reproduces_the_reference(fill):
 def test_references_are_masked_complementarily():
     config = TrainingSamplesConfig(pairs=PAIRS)  # dilate expansion, augmentation on
     clip = perceived_clip(hat_frames=tuple(range(8, 12)))
-    samples = sample_stage(config)(clip)
+    samples = sample_processor(config)(clip)
     assert {s.meta.attribute for s in samples} == {"hair", "hat"}
     for sample in samples:
         meta = sample.meta
@@ -117,7 +117,7 @@ def test_references_are_masked_complementarily():
 def test_without_augmentation_or_expansion_the_masks_are_the_frames():
     config = TrainingSamplesConfig(pairs=PAIRS, augment={"enabled": False}, expansion={"mode": "none"})
     clip = perceived_clip()
-    for sample in sample_stage(config)(clip):
+    for sample in sample_processor(config)(clip):
         p, a = sample.meta.portrait_ref.position, sample.meta.attribute_ref.position
         np.testing.assert_array_equal(sample.portrait_mask, clip.masks["hair"][p])
         np.testing.assert_array_equal(sample.attribute_ref, clip.frames[a] * clip.masks["hair"][a][..., None])
@@ -128,18 +128,18 @@ def test_without_augmentation_or_expansion_the_masks_are_the_frames():
         np.testing.assert_allclose(sample.attribute_keypoints, clip.keypoints[a, :, :2], atol=1e-4)
 
 
-def test_the_stage_is_deterministic_per_clip():
+def test_the_processor_is_deterministic_per_clip():
     config = TrainingSamplesConfig(pairs=PAIRS)
-    first = sample_stage(config)(perceived_clip())
-    again = sample_stage(config)(perceived_clip())
-    other = sample_stage(config)(perceived_clip(key="other_c00000"))
+    first = sample_processor(config)(perceived_clip())
+    again = sample_processor(config)(perceived_clip())
+    other = sample_processor(config)(perceived_clip(key="other_c00000"))
     assert [s.meta for s in first] == [s.meta for s in again]
     assert all(np.array_equal(a.portrait_ref, b.portrait_ref) for a, b in zip(first, again))
     assert [s.meta.attribute_ref for s in first] != [s.meta.attribute_ref for s in other]
 
 
 def test_a_pair_sample_survives_encoding_and_decoding():
-    sample = sample_stage(TrainingSamplesConfig(pairs=PAIRS))(perceived_clip())[-1]
+    sample = sample_processor(TrainingSamplesConfig(pairs=PAIRS))(perceived_clip())[-1]
     sample.latents = {"target": np.ones((4, 4, 8, 8), np.float16), "attr_ref": np.zeros((4, 8, 8), np.float16),
                       "port_ref": np.zeros((4, 8, 8), np.float16)}
     encoded = encode_sample(sample, jpeg_quality=95)
@@ -162,7 +162,7 @@ def test_a_pair_sample_survives_encoding_and_decoding():
     ("pose_frames", np.zeros((4, 64, 64, 3), np.float32), "pose frames must be uint8"),
 ])
 def test_bad_masks_and_frames_are_refused_at_encoding(field, value, message):
-    sample = sample_stage(TrainingSamplesConfig(pairs=PAIRS))(perceived_clip())[-1]
+    sample = sample_processor(TrainingSamplesConfig(pairs=PAIRS))(perceived_clip())[-1]
     setattr(sample, field, value)
     with pytest.raises(ValueError, match=message):
         encode_sample(sample, jpeg_quality=90)

@@ -15,7 +15,7 @@ from tasks.media import Frame
 from tasks.samples.pairs import clip_rng
 from tasks.samples.scene_references import ReferencePool, ReferencePools, plan_pool_pairs, with_references
 from tasks.scenes import SceneSample
-from tests.samples.samples_testing import perceived_clip, sample_stage
+from tests.samples.samples_testing import perceived_clip, sample_processor
 
 FPS = 25.0
 PAIRS = PairConfig(pairs_per_clip=4, frames=4, frame_stride=2, min_ref_distance=3, seed=7,
@@ -118,13 +118,13 @@ def test_pools_are_perceived_once_per_scene_and_only_when_asked(scene: ClipSampl
         pools.for_scene(3)
 
 
-def test_the_stage_builds_pairs_from_the_scene_and_records_the_gap(scene: ClipSample):
+def test_the_processor_builds_pairs_from_the_scene_and_records_the_gap(scene: ClipSample):
     config = TrainingSamplesConfig(pairs=PAIRS, augment={"enabled": False}, expansion={"mode": "none"})
     clip = part(scene, list(range(14, 26)), "vid_c00001")
     clip.meta = clip.meta.model_copy(update={"scene_index": 3})
     positions = [0, 3, 6, 33, 36, 39]
-    stage = sample_stage(config)
-    samples = stage(clip, pool_of(scene, positions))
+    processor = sample_processor(config)
+    samples = processor(clip, pool_of(scene, positions))
     assert len(samples) == 2 * PAIRS.pairs_per_clip
     for sample in samples:
         meta = sample.meta
@@ -141,4 +141,4 @@ def test_the_stage_builds_pairs_from_the_scene_and_records_the_gap(scene: ClipSa
                                       scene.frames[meta.attribute_ref.frame_index - 100] * attribute_mask[..., None])
         np.testing.assert_array_equal(sample.targets, clip.frames[meta.target_positions])
     with pytest.raises(ValueError, match="scope 'scene' draws references from the scene's pool"):
-        stage(clip)
+        processor(clip)

@@ -92,7 +92,7 @@ def test_no_sample_holds_a_frame_at_or_after_the_damage(damaged: tuple[Path, Pat
     assert (video["color_space"], video["color_range"], video["yuv_matrix"], video["yuv_range"]) == (
         "bt709", "tv", "bt709", "limited")
     (failure,) = pq.read_table(parts / "failures.parquet").to_pylist()
-    assert failure["stage"] == "decode" and failure["reason"].startswith("decode failed after")
+    assert failure["failed_in"] == "decode" and failure["reason"].startswith("decode failed after")
 
     fields: dict[str, dict[str, bytes]] = defaultdict(dict)
     for shard in report.shards:

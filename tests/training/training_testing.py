@@ -17,7 +17,7 @@ from data_specs.split import EVAL, TRAIN
 from data_specs.training_samples import AugmentConfig, ExpansionConfig, PairConfig, TrainingSamplesConfig
 from tasks.shards import RotatingShardWriter
 from tasks.unit import sample_row
-from tests.samples.samples_testing import perceived_clip, sample_stage
+from tests.samples.samples_testing import perceived_clip, sample_processor
 
 STAMP = Stamp(config_hash="c0ffee", code_version="test", unit_id="u0")
 
@@ -33,13 +33,13 @@ def make_pairs(clips: int = 6, size: int = 32, frames: int = 4, pairs_per_clip: 
         pairs=PairConfig(pairs_per_clip=pairs_per_clip, stages=stages, frames=frames, min_ref_distance=2,
                          references={"scope": "clip"}),
         expansion=ExpansionConfig(mode="none"), augment=AugmentConfig(enabled=False))
-    stage = sample_stage(config)
+    processor = sample_processor(config)
     samples: list[PairSample] = []
     clip_frames = max(frames, 3) + 2
     for i in range(clips):
         hat = tuple(range(clip_frames)) if i in hat_clips else ()
         clip = perceived_clip(frames=clip_frames, size=size, hat_frames=hat, seed=i, key=f"vid{i:02d}_c00000")
-        samples += stage(clip)
+        samples += processor(clip)
     return samples
 
 

@@ -1,4 +1,4 @@
-"""The builder of a build's stages: their order, models shared by name, and in-process model proxies."""
+"""The builder of a build's processors: their order, models shared by name, and in-process model proxies."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 
 from data_specs.config import parse_config
 from tasks.base import ModelSpec, Resources
-from tasks.build_stages import STAGE_ALLOWLIST_VAR, LocalModel, build_stages, stages_for
-from tests.stages import CountingModel
+from tasks.build_processors import PROCESSOR_ALLOWLIST_VAR, LocalModel, build_processors, processors_for
+from tests.processors import CountingModel
 
 TRUTH = {"backend": "truth", "runtime": {"device": "cpu"}}
 PERCEPTION = {"detection": TRUTH, "keypoints": TRUTH, "crop": {"size": 48},
@@ -23,28 +23,29 @@ SAMPLES = {"pairs": {"pairs_per_clip": 1, "frames": 2, "min_ref_distance": 1, "r
 
 
 @pytest.fixture
-def allow_test_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def allow_test_processors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     allow_list = tmp_path / "allowed.txt"
-    allow_list.write_text("tests.stages:MasksHair\n")
-    monkeypatch.setenv(STAGE_ALLOWLIST_VAR, str(allow_list))
+    allow_list.write_text("tests.processors:MasksHair\n")
+    monkeypatch.setenv(PROCESSOR_ALLOWLIST_VAR, str(allow_list))
 
 
 def _config(tmp_path: Path, **sections: dict):
     return parse_config({"inputs": {"source": str(tmp_path)}, "output_dir": str(tmp_path / "out"),
                          "clips": {"length": 4, "stride": 4},
-                         "stages": [{"target": "tests.stages:MasksHair"}], **sections})
+                         "processors": [{"target": "tests.processors:MasksHair"}], **sections})
 
 
-def test_a_stage_requiring_a_model_no_stage_defines_is_refused(tmp_path: Path, allow_test_stages: None):
-    with pytest.raises(ValueError, match="'masks-hair' calls the model\\(s\\) 'segmenter', which no configured stage "
-                                         "defines \\(defined: none\\)"):
-        build_stages(_config(tmp_path))
+def test_a_processor_requiring_a_model_no_processor_defines_is_refused(tmp_path: Path, allow_test_processors: None):
+    with pytest.raises(ValueError, match="'masks-hair' calls the model\\(s\\) 'segmenter', which no configured "
+                                         "processor defines \\(defined: none\\)"):
+        build_processors(_config(tmp_path))
 
 
-def test_stages_come_in_order_and_share_a_model_by_name(tmp_path: Path, allow_test_stages: None):
+def test_processors_come_in_order_and_share_a_model_by_name(tmp_path: Path, allow_test_processors: None):
     config = _config(tmp_path, perception=PERCEPTION, training_samples=SAMPLES)
-    perception, plugin, samples = stages_for(config, build_id="order")
-    assert [stage.name for stage in (perception, plugin, samples)] == ["perception", "masks-hair", "training-samples"]
+    perception, plugin, samples = processors_for(config, build_id="order")
+    assert [processor.name for processor in (perception, plugin, samples)] == ["perception", "masks-hair",
+                                                                              "training-samples"]
     # The plugin calls the very proxy perception defined (one set of actors per build), not a copy of its own.
     assert isinstance(plugin.segmenter, LocalModel) and plugin.segmenter is perception.segmenter
     assert plugin.requires == ("segmenter",) and not plugin.models
@@ -62,7 +63,7 @@ def test_a_local_model_forwards_calls_and_attributes_and_is_set_up_once(tmp_path
         model._private  # noqa: B018 - private names are never forwarded (pickling probes them)
 
 
-def test_the_interfaces_import_no_concrete_stage():
+def test_the_interfaces_import_no_concrete_processor():
     loaded = subprocess.run([sys.executable, "-c", "import sys, tasks.base; print(' '.join(sorted(m for m in "
                              "sys.modules if m.startswith('tasks.'))))"], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).parents[1]).stdout

@@ -1,4 +1,4 @@
-"""The perception clip stage: main-face track and crop, keypoints, pose frames and attribute masks.
+"""The perception clip processor: main-face track and crop, keypoints, pose frames and attribute masks.
 
 The CPU steps (tracking, cropping, rendering) run here, in the unit task; the three models
 (face detector, keypoint estimator, attribute segmenter) are `ModelSpec`s that the flow runs
@@ -74,7 +74,7 @@ def detector_keypoints(track: FaceTrack, boxes: np.ndarray, size: int) -> np.nda
     return np.concatenate([points, np.repeat(scores[:, None, None], 5, axis=1)], axis=2).astype(np.float32)
 
 
-class PerceptionStage:
+class PerceptionProcessor:
     """Replaces a clip's frames by its main-face crops and adds keypoints, landmarks, pose frames and masks.
 
     Rejects a clip (`DataError`, recorded as a failure row) for the face-track rules of

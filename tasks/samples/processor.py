@@ -1,4 +1,4 @@
-"""The training-sample stage: one annotated clip in, its self-reconstruction pairs out.
+"""The training-sample processor: one annotated clip in, its self-reconstruction pairs out.
 
 Per clip and training stage it plans K pairs (`pairs.plan_pairs`), grows each portrait mask
 (`expansion`, or a ControlNet image segmented by the perception segmenter), augments both
@@ -31,7 +31,7 @@ from data_specs.training_samples import (
 )
 from tasks.base import ModelSpec, Resources, VideoScan
 from tasks.perception import Segmenter
-from tasks.perception.stage import SEGMENTER
+from tasks.perception.processor import SEGMENTER
 from tasks.samples import augment
 from tasks.samples.expansion import condition_images, dilate_erode, draw_dilation, expand
 from tasks.samples.pairs import PairPlan, clip_rng, plan_pairs
@@ -78,7 +78,7 @@ class _Draft:
     portrait_params: AugmentParams
 
 
-class TrainingSampleStage:
+class TrainingSampleProcessor:
     """Turns a perceived clip (crops, pose frames, masks) into `PairSample`s.
 
     A clip that cannot give the requested pairs (too short, the attribute visible nowhere, no
@@ -121,7 +121,7 @@ class TrainingSampleStage:
 
     @contextlib.contextmanager
     def for_video(self, video: VideoScan) -> Iterator[Callable[[ClipSample], list[PairSample]]]:
-        """The stage for one video's clips; with references from the scene or video, each clip is given its
+        """The processor for one video's clips; with references from the scene or video, each clip is given its
         scene's pool (`ReferencePools`: candidates drawn in a second pass, perceived on first use)."""
         pairs = self.config.pairs
         if pairs.references.scope == "clip":
@@ -132,7 +132,7 @@ class TrainingSampleStage:
             scenes, pairs.references.candidates,
             lambda scene: clip_rng(pairs.seed, video.video_id, 0 if scene is None else scene + 1),
             whole_video=pairs.references.scope == "video")
-        with ReferencePools(candidates, video.through_earlier_stages, close=scenes.close) as pools:
+        with ReferencePools(candidates, video.through_earlier_processors, close=scenes.close) as pools:
             yield lambda sample: self(sample, pools.for_scene(sample.meta.scene_index))
 
     def __call__(self, sample: ClipSample, references: ReferencePool | None = None) -> list[PairSample]:

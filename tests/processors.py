@@ -1,4 +1,4 @@
-"""Clip stages used by the flow tests to simulate infrastructure trouble on Ray workers."""
+"""Clip processors used by the flow tests to simulate infrastructure trouble on Ray workers."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ class CountingModel:
 
 
 class UsesCountingModel:
-    """A clip stage that calls `CountingModel` once per clip with all of the clip's frames."""
+    """A clip processor that calls `CountingModel` once per clip with all of the clip's frames."""
 
     name = "uses-counting-model"
     resources = Resources()
@@ -97,7 +97,7 @@ class UsesCountingModel:
 
 
 class ScaleByWeights:
-    """A stage whose output depends on a weight file's contents: frames times the gain stored in `weights` (.npy)."""
+    """A processor whose output depends on a weight file: frames times the gain stored in `weights` (.npy)."""
 
     name = "scale-by-weights"
     resources = Resources()
@@ -116,7 +116,7 @@ class ScaleByWeights:
 
 
 class MasksHair:
-    """A stage that calls perception's segmenter by name, as a plugin would: it keeps the hair mask's area."""
+    """A processor that calls perception's segmenter by name, as a plugin would: it keeps the hair mask's area."""
 
     name = "masks-hair"
     resources = Resources()

@@ -1,5 +1,5 @@
-"""The sample stage with its models: ControlNet mask expansion segmented by a tiny Sapiens, inpainting fill,
-VAE latents. Tiny random pipelines of the real diffusers classes; every model runs in this process."""
+"""The training-sample processor with its models: ControlNet mask expansion segmented by a tiny Sapiens, inpainting
+fill, VAE latents. Tiny random pipelines of the real diffusers classes; every model runs in this process."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tasks.samples.diffusion import Inpainter, LatentEncoder, MaskGenerator
 from tasks.samples.expansion import dilate_erode
 from tests.perception.perception_testing import TINY_INPUT, save_official_pth
 from tests.samples.goliath_testing import with_goliath_face
-from tests.samples.samples_testing import perceived_clip, sample_stage
+from tests.samples.samples_testing import perceived_clip, sample_processor
 
 CPU = {"device": "cpu", "batch_size": 4}
 PAIRS = {"pairs_per_clip": 1, "frames": 2, "min_ref_distance": 3, "stages": [1, 2], "references": {"scope": "clip"}}
@@ -37,8 +37,8 @@ def test_generated_expansion_unites_the_segmented_controlnet_image_with_the_mask
     config = TrainingSamplesConfig(pairs=PAIRS, expansion={"mode": "generate", "generate": {
         "flavour": "tiny", "steps": 2, "runtime": CPU}})
     clip = with_goliath_face(perceived_clip(frames=8, size=48))
-    samples = sample_stage(config, sapiens_perception)(clip)
-    again = sample_stage(config, sapiens_perception)(clip)
+    samples = sample_processor(config, sapiens_perception)(clip)
+    again = sample_processor(config, sapiens_perception)(clip)
     segmenter = build_segmenter(sapiens_perception.segmentation)
     segmenter.setup()
     generator = MaskGenerator(config.expansion.generate)
@@ -51,7 +51,7 @@ def test_generated_expansion_unites_the_segmented_controlnet_image_with_the_mask
         assert sample.generated.shape == (48, 48, 3) and np.array_equal(sample.generated, same.generated)
         assert meta.condition == "openpose_face"
     # The ControlNet saw the OpenPose render of each portrait reference's points: white dots on black at the 68
-    # points derived from its Goliath points, nothing else lit. Replayed in one batch, as the stage ran it.
+    # points derived from its Goliath points, nothing else lit. Replayed in one batch, as the processor ran it.
     positions = [sample.meta.portrait_ref.position for sample in samples]
     prompts, seeds = [s.meta.expansion.prompt for s in samples], [s.meta.expansion.seed for s in samples]
     conditions = render_openpose_face(openpose_face_points(clip.keypoints[positions], GOLIATH_FACE, 0.3), 48, 0.3)
@@ -71,13 +71,13 @@ def test_generated_expansion_unites_the_segmented_controlnet_image_with_the_mask
 
 
 def test_inpainting_fill_is_replayed_from_the_recorded_seed():
-    # One image per call, in the stage as in the replay: batches of other sizes sum in other orders on the CPU,
+    # One image per call, in the processor as in the replay: batches of other sizes sum in other orders on the CPU,
     # which moves a pixel by a level now and then.
     inpaint = {"flavour": "tiny", "steps": 2, "runtime": {**CPU, "batch_size": 1}}
     config = TrainingSamplesConfig(pairs=PAIRS, augment={"fill": "inpaint", "inpaint": inpaint,
                                                          "translate": 0.2, "rotate_deg": 30})
     clip = perceived_clip(frames=8, size=48)
-    samples = sample_stage(config)(clip)
+    samples = sample_processor(config)(clip)
     inpainter = Inpainter(config.augment.inpaint)
     inpainter.setup()
 
@@ -99,7 +99,7 @@ def test_inpainting_fill_is_replayed_from_the_recorded_seed():
 
 def test_latents_are_the_vae_encoding_of_targets_and_masked_references():
     config = TrainingSamplesConfig(pairs=PAIRS, latents={"flavour": "tiny", "runtime": CPU})
-    sample = sample_stage(config)(perceived_clip(frames=8, size=32))[-1]
+    sample = sample_processor(config)(perceived_clip(frames=8, size=32))[-1]
     encoder = LatentEncoder(config.latents)
     encoder.setup()
     assert sample.meta.training_stage == 2 and sample.meta.latents_vae
