@@ -1,1 +1,1 @@
-"""The contracts between stages: configs, Parquet schemas, the shard sample layout."""
+"""The contracts between the layers and the steps of the pipeline: configs, Parquet schemas, the shard sample layout."""

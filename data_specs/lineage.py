@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 
 # Packages whose source decides what a build writes (model/: the loaders and networks perception and the
-# training-sample stage run); a change in any of them makes every unit of work stale, so an incremental
+# training-sample processor run); a change in any of them makes every unit of work stale, so an incremental
 # rebuild redoes it.
 OUTPUT_PACKAGES = ("data_specs", "tasks", "model")
 # Libraries that decode, resize, detect, segment or generate: another version may give other pixels. (ffmpeg,

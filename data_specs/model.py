@@ -116,7 +116,8 @@ class IdentityEncoderSpec(_Spec):
     arch: Literal["r18", "r34", "r50", "r100"] = Field(
         "r100", description="insightface IResNet depth (the released arcface_torch backbones are r18 to r100).")
     embedding_dim: int = Field(512, description="Width of the identity embedding.")
-    widths: tuple[int, int, int, int] = Field((64, 128, 256, 512), description="Channels of the four stages.")
+    widths: tuple[int, int, int, int] = Field((64, 128, 256, 512),
+                                              description="Channels of the four residual layers (layer1 to layer4).")
 
 
 class NoiseScheduleSpec(_Spec):

@@ -113,7 +113,7 @@ class ClipMeta(BaseModel):
 
 @dataclass
 class ClipSample:
-    """A decoded sample. `frames` is (F, H, W, 3) uint8 RGB; later stages fill the optional fields."""
+    """A decoded sample. `frames` is (F, H, W, 3) uint8 RGB; later clip processors fill the optional fields."""
 
     key: str
     meta: ClipMeta

@@ -1,6 +1,6 @@
 """The base of every config section, the one way a config is loaded (`load_spec`: YAML, the command's options,
-`--set KEY=VALUE`; every problem a `ConfigError`), the Ray section every command shares, the resources a stage or
-model asks for, and where a model runs."""
+`--set KEY=VALUE`; every problem a `ConfigError`), the Ray section every command shares, the resources a clip processor
+or model asks for, and where a model runs."""
 
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ class RayConfig(Spec):
 
 
 class Resources(Spec):
-    """What one instance of a stage or model asks of the Ray worker or actor that runs it."""
+    """What one instance of a clip processor or model asks of the Ray worker or actor that runs it."""
 
     cpus: float = Field(1.0, ge=0)
     gpus: float = Field(0.0, ge=0)

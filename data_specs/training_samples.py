@@ -1,6 +1,6 @@
-"""Contracts of the training-sample stage: how annotated clips become what the trainer reads.
+"""Contracts of the training-sample processor: how annotated clips become what the trainer reads.
 
-Per clip the stage draws K self-reconstruction pairs (`PairConfig`): an attribute-reference
+Per clip the processor draws K self-reconstruction pairs (`PairConfig`): an attribute-reference
 frame, a portrait-reference frame at least `min_ref_distance` frames away, and targets
 (stage 1: one frame; stage 2: `frames` consecutive frames at `frame_stride`). The references
 come from the clip's scene (or video, or the clip itself: `ReferenceConfig`), at least

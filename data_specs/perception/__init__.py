@@ -1,8 +1,9 @@
-"""Contracts of the perception stage, by kind; nothing here imports torch, so data workers read them without a model.
+"""Contracts of the perception processor, by kind; nothing here imports torch, so data workers read them
+without a model.
 
 - `layouts`: keypoint layouts (`KeypointLayout`, `GOLIATH_FACE`, `TRUTH_5`, `DETECTOR_5`) and `arcface_points`.
 - `labels`: the attributes and the segmentation networks' label maps (`LabelMap`, `LABEL_MAPS`).
-- `configs`: the stage's configs (`PerceptionConfig` and its sections, `PoseRenderSpec`) and `PerceptionMeta`,
+- `configs`: the processor's configs (`PerceptionConfig` and its sections, `PoseRenderSpec`) and `PerceptionMeta`,
   what it records in each sample.
 
 The Sapiens network sizes are in `data_specs.network_sizes`, and the runtime settings every model shares

@@ -1,4 +1,4 @@
-"""The perception stage's configs (detection, crop, keypoints, segmentation, pose rendering) and what it records.
+"""The perception processor's configs (detection, crop, keypoints, segmentation, pose rendering) and what it records.
 
 Configs are frozen; every field has a default and a description. Where each model runs is a
 `data_specs.spec.RuntimeConfig`.
