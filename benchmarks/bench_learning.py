@@ -8,11 +8,16 @@ attributes, 64 px face crops, 3 videos held out); build it with `durian demo` or
 2. stage-1 training from it (`training.loop.train` in this process, one worker, --threads torch threads) for at
    most --minutes of wall time or --steps steps, validating every --validate-every steps: the curve of held-out
    L1/PSNR (self transfer, `training.validation`) and of the reference-reliance gaps against steps and seconds;
-3. on every held-out stage-1 sample (the evaluation split), self transfer of the final weights against two
-   baselines: "copy the portrait reference" (the unmasked portrait frame shown for every target) and "references
-   dropped" (the unconditional branch alone: classifier-free guidance scale 0), by L1 and PSNR.
+3. on every held-out stage-1 sample (the evaluation split), self transfer of the final weights (at each
+   classifier-free guidance scale of --guidance) against two baselines: "copy the portrait reference" (the unmasked
+   portrait frame shown for every target) and "references dropped" (the unconditional branch alone: guidance scale
+   0), by L1 and PSNR;
+4. with --triplets (the triplets folder whose videos the dataset holds out, as the demo's do): the evaluation's
+   triplet-backed cross items (`training.evaluation`) on stage-1 samples: A's portrait wearing B's attribute against
+   the exact truth, inside the attribute region and whole, beside the portrait-reference copy.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_learning.py --dataset out/demo/dataset --minutes 8 [--markdown]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_learning.py --dataset out/demo/dataset --vae-steps 250 \
+        --minutes 8 --guidance 1,3.5 --triplets out/demo/videos/triplets
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -48,15 +54,19 @@ class TimeLimit(LocalSession):
             raise TimeoutError("training budget spent")
 
 
-def baselines(pipeline: DurianPipeline, samples: list, steps: int) -> dict[str, dict[str, float]]:
-    """Mean L1 and PSNR of self transfer, the portrait copy and the references-dropped branch on `samples`."""
-    scores: dict[str, list[dict[str, float]]] = {"self transfer": [], "copy portrait": [], "references dropped": []}
+def baselines(pipeline: DurianPipeline, samples: list, steps: int,
+              guidance_scales: tuple[float, ...] = (3.5,)) -> dict[str, dict[str, float]]:
+    """Mean L1 and PSNR of self transfer (at each classifier-free guidance scale), the portrait copy and the
+    references-dropped branch on `samples`."""
+    scores: dict[str, list[dict[str, float]]] = defaultdict(list)
     for sample in samples:
         real = images(sample.targets)
-        self_transfer, _ = generate(pipeline, sample, steps=steps, guidance_scale=3.5)
+        generated = [(f"self transfer, guidance {scale:g}", generate(pipeline, sample, steps=steps,
+                                                                     guidance_scale=scale)[0])
+                     for scale in guidance_scales]
         dropped, _ = generate(pipeline, sample, steps=steps, guidance_scale=0.0)
         copy = np.repeat(sample.portrait_image[None], len(sample.targets), axis=0)
-        for name, frames in (("self transfer", self_transfer), ("copy portrait", copy), ("references dropped", dropped)):
+        for name, frames in (*generated, ("copy portrait", copy), ("references dropped", dropped)):
             scores[name].append(reconstruction_metrics(images(frames), real))
     return {name: {metric: float(np.mean([s[metric] for s in values])) for metric in ("l1", "psnr")}
             for name, values in scores.items()}
@@ -71,10 +81,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--schedule", choices=("constant", "cosine", "linear"), default="constant",
+                        help="Learning-rate schedule over --steps.")
     parser.add_argument("--validate-every", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--sample-steps", type=int, default=10)
-    parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--guidance", type=lambda text: tuple(float(v) for v in text.split(",")), default=(3.5,),
+                        help="Classifier-free guidance scales of self transfer, comma-separated (1: no guidance).")
+    parser.add_argument("--reference-dropout", type=float, default=0.1)
+    parser.add_argument("--min-snr-gamma", type=float, default=5.0, help="0: plain MSE.")
+    parser.add_argument("--triplets", type=Path, help="The triplets folder the dataset's videos include (the demo's: "
+                        "WORKDIR/videos/triplets): also compare, on its held-out triplets, the generated attribute "
+                        "region against the exact truth beside the portrait copy.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -88,8 +106,8 @@ def main() -> None:
     config = load_train_config({
         "name": "run", "output_dir": str(args.out), "init_from": str(init),
         "data": {"dataset": str(args.dataset), "batch_size": args.batch},
-        "stages": [{"stage": 1, "steps": args.steps}], "optim": {"learning_rate": args.lr},
-        "checkpoint_every": args.validate_every, "validate_every": args.validate_every,
+        "stages": [{"stage": 1, "steps": args.steps}], "optim": {"learning_rate": args.lr, "schedule": args.schedule},
+        "reference_dropout": args.reference_dropout, "min_snr_gamma": args.min_snr_gamma or None, "checkpoint_every": args.validate_every, "validate_every": args.validate_every,
         "validation_samples": 8, "sample_steps": args.sample_steps, "log_every": 10})
     run = config.run_dir
     began = time.perf_counter()
@@ -120,10 +138,43 @@ def main() -> None:
     pipeline.set_progress_bar_config(disable=True)
     index = DatasetIndex.open(args.dataset)
     held_out = read_pairs(index, index.validation_pairs(1))
-    result = baselines(pipeline, held_out, args.sample_steps)
+    result = baselines(pipeline, held_out, args.sample_steps, args.guidance)
     print(f"\nheld-out stage-1 samples: {len(held_out)}\n| | L1 | PSNR (dB) |\n|---|---|---|")
     for name, values in result.items():
         print(f"| {name} | {values['l1']:.3f} | {values['psnr']:.2f} |")
+    if args.triplets:
+        pipeline.save_pretrained(str(args.out / "pipeline"))
+        triplet_comparison(args.out / "pipeline", args.dataset, args.triplets, args.out / "triplets", args.guidance,
+                           args.sample_steps)
+
+
+def triplet_comparison(model: Path, dataset: Path, triplets: Path, out: Path, guidance_scales: tuple[float, ...],
+                       steps: int) -> None:
+    """The evaluation's triplet-backed cross items on stage-1 samples (`training.evaluation`, held-out triplets
+    only): A's portrait wearing B's attribute against the exact truth, whole and inside the attribute region,
+    beside the portrait-reference copy, at each guidance scale."""
+    from data_specs.evaluation import EvalConfig
+    from training.evaluation.evaluator import Evaluator
+    from training.evaluation.plan import plan_evaluation
+
+    print("\n| guidance | triplet clips | region L1, generated / copy | region PSNR (dB), generated / copy | "
+          "L1, generated / copy | PSNR (dB), generated / copy |\n|---|---|---|---|---|---|")
+    for scale in guidance_scales:
+        config = EvalConfig(model=str(model), dataset=str(dataset), output_dir=str(out), training_stage=1,
+                            steps=steps, guidance_scale=max(scale, 1.0), triplets=str(triplets))
+        plan = plan_evaluation(config)
+        backed = [item for item in plan.items if item.truth is not None]
+        rows = [r.row for r in Evaluator(config, plan.index, device="cpu").evaluate(backed) if r.row.status == "ok"]
+        if not rows:
+            print(f"| {scale:g} | 0 | {'; '.join(plan.notes)} | | | |")
+            continue
+
+        def mean(name: str, rows: list = rows) -> float:
+            return float(np.mean([getattr(row, name) for row in rows]))
+
+        print(f"| {scale:g} | {len(rows)} | {mean('truth_region_l1'):.3f} / {mean('copy_region_l1'):.3f} | "
+              f"{mean('truth_region_psnr'):.2f} / {mean('copy_region_psnr'):.2f} | "
+              f"{mean('truth_l1'):.3f} / {mean('copy_l1'):.3f} | {mean('truth_psnr'):.2f} / {mean('copy_psnr'):.2f} |")
 
 
 if __name__ == "__main__":

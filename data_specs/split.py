@@ -26,6 +26,7 @@ __all__ = ["EVAL", "TRAIN", "Split", "SplitConfig", "split_key", "split_of"]
 Split = Literal["train", "eval"]
 TRAIN: Split = "train"
 EVAL: Split = "eval"
+_GROUP_KEY = "group\0"  # starts the split key of a video with a group
 
 
 class SplitConfig(Spec):
@@ -35,11 +36,16 @@ class SplitConfig(Spec):
                                  "a `group`) held out for evaluation; each is drawn on its own, so small datasets may "
                                  "hold out none.")
     seed: int = Field(0, ge=0, description="Another seed draws another split.")
+    eval_groups: tuple[str, ...] = Field((), description="Groups always held out, whatever the draw (a benchmark's "
+                                         "fixed test people; the demo's cross-transfer triplets, whose truth must "
+                                         "never be trained on).")
 
 
 def split_of(video_key: str, config: SplitConfig) -> Split:
     """The side of one source video, given its content sha256 (or, unknown, its id): `eval` when the hash of
-    (seed, key) in [0, 1) is below the fraction."""
+    (seed, key) in [0, 1) is below the fraction, or its group is one of `eval_groups`."""
+    if video_key.startswith(_GROUP_KEY) and video_key.removeprefix(_GROUP_KEY) in config.eval_groups:
+        return EVAL
     digest = hashlib.sha256(f"{config.seed}\0{video_key}".encode()).digest()
     return EVAL if int.from_bytes(digest[:8], "big") / 2**64 < config.eval_fraction else TRAIN
 
@@ -47,5 +53,5 @@ def split_of(video_key: str, config: SplitConfig) -> Split:
 def split_key(group: str | None, content_sha256: str | None, video_id: str) -> str:
     """What decides a video's side: its group (every video of it on one side), else its content, else its id."""
     if group:
-        return f"group\0{group}"  # never equal to a content hash, so a group cannot collide with a video
+        return f"{_GROUP_KEY}{group}"  # never equal to a content hash, so a group cannot collide with a video
     return content_sha256 or video_id
