@@ -52,7 +52,7 @@ from report_table import format_table
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, Dinov2Config, Dinov2Model
 from transformers.utils import logging as transformers_logging
 
-from data_specs.evaluation import EvalConfig, ExtractorPaths
+from data_specs.evaluation import CROSS, SELF, ClipResult, EvalClipRow, EvalConfig, ExtractorPaths
 from data_specs.model import FLAVOURS, IdentityEncoderSpec, model_flavour
 from data_specs.sample import PairSample
 from model.builders import random_components
@@ -61,17 +61,9 @@ from model.pipeline import DurianPipeline
 from tests.evaluation.evaluation_testing import TINY_ARCFACE, torchvision_checkpoint, write_extractor_checkpoints
 from tests.training.training_testing import write_pair_dataset
 from training.data import read_pairs
-from training.evaluation import (
-    CROSS,
-    GENERATED_DIR,
-    SELF,
-    ClipResult,
-    EvalItem,
-    Evaluator,
-    plan_evaluation,
-    summarise,
-    write_report,
-)
+from training.evaluation.evaluator import Evaluator, generated_path
+from training.evaluation.plan import EvalItem, plan_evaluation
+from training.evaluation.report import summarise, write_report
 from training.reconstruction import generate
 
 DEFAULT_FRAMES = {"tiny": 8, "sd15": 16}
@@ -196,11 +188,11 @@ def timed_pass(evaluator: Evaluator, chunks: list[list[EvalItem]], samples: dict
     return results, bare, evaluation, peer
 
 
-def pass_figures(rows: list[dict], evaluation: Clock, peer: Clock, reporting: Clock,
+def pass_figures(rows: list[EvalClipRow], evaluation: Clock, peer: Clock, reporting: Clock,
                  spent: dict[str, Clock]) -> dict[str, float]:
     """One timed pass's figures, ratios and shares included: they are computed within the pass, because on a
     shared VM the load changes between passes and medians of separate quantities need not add up."""
-    generate_s, measure_s = sum(r["generate_s"] for r in rows), sum(r["measure_s"] for r in rows)
+    generate_s, measure_s = sum(r.generate_s for r in rows), sum(r.measure_s for r in rows)
     pixels = measure_s - sum(clock.wall for clock in spent.values())
     rest = evaluation.wall - generate_s - measure_s
     figures = {
@@ -212,7 +204,7 @@ def pass_figures(rows: list[dict], evaluation: Clock, peer: Clock, reporting: Cl
         "generate_vs_bare": generate_s / peer.wall,
         "measure": measure_s, "measure_share": measure_s / evaluation.wall,
         "pixels": pixels, "pixels_share": pixels / evaluation.wall, "rest": rest, "rest_share": rest / evaluation.wall,
-        **{f"measure_{transfer}": statistics.mean(r["measure_s"] for r in rows if r["transfer"] == transfer)
+        **{f"measure_{transfer}": statistics.mean(r.measure_s for r in rows if r.transfer == transfer)
            for transfer in (SELF, CROSS)},
     }
     for name, clock in spent.items():
@@ -281,9 +273,9 @@ def main() -> None:
         for index in range(args.warmup + args.repeats):
             spent.clear()
             results, bare, evaluation, peer = timed_pass(evaluator, chunks, samples, flip=index % 2 == 1)
-            failed = [r.row for r in results if r.row["status"] != "ok"]
+            failed = [r.row for r in results if r.row.status != "ok"]
             if failed:
-                raise SystemExit(f"{len(failed)} clips failed, e.g. {failed[0]['sample_key']}: {failed[0]['reason']}")
+                raise SystemExit(f"{len(failed)} clips failed, e.g. {failed[0].sample_key}: {failed[0].reason}")
             with Clock(evaluator.device) as reporting:
                 write_report(config, summarise(config, plan, results))
             log(f"pass {index + 1} of {args.warmup + args.repeats}{' (warm-up)' if index < args.warmup else ''}: "
@@ -291,8 +283,8 @@ def main() -> None:
                 f"bare generation {peer.wall:.2f} s ({peer.cpu:.2f} CPU s)")
             if index >= args.warmup:
                 passes.append(pass_figures([r.row for r in results], evaluation, peer, reporting, spent))
-        generated = Path(config.output_dir) / GENERATED_DIR
-        identical = all(np.array_equal(clip, np.load(generated / f"{i.target.key}.{i.transfer}.npz")["generated"])
+        identical = all(np.array_equal(clip, np.load(generated_path(config.output_dir, i.target.key,
+                                                                    i.transfer))["generated"])
                         for i, clip in zip(plan.items, bare))
 
     t = {key: statistics.median(p[key] for p in passes) for key in passes[0]}

@@ -1,5 +1,5 @@
 """The evaluation's contracts: what `evaluate-durian` takes (`EvalConfig`), the extractor files it measures with,
-and the per-clip table it writes (`EVAL_CLIPS`).
+and the per-clip table it writes (`EvalClipRow` rows of the `EVAL_CLIPS` schema, tied by tests/test_schemas.py).
 
 Protocol (the paper's, section 4): on the dataset's evaluation split (`data_specs.split`), never trained on,
   * self transfer: each evaluation clip is reconstructed from its own references, masked as in training, and
@@ -17,9 +17,13 @@ Protocol (the paper's, section 4): on the dataset's evaluation split (`data_spec
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
@@ -27,8 +31,14 @@ from data_specs.model import IdentityEncoderSpec
 from data_specs.spec import RayConfig, Spec, absolute_path
 from data_specs.training_samples import TrainingStage
 
-__all__ = ["EVAL_CLIPS", "PAPER_HAIR_SELF_TRANSFER", "TRIPLET_METRICS", "EvalConfig", "EvalExecution", "ExtractorPaths"]
+__all__ = ["CROSS", "EVAL_CLIPS", "PAPER_HAIR_SELF_TRANSFER", "SELF", "TRIPLET_METRICS", "ClipResult", "EvalClipRow",
+           "EvalConfig", "EvalExecution", "ExtractorPaths", "Transfer", "eval_clips_table"]
 
+# Self transfer: a clip regenerated with its own attribute (reconstruction, exact truth); cross transfer: with the
+# attribute of a clip of another video.
+Transfer = Literal["self", "cross"]
+SELF: Transfer = "self"
+CROSS: Transfer = "cross"
 LpipsBackbone = Literal["alex", "vgg", "squeeze"]
 VideoArch = Literal["r3d_18", "r2plus1d_18"]
 
@@ -79,7 +89,8 @@ class EvalConfig(Spec):
     output_dir: str = Field(description="Folder that receives the table, the summary and the video grid.")
     attributes: tuple[str, ...] = Field((), description="Attributes to evaluate (empty: every attribute the "
                                         "evaluation split has); each must have evaluation clips.")
-    stage: TrainingStage = Field(2, description="The training stage whose samples are evaluated: 2 = clips (video metrics), 1 = single frames.")
+    training_stage: TrainingStage = Field(2, description="The training stage whose pair samples are evaluated: 2 = "
+                                          "clips (video metrics), 1 = single frames.")
     frames: int | None = Field(None, ge=1, description="Frames generated per clip (default: all of the sample's).")
     max_clips_per_attribute: int | None = Field(None, ge=1, description="Evaluate at most this many clips per "
                                                 "attribute (the first by video and key).")
@@ -132,3 +143,59 @@ EVAL_CLIPS = pa.schema(
         pa.field("measure_s", pa.float64()),
     ]
 )
+
+
+@dataclass(kw_only=True)
+class EvalClipRow:
+    """One row of `EVAL_CLIPS`: an evaluated clip and transfer kind, its items, status and metrics (None where not
+    measured)."""
+
+    sample_key: str
+    video_id: str
+    attribute: str
+    transfer: Transfer
+    attribute_sample_key: str
+    attribute_video_id: str
+    frames: int = 0
+    status: Literal["ok", "failed"] = "failed"
+    reason: str | None = None
+    l1: float | None = None
+    psnr: float | None = None
+    ssim: float | None = None
+    lpips: float | None = None
+    clip_i: float | None = None
+    dino: float | None = None
+    id_similarity: float | None = None
+    truth_sample_key: str | None = None
+    truth_video_id: str | None = None
+    truth_l1: float | None = None
+    truth_psnr: float | None = None
+    truth_ssim: float | None = None
+    truth_lpips: float | None = None
+    truth_region_l1: float | None = None
+    truth_region_psnr: float | None = None
+    copy_l1: float | None = None
+    copy_psnr: float | None = None
+    copy_ssim: float | None = None
+    copy_lpips: float | None = None
+    copy_region_l1: float | None = None
+    copy_region_psnr: float | None = None
+    generate_s: float | None = None
+    measure_s: float | None = None
+
+
+@dataclass
+class ClipResult:
+    """What an evaluation worker sends back per clip: its table row and the features the distribution metrics pool
+    over clips (FID, FVD-style), None where not measured."""
+
+    row: EvalClipRow
+    inception_generated: np.ndarray | None = None  # (F, D) per frame (self transfer)
+    inception_real: np.ndarray | None = None
+    video_generated: np.ndarray | None = None  # (1, D) per clip (cross transfer)
+    video_real: np.ndarray | None = None
+
+
+def eval_clips_table(rows: Iterable[EvalClipRow]) -> pa.Table:
+    """The rows as an Arrow table of the `EVAL_CLIPS` schema."""
+    return pa.Table.from_pylist([dataclasses.asdict(row) for row in rows], schema=EVAL_CLIPS)

@@ -22,7 +22,7 @@ from prefect.artifacts import (
 )
 
 from data_specs.training import TrainConfig
-from flows.artifacts import inline_images
+from flows.artifacts import image_markdown, table_rows, training_summary_markdown
 from flows.ray_runtime import ray_session
 
 
@@ -58,14 +58,14 @@ def train_durian(config: TrainConfig) -> dict:
     shown = steps[::max(1, len(steps) // 20)]
     if shown[-1] is not steps[-1]:
         shown.append(steps[-1])
-    create_table_artifact(key="train-durian-losses", table=_rows(shown),
+    create_table_artifact(key="train-durian-losses", table=table_rows(shown),
                           description="Loss, learning rate and throughput (every few steps)")
     if validation := [r for r in records if r["kind"] == "validation"]:
         create_table_artifact(key="train-durian-validation", description="Held-out self-reconstruction: L1, PSNR "
                               "(dB) and SSIM against the real frames, and the sample video of each pass",
-                              table=_rows(validation))
+                              table=table_rows(validation))
     create_markdown_artifact(key="train-durian-loss-plot", description=str(plot),
-                             markdown=inline_images(f"# Training loss\n\n![loss]({plot.name})\n", plot.parent))
+                             markdown=image_markdown("Training loss", plot))
     pipeline = config.run_dir / "pipeline"
     create_link_artifact(key="train-durian-pipeline", link=pipeline.resolve().as_uri(),
                          description="The trained DurianPipeline (`durian sample --model` loads it)")
@@ -73,20 +73,11 @@ def train_durian(config: TrainConfig) -> dict:
     if videos:
         create_link_artifact(key="train-durian-sample-video", link=videos[-1].resolve().as_uri(),
                              description="The last validation video: portrait, attribute, guidance, result, real")
-    create_markdown_artifact(
-        key="train-durian-summary", description="Where the run's outputs are",
-        markdown=(f"# Training run `{config.name}`\n\n- steps: {total} ({', '.join(f'stage {r.stage}: {r.steps}' for r in config.stages)})"
-                  f"\n- final loss: {steps[-1]['loss']:.4f}\n- pipeline: `{pipeline}`\n"
-                  f"- checkpoints: `{config.run_dir / 'checkpoints'}`\n- TensorBoard: `{config.run_dir / 'tensorboard'}`\n"
-                  + "".join(f"- sample video: `{video}`\n" for video in videos)))
+    create_markdown_artifact(key="train-durian-summary", description="Where the run's outputs are",
+                             markdown=training_summary_markdown(config, steps[-1]["loss"], pipeline, videos))
     logger.info("trained pipeline: %s", pipeline)
     return {"pipeline": str(pipeline), "steps": total, "final_loss": steps[-1]["loss"],
             "validation": validation[-1] if validation else None}
-
-
-def _rows(records: list[dict]) -> list[dict[str, str]]:
-    return [{key: f"{value:.4g}" if isinstance(value, float) else str(value) for key, value in record.items()}
-            for record in records]
 
 
 def _follow(config: TrainConfig, progress, stop: threading.Event, logger: logging.Logger | logging.LoggerAdapter

@@ -1,4 +1,5 @@
-"""Each manifest table's Parquet schema and its typed row class declare the same columns, types and nulls."""
+"""Each table's Parquet schema and its typed row class declare the same columns, types and nulls: the build's
+manifests (`data_specs.schemas`) and the evaluation's per-clip table (`data_specs.evaluation`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ import typing
 import pyarrow as pa
 import pytest
 
+from data_specs.evaluation import EVAL_CLIPS, EvalClipRow
 from data_specs.schemas import ROWS, TABLES
+
+# Every table written as Parquet: its schema and its row class.
+SCHEMAS_AND_ROWS: dict[str, tuple[pa.Schema, type]] = {
+    **{name: (TABLES[name], ROWS[name]) for name in TABLES}, "evaluation clips": (EVAL_CLIPS, EvalClipRow)}
 
 # The Arrow types a row field of each Python type may be written as.
 ARROW_TYPES: dict[object, tuple[pa.DataType, ...]] = {
@@ -38,9 +44,9 @@ def test_every_table_has_a_row_class():
     assert set(ROWS) == set(TABLES)
 
 
-@pytest.mark.parametrize("table", sorted(TABLES))
+@pytest.mark.parametrize("table", sorted(SCHEMAS_AND_ROWS))
 def test_the_schema_and_the_row_class_agree(table: str):
-    schema, row = TABLES[table], ROWS[table]
+    schema, row = SCHEMAS_AND_ROWS[table]
     hints = typing.get_type_hints(row)
     fields = [field.name for field in dataclasses.fields(row)]
     assert sorted(fields) == sorted(schema.names), f"{table}: columns differ"

@@ -47,7 +47,7 @@ def evaluate_command(
                                 overrides=[*ray_address_override(ray_address), *(overrides or [])])
     except ConfigError as err:
         fail(str(err))
-    from training.evaluation import plan_evaluation
+    from training.evaluation.plan import plan_evaluation
 
     try:
         plan_evaluation(eval_config)  # refusals before any service starts

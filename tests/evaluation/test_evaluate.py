@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from data_specs.evaluation import EVAL_CLIPS, EvalConfig, ExtractorPaths
+from data_specs.evaluation import EVAL_CLIPS, EvalClipRow, EvalConfig, ExtractorPaths
 from data_specs.layout import OutputLayout
 from data_specs.model import model_flavour
 from data_specs.training_samples import AugmentConfig, ExpansionConfig, PairConfig, TrainingSamplesConfig
@@ -20,8 +20,11 @@ from tasks.synthetic import write_triplets
 from tests.samples.samples_testing import perceived_clip, sample_processor
 from tests.training.training_testing import write_pair_dataset, write_samples
 from training.data import read_pairs
-from training.evaluation import EvaluationError, Evaluator, plan_evaluation, summarise, summary_markdown, write_report
-from training.metrics import reconstruction_metrics_per_sample, region_metrics_per_sample
+from training.evaluation.evaluator import Evaluator
+from training.evaluation.metrics import frechet_distance, region_metrics_per_sample
+from training.evaluation.plan import EvaluationError, plan_evaluation
+from training.evaluation.report import summarise, summary_markdown, write_report
+from training.metrics import reconstruction_metrics_per_sample
 from training.reconstruction import images
 
 
@@ -89,21 +92,27 @@ def test_every_metric_is_measured_and_a_clip_that_fails_is_a_row(pipeline_dir, d
     report = summarise(cfg, plan, results)
     paths = write_report(cfg, report)
 
-    rows = pq.read_table(paths["table"]).to_pylist()
-    assert pq.read_schema(paths["table"]).equals(EVAL_CLIPS) and len(rows) == len(plan.items)
-    failed = [r for r in rows if r["status"] == "failed"]
-    assert failed and all(r["sample_key"] == broken.key or r["attribute_sample_key"] == broken.key for r in failed)
-    assert all("could not be read" in r["reason"] for r in failed)
+    rows = [EvalClipRow(**row) for row in pq.read_table(paths["table"]).to_pylist()]
+    assert pq.read_schema(paths["table"]).equals(EVAL_CLIPS) and rows == report.rows and len(rows) == len(plan.items)
+    failed = [r for r in rows if r.status == "failed"]
+    assert failed and all(r.sample_key == broken.key or r.attribute_sample_key == broken.key for r in failed)
+    assert all("could not be read" in r.reason for r in failed)
     for row in rows:
-        if row["status"] != "ok":
+        if row.status != "ok":
             continue
-        assert row["frames"] == 2 and row["generate_s"] > 0
-        if row["transfer"] == "self":
-            assert 0 < row["l1"] < 1 and 0 < row["psnr"] < 60 and -1 <= row["ssim"] <= 1 and row["lpips"] > 0
+        assert row.frames == 2 and row.generate_s > 0
+        if row.transfer == "self":
+            assert 0 < row.l1 < 1 and 0 < row.psnr < 60 and -1 <= row.ssim <= 1 and row.lpips > 0
         else:
-            assert all(-1 <= row[m] <= 1 for m in ("clip_i", "dino", "id_similarity"))
+            assert all(-1 <= getattr(row, m) <= 1 for m in ("clip_i", "dino", "id_similarity"))
     table = {(e["attribute"], e["transfer"]): e for e in report.per_attribute}
     assert math.isfinite(table[("all", "self")]["fid"]) and table[("all", "self")]["fid"] >= 0
+    # FID pools the Inception features of every frame of the self-transfer clips, generated against real.
+    reconstructed = [r for r in results if r.row.transfer == "self" and r.row.status == "ok"]
+    pooled = [torch.from_numpy(np.concatenate([getattr(r, f"inception_{side}") for r in reconstructed])).double()
+              for side in ("generated", "real")]
+    assert len(pooled[0]) == 2 * len(reconstructed)  # 2 frames per clip
+    assert table[("all", "self")]["fid"] == pytest.approx(frechet_distance(*pooled))
     assert table[("hair", "self")]["clips"] + table[("hat", "self")]["clips"] == table[("all", "self")]["clips"]
     summary = paths["summary"].read_text()
     assert "| *paper, Table 1 (hair)* | – | *0.0744* | *18.83* | *0.6527* | *0.1565* | *38.0* |" in summary
@@ -148,7 +157,7 @@ def test_triplet_backed_cross_items_are_scored_against_the_truth_frames(pipeline
     results = Evaluator(cfg, plan.index).evaluate([backed])  # one clip keeps the test quick
     report = summarise(cfg, plan, results)
     (row,) = report.rows
-    assert row["status"] == "ok" and row["truth_sample_key"] == backed.truth.key
+    assert row.status == "ok" and row.truth_sample_key == backed.truth.key
 
     # The same figures computed independently from the stored generated frames and the samples read afresh.
     a, truth = read_pairs(plan.index, [backed.target, backed.truth])
@@ -161,19 +170,19 @@ def test_triplet_backed_cross_items_are_scored_against_the_truth_frames(pipeline
     for who, frames in (("truth", generated), ("copy", copy)):
         expected = reconstruction_metrics_per_sample(frames, real) | region_metrics_per_sample(frames, real, region)
         for name, values in expected.items():
-            assert row[f"{who}_{name}"] == pytest.approx(float(np.mean(values)), rel=1e-6), (who, name)
-    assert row["copy_l1"] != row["truth_l1"]
+            assert getattr(row, f"{who}_{name}") == pytest.approx(float(np.mean(values)), rel=1e-6), (who, name)
+    assert row.copy_l1 != row.truth_l1
 
     # Against itself the truth scores perfectly: the metric compares the frames it is given, pixel for pixel.
     assert region_metrics_per_sample(real, real, region)["region_l1"] == [0.0, 0.0]
 
     entry = next(e for e in report.per_attribute if (e["attribute"], e["transfer"]) == ("all", "cross"))
-    assert entry["triplet_clips"] == 1 and entry["truth_l1"] == pytest.approx(row["truth_l1"])
+    assert entry["triplet_clips"] == 1 and entry["truth_l1"] == pytest.approx(row.truth_l1)
     summary = summary_markdown(cfg, report)
     assert "## Cross transfer against the triplet truth" in summary
-    assert f"| all | 1 | {row['truth_l1']:.4g} / {row['copy_l1']:.4g} |" in summary
-    table = pq.read_table(write_report(cfg, report)["table"]).to_pylist()
-    assert next(r for r in table if r["truth_sample_key"])["copy_psnr"] == pytest.approx(row["copy_psnr"])
+    assert f"| all | 1 | {row.truth_l1:.4g} / {row.copy_l1:.4g} |" in summary
+    (written,) = [EvalClipRow(**r) for r in pq.read_table(write_report(cfg, report)["table"]).to_pylist()]
+    assert written.copy_psnr == pytest.approx(row.copy_psnr) and written.truth_video_id == "vid02"
 
 
 def test_the_evaluate_durian_deployment_names_the_flow_with_valid_parameters():

@@ -10,12 +10,8 @@ import torch
 from scipy import linalg
 from scipy.ndimage import gaussian_filter
 
-from training.metrics import (
-    cosine_similarity_per_pair,
-    frechet_distance,
-    reconstruction_metrics_per_sample,
-    region_metrics_per_sample,
-)
+from training.evaluation.metrics import cosine_similarity_per_pair, frechet_distance, region_metrics_per_sample
+from training.metrics import reconstruction_metrics_per_sample
 
 
 def _images(n: int = 3, size: int = 32, seed: int = 0) -> torch.Tensor:

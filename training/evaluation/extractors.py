@@ -173,7 +173,7 @@ class LpipsNet(_NoTrainLpips):
     torchmetrics ships the LPIPS linear layers (`lpips_models/<net>.pth`) but fetches the ImageNet backbone
     through torchvision; here the backbone slices are filled from the torchvision state dict, its `features.i`
     keys renamed to torchmetrics' slices (the classifier, which LPIPS does not use, is skipped). Score pairs
-    with `training.metrics.lpips_per_sample`.
+    with `training.evaluation.metrics.lpips_per_sample`.
     """
 
     @classmethod
