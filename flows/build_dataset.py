@@ -23,7 +23,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from data_specs.config import BuildConfig
 from data_specs.layout import BuildSummary, OutputLayout
-from flows.artifacts import inline_images
+from flows.artifacts import (
+    build_counts_table,
+    build_rejections_table,
+    build_summary_markdown,
+    image_markdown,
+    inline_images,
+)
 from flows.build_lock import BuildLock
 from flows.ray_runtime import ray_session
 from flows.ray_units import model_actors, run_units
@@ -90,44 +96,14 @@ def _publish_card(markdown: str, folder: Path, sheet: Path | None) -> None:
     if sheet is not None:
         create_markdown_artifact(
             key="build-dataset-preview", description=f"Contact sheet of the first samples ({sheet})",
-            markdown=inline_images(f"# Contact sheet\n\n![contact sheet]({sheet.name})\n", sheet.parent))
+            markdown=image_markdown("Contact sheet", sheet))
 
 
 def _publish_artifacts(summary: BuildSummary) -> None:
-    counts = [
-        {"what": "units (skipped / failed)", "count": f"{summary.units} ({summary.units_skipped} / {summary.units_failed})"},
-        {"what": "videos (failed / partial)",
-         "count": f"{summary.videos} ({summary.videos_failed} / {summary.videos_partial})"},
-        {"what": "clips", "count": str(summary.clips)},
-        {"what": "samples", "count": str(summary.samples)},
-        {"what": "frames decoded", "count": str(summary.frames)},
-        {"what": "shards", "count": f"{summary.shards} ({summary.shard_bytes / 1e6:.1f} MB)"},
-    ] + [{"what": f"failed - {reason}", "count": str(count)} for reason, count in summary.failures_by_reason.items()]
-    create_table_artifact(key="build-dataset-counts", table=counts, description="Counts and failures by reason")
-    rejected: dict[str, int] = {}
-    for kind, count in summary.failures_by_reason.items():  # kinds read "failed_in: reason"
-        failed_in = kind.split(":", 1)[0]
-        rejected[failed_in] = rejected.get(failed_in, 0) + count
+    create_table_artifact(key="build-dataset-counts", table=build_counts_table(summary),
+                          description="Counts and failures by reason")
     create_table_artifact(
-        key="build-dataset-rejections",
-        table=[{"failed_in": failed_in, "rejected": str(count),
-                "reasons": "; ".join(f"{kind.split(': ', 1)[1]} ({n})" for kind, n in summary.failures_by_reason.items()
-                                     if kind.startswith(f"{failed_in}:"))} for failed_in, count in rejected.items()]
-        + [{"failed_in": "none (written)", "rejected": "",
-            "reasons": f"{summary.samples} samples of {summary.clips} clips"}],
+        key="build-dataset-rejections", table=build_rejections_table(summary),
         description="Where videos or clips failed (a step of the unit or a clip processor), how many, and why")
-    failures = "\n".join(f"| {reason} | {count} |" for reason, count in summary.failures_by_reason.items())
-    create_markdown_artifact(
-        key="build-dataset-summary",
-        description="Where the dataset is and what it holds",
-        markdown=(
-            f"# Dataset build\n\n"
-            f"- output: `{summary.output_dir}`\n"
-            f"- {summary.samples} samples from {summary.videos - summary.videos_failed} of {summary.videos} videos "
-            f"({summary.videos_partial} only partly decodable), in {summary.shards} shards "
-            f"({summary.shard_bytes / 1e6:.1f} MB)\n"
-            f"- units: {summary.units} ({summary.units_skipped} unchanged and skipped, {summary.units_failed} failed)\n"
-            f"- config hash `{summary.config_hash}`, code version `{summary.code_version}`\n\n"
-            + (f"## Failures by reason\n\n| reason | count |\n|---|---|\n{failures}\n" if failures else "No failures.\n")
-        ),
-    )
+    create_markdown_artifact(key="build-dataset-summary", description="Where the dataset is and what it holds",
+                             markdown=build_summary_markdown(summary))
