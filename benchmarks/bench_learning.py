@@ -93,9 +93,30 @@ def main() -> None:
     parser.add_argument("--triplets", type=Path, help="The triplets folder the dataset's videos include (the demo's: "
                         "WORKDIR/videos/triplets): also compare, on its held-out triplets, the generated attribute "
                         "region against the exact truth beside the portrait copy.")
+    parser.add_argument("--model", type=Path, help="Measure this saved pipeline (e.g. the demo's "
+                        "WORKDIR/runs/demo/pipeline) instead of training one: steps 3 and 4 only.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    if args.model:
+        pipeline, model = DurianPipeline.from_pretrained(str(args.model)), args.model
+    else:
+        pipeline, model = train_from_tiny_world(args), args.out / "pipeline"
+        pipeline.save_pretrained(str(model))
+    pipeline.set_progress_bar_config(disable=True)
+    index = DatasetIndex.open(args.dataset)
+    held_out = read_pairs(index, index.validation_pairs(1))
+    result = baselines(pipeline, held_out, args.sample_steps, args.guidance)
+    print(f"\nheld-out stage-1 samples: {len(held_out)}\n| | L1 | PSNR (dB) |\n|---|---|---|")
+    for name, values in result.items():
+        print(f"| {name} | {values['l1']:.3f} | {values['psnr']:.2f} |")
+    if args.triplets:
+        triplet_comparison(model, args.dataset, args.triplets, args.out / "triplets", args.guidance, args.sample_steps)
+
+
+def train_from_tiny_world(args: argparse.Namespace) -> DurianPipeline:
+    """Steps 1 and 2: the tiny world, then stage 1 from it for the budget; prints the VAE fit and the curve and
+    returns the pipeline with the last checkpoint's weights."""
     start = time.perf_counter()
     init = tiny_world(args.dataset, steps=args.vae_steps)
     fit = json.loads((init.parent / FIT_FILE).read_text())
@@ -107,8 +128,9 @@ def main() -> None:
         "name": "run", "output_dir": str(args.out), "init_from": str(init),
         "data": {"dataset": str(args.dataset), "batch_size": args.batch},
         "stages": [{"stage": 1, "steps": args.steps}], "optim": {"learning_rate": args.lr, "schedule": args.schedule},
-        "reference_dropout": args.reference_dropout, "min_snr_gamma": args.min_snr_gamma or None, "checkpoint_every": args.validate_every, "validate_every": args.validate_every,
-        "validation_samples": 8, "sample_steps": args.sample_steps, "log_every": 10})
+        "reference_dropout": args.reference_dropout, "min_snr_gamma": args.min_snr_gamma or None,
+        "checkpoint_every": args.validate_every, "validate_every": args.validate_every, "validation_samples": 8,
+        "sample_steps": args.sample_steps, "log_every": 10})
     run = config.run_dir
     began = time.perf_counter()
     try:
@@ -135,18 +157,7 @@ def main() -> None:
     from training.checkpoints import latest_checkpoint
     pipeline = DurianPipeline.from_pretrained(str(init))
     pipeline.model.load_state_dict(load_file(latest_checkpoint(run / "checkpoints") / "model.safetensors"))
-    pipeline.set_progress_bar_config(disable=True)
-    index = DatasetIndex.open(args.dataset)
-    held_out = read_pairs(index, index.validation_pairs(1))
-    result = baselines(pipeline, held_out, args.sample_steps, args.guidance)
-    print(f"\nheld-out stage-1 samples: {len(held_out)}\n| | L1 | PSNR (dB) |\n|---|---|---|")
-    for name, values in result.items():
-        print(f"| {name} | {values['l1']:.3f} | {values['psnr']:.2f} |")
-    if args.triplets:
-        pipeline.save_pretrained(str(args.out / "pipeline"))
-        triplet_comparison(args.out / "pipeline", args.dataset, args.triplets, args.out / "triplets", args.guidance,
-                           args.sample_steps)
-
+    return pipeline
 
 def triplet_comparison(model: Path, dataset: Path, triplets: Path, out: Path, guidance_scales: tuple[float, ...],
                        steps: int) -> None:

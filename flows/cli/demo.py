@@ -58,11 +58,11 @@ def demo(
     videos: Annotated[int, typer.Option(min=1, help="Synthetic videos to generate.")] = 12,
     fresh: Annotated[bool, typer.Option(help="Delete the work folder first.")] = False,
 ) -> None:
-    """The main job on the embedded default: synthetic videos (with broken ones mixed in, and a cross-transfer
-    triplet held out) -> build-dataset on a
-    local Ray under an ephemeral Prefect (perception, then training pairs) -> inspect, verify, preview, card ->
-    train-durian (2 Ray Train workers, stage 1 then stage 2, validation on held-out videos) -> a sample video from
-    the trained pipeline -> evaluate-durian on the evaluation split (the triplet's cross item against its exact truth)."""
+    """The main job on the embedded default: synthetic videos (with broken ones mixed in, and a held-out
+    cross-transfer triplet) -> build-dataset on a local Ray under an ephemeral Prefect (perception, then training
+    pairs) -> inspect, verify, preview, card -> train-durian (2 Ray Train workers, stage 1 then stage 2, validation
+    on held-out videos) -> a sample video from the trained pipeline -> evaluate-durian on the evaluation split (the
+    triplet's cross item against its exact truth)."""
     if fresh and workdir.exists():
         shutil.rmtree(workdir)
     from tasks.synthetic import write_triplets
@@ -82,10 +82,11 @@ def demo(
     train_command(config=DEMO_CONFIGS / "demo_train.yaml", dataset=workdir / "dataset", output=workdir / "runs",
                   overrides=[f"init_from={init}"])
     pipeline = workdir / "runs" / "demo" / "pipeline"
+    evaluation = read_yaml(DEMO_CONFIGS / "demo_evaluate.yaml")  # the sample takes the evaluation's guidance
     # The trained pipeline animates one video's portrait with its own hair, in windows of its trained clip length
     # (stage 2's 4 frames), consecutive windows sharing 2 frames.
     sample(out=workdir / "sample.mp4", model=pipeline, from_truth=video_dir / "portrait_0000.mp4", frames=12,
-           steps=4, size=64, fps=12.0, overlap=2)
+           steps=4, size=64, fps=12.0, overlap=2, guidance_scale=evaluation["guidance_scale"])
     # Evaluation on the videos the split held out (pixel metrics: no extractor weights in the demo), the triplets'
     # cross items against their exact truth.
     evaluate_command(config=DEMO_CONFIGS / "demo_evaluate.yaml", model=pipeline, dataset=workdir / "dataset",
@@ -102,4 +103,5 @@ def demo(
                f"  card:    {workdir / 'dataset' / 'card' / 'README.md'}\n"
                f"  preview: {workdir / 'preview.png'}\n  run:     {workdir / 'runs' / 'demo'} (checkpoints, "
                f"tensorboard, loss.png, samples/)\n  model:   {pipeline}\n  sample:  {workdir / 'sample.mp4'} (tiny model)\n"
-               f"  eval:    {workdir / 'evaluation'} (summary.md, clips.parquet, grid.mp4)")
+               f"  eval:    {workdir / 'evaluation'} (summary.md, clips.parquet, grid.mp4; the triplet's hair "
+               "against its exact truth, generated / portrait copy: README, 'Reading the demo's figures')")
