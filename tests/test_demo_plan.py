@@ -62,5 +62,4 @@ def test_the_demo_triplets_back_an_evaluation_clip():
     assert seed >= 12 and all(spec.attribute in spec.attributes_a for spec in specs)  # A has the clip to regenerate
     evaluation = load_spec(EvalConfig, DEMO_CONFIGS / "demo_evaluate.yaml",
                            options={"model": "m", "dataset": "d", "output_dir": "o"})
-    # Clips are taken by video id: the held-out portrait videos' (a fifth of 12: about 3) come before the triplet's A.
-    assert evaluation.max_clips_per_attribute >= 4 and evaluation.cross_transfer
+    assert evaluation.cross_transfer  # the triplet's item is a cross item

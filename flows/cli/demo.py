@@ -88,9 +88,14 @@ def demo(
     sample(out=workdir / "sample.mp4", model=pipeline, from_truth=video_dir / "portrait_0000.mp4", frames=12,
            steps=4, size=64, fps=12.0, overlap=2, guidance_scale=evaluation["guidance_scale"])
     # Evaluation on the videos the split held out (pixel metrics: no extractor weights in the demo), the triplets'
-    # cross items against their exact truth.
+    # cross items against their exact truth. Clips are taken per attribute by video id, each held-out video's first
+    # clip before any second one: as many clips as held-out videos put the triplet's A among them.
+    from training.data import DatasetIndex
+
+    held_out = len(DatasetIndex.open(workdir / "dataset").validation)
     evaluate_command(config=DEMO_CONFIGS / "demo_evaluate.yaml", model=pipeline, dataset=workdir / "dataset",
-                     output=workdir / "evaluation", overrides=[f"triplets={video_dir / 'triplets'}"])
+                     output=workdir / "evaluation", overrides=[f"triplets={video_dir / 'triplets'}",
+                                                               f"max_clips_per_attribute={max(held_out, 1)}"])
     steps = " + ".join(str(run["steps"]) for run in read_yaml(DEMO_CONFIGS / "demo_train.yaml")["stages"])
     typer.echo("\nperception in this demo: the generated videos' ground truth (backend 'truth'), not models;"
                " set perception.*.backend and the weight paths in a config to run RetinaFace, Sapiens and BiSeNet.")
