@@ -1,7 +1,8 @@
 """Does the recipe learn in the tiny world within the demo's time? A learning curve and the baselines it must beat.
 
 The data is the demo's dataset (`durian demo`'s videos and build settings: 12 generated 256 px videos with styled
-attributes, 64 px face crops, 3 videos held out); build it with `durian demo` or pass --dataset. Then:
+attributes and one cross-transfer triplet, 64 px face crops; 3 of the 12 and the triplet's 3 videos held out); build
+it with `durian demo`. Then (with --model PIPELINE, only 3 and 4, on that saved pipeline):
 
 1. the tiny world: the tiny VAE fitted to the training split's frames (`training.tiny_world`, cached beside the
    dataset), its reconstruction PSNR on training and held-out frames;
