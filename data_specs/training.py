@@ -128,6 +128,9 @@ class TrainConfig(Spec):
     validate_every: int = Field(100, ge=1, description="Steps between validation passes.")
     validation_samples: int = Field(4, ge=1, description="Held-out samples per validation pass.")
     sample_steps: int = Field(10, ge=1, description="DDIM steps of the validation sample video.")
+    validation_guidance_scale: float = Field(3.5, ge=1.0, description="Classifier-free guidance scale of the "
+                                             "validation reconstructions (1: none); as the evaluation's "
+                                             "`guidance_scale`, so the two report the same thing.")
 
     @field_validator("output_dir", "init_from")
     @classmethod

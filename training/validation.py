@@ -52,7 +52,7 @@ class Validator:
         pipeline.set_progress_bar_config(disable=True)
         frames = self.stage_run.frames
         results = [reconstruct(pipeline, sample, frames=frames, steps=self.config.sample_steps,
-                               seed=self.config.seed) for sample in self.samples]
+                               guidance_scale=self.config.validation_guidance_scale, seed=self.config.seed) for sample in self.samples]
         means = {name: float(np.mean([v for r in results for v in r.metrics[name]])) for name in results[0].metrics}
         reliance = reference_reliance(
             pipeline.model, training_noise_scheduler(pipeline.scheduler),
