@@ -46,8 +46,10 @@ TABLE_FILE, SUMMARY_FILE, GRID_FILE, SUMMARY_JSON = "clips.parquet", "summary.md
 
 @dataclass
 class EvalReport:
-    """What an evaluation measured: the per-clip rows and the per-attribute means, with notes and timing."""
+    """What an evaluation measured: the per-clip rows and the per-attribute means, with notes and timing, and the
+    dataset index the plan read (the grid reads its samples through it)."""
 
+    index: DatasetIndex
     rows: list[EvalClipRow]
     per_attribute: list[dict[str, object]]  # one row per (attribute, transfer) and an "all" row per transfer
     notes: list[str]
@@ -100,7 +102,7 @@ def summarise(config: EvalConfig, plan: EvalPlan, results: list[ClipResult]) -> 
             table.append(entry)
     ok = [r for r in rows if r.status == "ok"]
     timing = {"generate_s": float(sum(r.generate_s for r in ok)), "measure_s": float(sum(r.measure_s for r in ok))}
-    return EvalReport(rows=rows, per_attribute=table, notes=notes, timing=timing)
+    return EvalReport(index=plan.index, rows=rows, per_attribute=table, notes=notes, timing=timing)
 
 
 def _format(value: object, digits: int = 4) -> str:
@@ -177,9 +179,8 @@ def worst_and_best_grid(config: EvalConfig, report: EvalReport) -> Path | None:
     k = min(config.grid_clips, (len(ranked) + 1) // 2)
     chosen = [("worst", i, r) for i, r in enumerate(ranked[:k])] + [
         ("best", i, r) for i, r in enumerate(reversed(ranked[-k:])) if r not in ranked[:k]]
-    index = DatasetIndex.open(config.dataset)
-    entries = {p.key: p for p in index.pairs}
-    samples = {s.key: s for s in read_pairs(index, [entries[r.sample_key] for _, _, r in chosen])}
+    entries = {p.key: p for p in report.index.pairs}
+    samples = {s.key: s for s in read_pairs(report.index, [entries[r.sample_key] for _, _, r in chosen])}
     rows, height = [], None
     for label, rank, row in chosen:
         sample = samples.get(row.sample_key)
