@@ -160,6 +160,7 @@ def train_from_tiny_world(args: argparse.Namespace) -> DurianPipeline:
     pipeline.model.load_state_dict(load_file(latest_checkpoint(run / "checkpoints") / "model.safetensors"))
     return pipeline
 
+
 def triplet_comparison(model: Path, dataset: Path, triplets: Path, out: Path, guidance_scales: tuple[float, ...],
                        steps: int) -> None:
     """The evaluation's triplet-backed cross items on stage-1 samples (`training.evaluation`, held-out triplets
@@ -171,11 +172,12 @@ def triplet_comparison(model: Path, dataset: Path, triplets: Path, out: Path, gu
 
     print("\n| guidance | triplet clips | region L1, generated / copy | region PSNR (dB), generated / copy | "
           "L1, generated / copy | PSNR (dB), generated / copy |\n|---|---|---|---|---|---|")
+    planned = EvalConfig(model=str(model), dataset=str(dataset), output_dir=str(out), training_stage=1,
+                         steps=steps, triplets=str(triplets))
+    plan = plan_evaluation(planned)  # the guidance scale does not change what is planned
+    backed = [item for item in plan.items if item.truth is not None]
     for scale in guidance_scales:
-        config = EvalConfig(model=str(model), dataset=str(dataset), output_dir=str(out), training_stage=1,
-                            steps=steps, guidance_scale=max(scale, 1.0), triplets=str(triplets))
-        plan = plan_evaluation(config)
-        backed = [item for item in plan.items if item.truth is not None]
+        config = planned.model_copy(update={"guidance_scale": max(scale, 1.0)})
         rows = [r.row for r in Evaluator(config, plan.index, device="cpu").evaluate(backed) if r.row.status == "ok"]
         if not rows:
             print(f"| {scale:g} | 0 | {'; '.join(plan.notes)} | | | |")
